@@ -1,0 +1,41 @@
+"""The reward-source plug-in interface.
+
+A reward source turns a rollout into one scalar score per response. It sees whole groups (the n samples of a
+prompt are consecutive rows and never split across ranks) and the no-grad statistics of the loop's forward pass.
+Only :class:`~tempo_pl.rewards.verifier.Verifier` reads ``PromptBatch.answers``; on training streams those are
+``None`` for unlabeled rows, so a source scoring D_U cannot see D_U answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch import Tensor
+
+from tempo_pl.types import ForwardStats, Rollout
+
+
+@dataclass
+class RewardOutput:
+    scores: Tensor  # (N,) float, one per response
+    metrics: dict[str, float] = field(default_factory=dict)  # telemetry, logged under reward/<name>/...
+    keep_rows: Optional[Tensor] = None  # (N,) bool: rows to train on (TTRL votes with more samples than it trains)
+
+
+class RewardSource(ABC):
+    """Scores responses. Subclass, implement :meth:`__call__`, and name it by ``class_path`` in YAML."""
+
+    #: the loop computes the critic values before scoring when True
+    needs_values: bool = False
+    #: the loop computes per-token self-certainty, KL(Uniform || pi), in its no-grad pass when True
+    needs_self_certainty: bool = False
+    #: True only for sources that read ground truth; the module refuses to use such a source on unlabeled rows
+    #: unless the config opts in explicitly (the oracle upper bound)
+    reads_answers: bool = False
+    name: str = "reward"
+
+    @abstractmethod
+    def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
+        """Return one score per row of ``rollout``."""

@@ -1,0 +1,163 @@
+"""Small dataclasses that flow between the stages of one RL step.
+
+Every stage of the loop (data -> rollout -> scoring -> advantages -> updates) takes and returns these, so each
+stage can be tested without Lightning and replaced by a research subclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PromptBatch:
+    """A batch of questions as the data module hands them to the loop.
+
+    ``answers[i]`` is the ground truth of a labeled row and always ``None`` for an unlabeled row of a training
+    stream: the data module strips D_U answers before they reach this object, which is what keeps the training path
+    blind to them.
+    """
+
+    ids: list[str]
+    """Stable row identifier (``<source>:<row id>``), used for logging and resume checks."""
+    prompts: list[str]
+    """The user message: the question with the prompt template applied (the chat template is the tokenizer's)."""
+    answers: list[Optional[str]]
+    """Ground truth for labeled rows; ``None`` for unlabeled rows."""
+    is_labeled: list[bool]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("prompts", "answers", "is_labeled"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} entries, ids has {n}")
+        for i, (labeled, answer) in enumerate(zip(self.is_labeled, self.answers)):
+            if not labeled and answer is not None:
+                raise ValueError(f"PromptBatch row {self.ids[i]!r} is unlabeled but carries an answer")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, indices: list[int]) -> "PromptBatch":
+        return PromptBatch(
+            ids=[self.ids[i] for i in indices],
+            prompts=[self.prompts[i] for i in indices],
+            answers=[self.answers[i] for i in indices],
+            is_labeled=[self.is_labeled[i] for i in indices],
+        )
+
+    @staticmethod
+    def concat(batches: list["PromptBatch"]) -> "PromptBatch":
+        return PromptBatch(
+            ids=[x for b in batches for x in b.ids],
+            prompts=[x for b in batches for x in b.prompts],
+            answers=[x for b in batches for x in b.answers],
+            is_labeled=[x for b in batches for x in b.is_labeled],
+        )
+
+
+@dataclass
+class Rollout:
+    """n sampled responses per prompt, the n of a prompt in consecutive rows (row = group * n + k).
+
+    Shapes: N = prompts * n rows; P = padded prompt length (left-padded); R = padded response length
+    (right-padded). ``response_mask`` is 1 on every generated token up to and including EOS.
+    """
+
+    prompt_ids: Tensor  # (N, P) long, left-padded
+    prompt_mask: Tensor  # (N, P) long
+    response_ids: Tensor  # (N, R) long, right-padded
+    response_mask: Tensor  # (N, R) float
+    texts: list[str]  # decoded responses (special tokens skipped)
+    group_ids: Tensor  # (N,) long, index of the prompt within this rollout
+    is_labeled: Tensor  # (N,) bool
+    truncated: Tensor  # (N,) bool: hit max_new_tokens without EOS
+    prompt_batch: PromptBatch  # the prompts, one entry per group
+    sampling_logprobs: Optional[Tensor] = None  # (N, R) log-probs the sampler drew with, if the engine keeps them
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def n_per_prompt(self) -> int:
+        return self.num_rows // max(len(self.prompt_batch), 1)
+
+    @property
+    def response_lengths(self) -> Tensor:
+        return self.response_mask.sum(-1).long()
+
+    def answers_per_row(self) -> list[Optional[str]]:
+        return [self.prompt_batch.answers[g] for g in self.group_ids.tolist()]
+
+    def select_groups(self, groups: list[int]) -> "Rollout":
+        """Keep the listed prompt groups (in that order), renumbering them 0..len(groups)-1."""
+        n = self.n_per_prompt
+        rows = torch.tensor([g * n + k for g in groups for k in range(n)], dtype=torch.long)
+        return self._take(rows, self.prompt_batch.select(groups), torch.arange(len(groups)).repeat_interleave(n))
+
+    def _take(self, rows: Tensor, prompt_batch: PromptBatch, group_ids: Tensor) -> "Rollout":
+        idx = rows.tolist()
+        return Rollout(
+            prompt_ids=self.prompt_ids[rows],
+            prompt_mask=self.prompt_mask[rows],
+            response_ids=self.response_ids[rows],
+            response_mask=self.response_mask[rows],
+            texts=[self.texts[i] for i in idx],
+            group_ids=group_ids,
+            is_labeled=self.is_labeled[rows],
+            truncated=self.truncated[rows],
+            prompt_batch=prompt_batch,
+            sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[rows],
+            extra={k: v[rows] if isinstance(v, Tensor) else v for k, v in self.extra.items()},
+        )
+
+    @staticmethod
+    def concat(rollouts: list["Rollout"], pad_token_id: int) -> "Rollout":
+        """Concatenate rollouts, re-padding prompts (left) and responses (right) to a common width."""
+        from torch.nn.functional import pad
+
+        if len(rollouts) == 1:
+            return rollouts[0]
+        p = max(r.prompt_ids.shape[1] for r in rollouts)
+        rr = max(r.response_ids.shape[1] for r in rollouts)
+
+        def lpad(t: Tensor, width: int, value) -> Tensor:
+            return pad(t, (width - t.shape[1], 0), value=value)
+
+        def rpad(t: Tensor, width: int, value) -> Tensor:
+            return pad(t, (0, width - t.shape[1]), value=value)
+
+        offsets, total = [], 0
+        for r in rollouts:
+            offsets.append(total)
+            total += len(r.prompt_batch)
+        logps = [r.sampling_logprobs for r in rollouts]
+        return Rollout(
+            prompt_ids=torch.cat([lpad(r.prompt_ids, p, pad_token_id) for r in rollouts]),
+            prompt_mask=torch.cat([lpad(r.prompt_mask, p, 0) for r in rollouts]),
+            response_ids=torch.cat([rpad(r.response_ids, rr, pad_token_id) for r in rollouts]),
+            response_mask=torch.cat([rpad(r.response_mask, rr, 0) for r in rollouts]),
+            texts=[t for r in rollouts for t in r.texts],
+            group_ids=torch.cat([r.group_ids + o for r, o in zip(rollouts, offsets)]),
+            is_labeled=torch.cat([r.is_labeled for r in rollouts]),
+            truncated=torch.cat([r.truncated for r in rollouts]),
+            prompt_batch=PromptBatch.concat([r.prompt_batch for r in rollouts]),
+            sampling_logprobs=None if any(x is None for x in logps) else torch.cat([rpad(x, rr, 0.0) for x in logps]),
+        )
+
+
+@dataclass
+class ForwardStats:
+    """What the no-grad pass over a rollout computes, one row per response, aligned with ``response_ids``."""
+
+    old_logprobs: Tensor  # (N, R) log pi_old(y_t | x, y_<t)
+    entropy: Tensor  # (N, R) policy entropy per token
+    values: Optional[Tensor] = None  # (N, R) critic V(x, y_<t), masked; None when the run has no critic
+    self_certainty: Optional[Tensor] = None  # (N, R) KL(Uniform || pi) per token, when a reward asks for it
+    ref_logprobs: Optional[Tensor] = None  # (N, R) reference log-probs, when KL to a reference is on
