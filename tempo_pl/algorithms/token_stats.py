@@ -1,0 +1,98 @@
+"""Per-token statistics of a policy's logits, and the critic's explained variance.
+
+Logits are (..., V); every function reduces the last (vocabulary) dimension. They avoid materialising a full
+(..., V) log-softmax in float32 where they can: at LLM vocabulary sizes (150k) one such copy of a long rollout costs
+gigabytes. Float32/float64 logits go through ``logsumexp`` directly; half-precision logits are upcast to float32 a
+chunk of rows at a time, because a bf16 ``logsumexp`` over 150k entries loses the log-prob differences the PPO ratio
+is made of. Half-precision inputs therefore give float32 outputs.
+
+Example::
+
+    >>> import torch
+    >>> logits = torch.randn(2, 5, 11)
+    >>> labels = torch.randint(0, 11, (2, 5))
+    >>> logprobs_from_logits(logits, labels).shape
+    torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from tempo_pl.algorithms.advantages import _check_same_shape, masked_var
+
+__all__ = ["logprobs_from_logits", "entropy_from_logits", "self_certainty_from_logits", "explained_variance"]
+
+# rows of a half-precision input upcast at once: 1024 rows x 150k vocabulary x 4 bytes is about 600 MB
+_UPCAST_CHUNK_ROWS = 1024
+
+
+def _per_row(logits: Tensor, fn: Callable[[Tensor], Tensor], *extra: Tensor) -> Tensor:
+    """Apply ``fn(logits_rows, *extra_rows) -> (rows,)`` over the flattened leading dims, upcasting half inputs."""
+    lead_shape = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat_extra = [e.reshape(-1) for e in extra]
+    if flat.dtype in (torch.float32, torch.float64):
+        return fn(flat, *flat_extra).reshape(lead_shape)
+    pieces = []
+    for start in range(0, flat.shape[0], _UPCAST_CHUNK_ROWS):
+        rows = slice(start, start + _UPCAST_CHUNK_ROWS)
+        pieces.append(fn(flat[rows].float(), *(e[rows] for e in flat_extra)))
+    out = torch.cat(pieces) if pieces else flat.new_zeros(0, dtype=torch.float32)
+    return out.reshape(lead_shape)
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """``log softmax(logits)[label]`` per position: (..., V) and (...) long -> (...). Differentiable."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must match logits {tuple(logits.shape)} without the vocabulary dim"
+        )
+
+    def rows(x: Tensor, y: Tensor) -> Tensor:
+        return x.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
+
+    return _per_row(logits, rows, labels)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` per position, in nats: ``logsumexp(l) - sum_v p_v l_v``."""
+
+    def rows(x: Tensor) -> Tensor:
+        probs = torch.softmax(x, dim=-1)
+        # a banned token (logit -inf) contributes 0 * -inf; its true contribution to the entropy is 0
+        return torch.logsumexp(x, dim=-1) - torch.where(probs > 0, probs * x, torch.zeros_like(x)).sum(-1)
+
+    return _per_row(logits, rows)
+
+
+def self_certainty_from_logits(logits: Tensor) -> Tensor:
+    """Intuitor's self-certainty per position: ``KL(Uniform_V || softmax(logits)) = -log V - mean_v log p_v``.
+
+    Since ``log p_v = l_v - logsumexp(l)`` this is ``logsumexp(l) - mean_v l_v - log V``: 0 for a uniform
+    distribution, growing as the policy concentrates. Computed without a log-softmax copy.
+    """
+    log_vocab = math.log(logits.shape[-1])
+
+    def rows(x: Tensor) -> Tensor:
+        return torch.logsumexp(x, dim=-1) - x.mean(-1) - log_vocab
+
+    return _per_row(logits, rows)
+
+
+def explained_variance(y_pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``1 - Var(y - y_pred) / Var(y)`` over valid entries: 1 is a perfect critic, 0 no better than a constant.
+
+    When the targets do not vary (``Var(y) == 0``, including fewer than two valid entries) the ratio is undefined;
+    this returns 0, "explains nothing beyond a constant", rather than NaN or -inf, so a batch whose labeled rows are
+    all correct logs a neutral value instead of poisoning a running mean.
+    """
+    _check_same_shape(y_pred=y_pred, y=y, mask=mask)
+    var_y = masked_var(y, mask)
+    var_residual = masked_var(y - y_pred, mask)
+    safe_var_y = torch.where(var_y > 0, var_y, torch.ones_like(var_y))
+    return torch.where(var_y > 0, 1 - var_residual / safe_var_y, torch.zeros_like(var_y))
