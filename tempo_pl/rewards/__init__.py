@@ -1,0 +1,19 @@
+"""Reward sources: ground truth (Verifier), TEMPO's critic value, and the label-free TTRL / EMPO / Intuitor
+baselines, plus the telemetry that measures how far a label-free reward is from the truth."""
+
+from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.critic import CriticValue
+from tempo_pl.rewards.self_rewards import MajorityVote, SelfCertainty, SemanticCluster
+from tempo_pl.rewards.telemetry import pseudo_label_metrics
+from tempo_pl.rewards.verifier import Verifier
+
+__all__ = [
+    "CriticValue",
+    "MajorityVote",
+    "RewardOutput",
+    "RewardSource",
+    "SelfCertainty",
+    "SemanticCluster",
+    "Verifier",
+    "pseudo_label_metrics",
+]

@@ -1,0 +1,206 @@
+"""Label-free rewards of the prior test-time-training methods (spec 2.5): TTRL, EMPO and Intuitor.
+
+Each replaces P(correct | x, y) with a functional of the policy itself (its own votes, its own answer
+distribution, its own certainty) and never reads ``PromptBatch.answers``: they are TEMPO's "incomplete EM"
+baselines. All of them see whole groups: the n samples of one prompt, found through ``rollout.group_ids``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.grading import cluster_answers, extract_answer
+from tempo_pl.types import ForwardStats, Rollout
+
+
+def group_rows(rollout: Rollout) -> dict[int, list[int]]:
+    """Row indices of each prompt group, keyed by group id, rows in rollout order."""
+    groups: dict[int, list[int]] = {}
+    for row, group in enumerate(rollout.group_ids.tolist()):
+        groups.setdefault(group, []).append(row)
+    return groups
+
+
+def extracted_answers(texts: list[str]) -> list[Optional[str]]:
+    """The final answer of each response; ``None`` when there is none (an empty answer counts as none)."""
+    answers = [extract_answer(text) for text in texts]
+    return [a if a is not None and a.strip() else None for a in answers]
+
+
+def answer_clusters(answers: list[Optional[str]], timeout: float) -> list[int]:
+    """Equivalence-cluster id per answer; every missing answer is a singleton cluster of its own."""
+    clusters = cluster_answers(answers, timeout=timeout)
+    # The grader already makes missing answers singletons; relabelling them with ids no real cluster uses keeps
+    # the rewards correct even if a grader version grouped the Nones together.
+    return [-1 - k if a is None else c for k, (a, c) in enumerate(zip(answers, clusters))]
+
+
+def majority_cluster(clusters: list[int], answers: list[Optional[str]]) -> tuple[Optional[int], int]:
+    """The cluster with the most votes among rows that have an answer, and its vote count.
+
+    Ties go to the cluster whose first member appears first, so the result depends only on row order.
+    Returns ``(None, 0)`` when no row has an answer.
+    """
+    counts: dict[int, int] = {}  # insertion order is order of first appearance
+    for cluster, answer in zip(clusters, answers):
+        if answer is not None:
+            counts[cluster] = counts.get(cluster, 0) + 1
+    best: Optional[int] = None
+    for cluster, count in counts.items():
+        if best is None or count > counts[best]:  # strict: an equal count never displaces an earlier cluster
+            best = cluster
+    return best, (counts[best] if best is not None else 0)
+
+
+def _check_group_sizes(groups: dict[int, list[int]], needed: int, key: str, source: str) -> None:
+    small = {g: len(rows) for g, rows in groups.items() if len(rows) < needed}
+    if small:
+        raise ValueError(f"{source}: {key}={needed} but groups {small} (group id: rows) have fewer rows")
+
+
+class MajorityVote(RewardSource):
+    """TTRL's reward: 1 if a response's answer is equivalent to its group's majority answer, else 0.
+
+    The first ``n_votes`` rows of each group vote; answers are clustered by mathematical equivalence (the
+    grader's ``cluster_answers``: ``2+2`` and ``4`` vote together), and the largest cluster wins. Rows without an
+    answer cast no vote and always score 0, so a group where no response has an answer scores all 0. Ties
+    between clusters go to the cluster whose first member appears first in the group. (The reference code's
+    ``binarize_max`` rewards every tied cluster and lets empty answers win; this follows TTRL's single label.)
+
+    Args:
+        n_votes: rows per group that vote (the first ``n_votes``); ``None`` means all n. TTRL votes with 64.
+        n_train: rows per group trained on (the first ``n_train``, i.i.d. samples like the rest), returned as
+            ``keep_rows``; ``None`` trains on all n. TTRL trains on 32 of its 64 votes.
+        timeout: seconds the grader may spend on one equivalence check.
+
+    Example::
+
+        reward = MajorityVote(n_votes=64, n_train=32)  # with rollout.n = 64
+        out = reward(rollout, stats)
+        out.scores     # (N,) 0.0 or 1.0
+        out.keep_rows  # (N,) bool, True on the first 32 rows of each group
+        out.metrics["majority_ratio"]
+    """
+
+    name = "majority_vote"
+
+    def __init__(self, n_votes: Optional[int] = None, n_train: Optional[int] = None, timeout: float = 2.0) -> None:
+        if n_votes is not None and n_votes < 1:
+            raise ValueError(f"MajorityVote: n_votes must be >= 1 or None, got {n_votes}")
+        if n_train is not None and n_train < 1:
+            raise ValueError(f"MajorityVote: n_train must be >= 1 or None, got {n_train}")
+        if not timeout > 0:
+            raise ValueError(f"MajorityVote: timeout must be > 0 seconds, got {timeout}")
+        self.n_votes = n_votes
+        self.n_train = n_train
+        self.timeout = float(timeout)
+
+    def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
+        groups = group_rows(rollout)
+        for key, needed in (("n_votes", self.n_votes), ("n_train", self.n_train)):
+            if needed is not None:
+                _check_group_sizes(groups, needed, key, "MajorityVote")
+        device = rollout.response_mask.device
+        scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
+        keep_rows = None if self.n_train is None else torch.zeros(rollout.num_rows, dtype=torch.bool)
+        ratios = []
+        for rows in groups.values():
+            answers = extracted_answers([rollout.texts[r] for r in rows])
+            clusters = answer_clusters(answers, self.timeout)
+            votes = len(rows) if self.n_votes is None else self.n_votes
+            winner, count = majority_cluster(clusters[:votes], answers[:votes])
+            ratios.append(count / votes)
+            for row, cluster, answer in zip(rows, clusters, answers):
+                if winner is not None and answer is not None and cluster == winner:
+                    scores[row] = 1.0
+            if keep_rows is not None:
+                keep_rows[rows[: self.n_train]] = True
+        metrics = {"majority_ratio": sum(ratios) / len(ratios) if ratios else 0.0}
+        return RewardOutput(
+            scores=scores.to(device),
+            metrics=metrics,
+            keep_rows=None if keep_rows is None else keep_rows.to(device),
+        )
+
+
+class SemanticCluster(RewardSource):
+    """EMPO's reward: the share of the group whose answer is equivalent to this response's answer.
+
+    A group's answers are clustered by equivalence; a response scores (its cluster's size) / (group size). A
+    missing or empty answer is a singleton cluster of its own, so it scores 1/n. The logged
+    ``semantic_entropy`` is the mean over groups of -sum_c p_c ln p_c with p_c = |c| / n (nats).
+
+    Args:
+        timeout: seconds the grader may spend on one equivalence check.
+
+    Example::
+
+        reward = SemanticCluster()
+        out = reward(rollout, stats)  # group answers 4, 2+2, 5, none -> 0.5, 0.5, 0.25, 0.25
+        out.metrics["semantic_entropy"]
+    """
+
+    name = "semantic_cluster"
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        if not timeout > 0:
+            raise ValueError(f"SemanticCluster: timeout must be > 0 seconds, got {timeout}")
+        self.timeout = float(timeout)
+
+    def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
+        scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
+        entropies = []
+        for rows in group_rows(rollout).values():
+            clusters = answer_clusters(extracted_answers([rollout.texts[r] for r in rows]), self.timeout)
+            sizes: dict[int, int] = {}
+            for cluster in clusters:
+                sizes[cluster] = sizes.get(cluster, 0) + 1
+            n = len(rows)
+            for row, cluster in zip(rows, clusters):
+                scores[row] = sizes[cluster] / n
+            entropies.append(-sum(s / n * math.log(s / n) for s in sizes.values()))
+        metrics = {"semantic_entropy": sum(entropies) / len(entropies) if entropies else 0.0}
+        return RewardOutput(scores=scores.to(rollout.response_mask.device), metrics=metrics)
+
+
+def masked_row_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of each row over its masked-in positions; 0 for a row with none."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+class SelfCertainty(RewardSource):
+    """Intuitor's reward: the response's mean per-token self-certainty, KL(Uniform_V || pi(. | x, y_<t)).
+
+    The loop computes the per-token values into ``ForwardStats.self_certainty`` in its no-grad pass because
+    ``needs_self_certainty`` is True; this source averages them over the valid response tokens only (padding
+    never dilutes a short response). Scores are unbounded above and >= 0.
+
+    Example::
+
+        reward = SelfCertainty()
+        out = reward(rollout, stats)  # stats.self_certainty: (N, R)
+        out.metrics["self_certainty_mean"]
+    """
+
+    needs_self_certainty = True
+    name = "self_certainty"
+
+    def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
+        if stats.self_certainty is None:
+            raise ValueError(
+                "SelfCertainty needs ForwardStats.self_certainty; the loop fills it when needs_self_certainty is True"
+            )
+        if stats.self_certainty.shape != rollout.response_mask.shape:
+            raise ValueError(
+                f"SelfCertainty: self_certainty has shape {tuple(stats.self_certainty.shape)}, "
+                f"response_mask {tuple(rollout.response_mask.shape)}"
+            )
+        scores = masked_row_mean(stats.self_certainty.float(), rollout.response_mask)
+        mean = scores.mean().item() if scores.numel() else 0.0
+        return RewardOutput(scores=scores, metrics={"self_certainty_mean": mean})

@@ -1,0 +1,77 @@
+"""Ground-truth reward: grade each response against its prompt's answer."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.grading import grade_many
+from tempo_pl.types import ForwardStats, Rollout
+
+
+class Verifier(RewardSource):
+    """Scores a response ``correct_score`` if the grader finds its answer equivalent to the gold, else
+    ``incorrect_score``.
+
+    This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1 (spec 7:
+    ``physics.py``); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on labeled rows only,
+    or on unlabeled rows when the config explicitly enables the oracle; a row without a gold answer is an error,
+    never a silent "wrong".
+
+    Args:
+        correct_score: score of a response graded correct.
+        incorrect_score: score of a response graded wrong, unparsable, or without an answer; must be lower
+            than ``correct_score``.
+        timeout: seconds the grader may spend on one response before calling it wrong.
+        processes: worker processes for grading; ``None`` lets the grader choose.
+
+    Example::
+
+        reward = Verifier(correct_score=1.0, incorrect_score=0.0)  # oracle RLVR
+        out = reward(rollout, stats)
+        out.scores  # (N,) float, 1.0 or 0.0
+        out.metrics["accuracy"]
+    """
+
+    reads_answers = True
+    name = "verifier"
+
+    def __init__(
+        self,
+        correct_score: float = 1.0,
+        incorrect_score: float = -1.0,
+        timeout: float = 2.0,
+        processes: Optional[int] = None,
+    ) -> None:
+        if not correct_score > incorrect_score:
+            raise ValueError(
+                f"Verifier: correct_score ({correct_score}) must be greater than incorrect_score ({incorrect_score})"
+            )
+        if not timeout > 0:
+            raise ValueError(f"Verifier: timeout must be > 0 seconds, got {timeout}")
+        if processes is not None and processes < 1:
+            raise ValueError(f"Verifier: processes must be >= 1 or None, got {processes}")
+        self.correct_score = float(correct_score)
+        self.incorrect_score = float(incorrect_score)
+        self.timeout = float(timeout)
+        self.processes = processes
+
+    def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
+        golds = rollout.answers_per_row()
+        missing = sorted({g for g, gold in zip(rollout.group_ids.tolist(), golds) if gold is None})
+        if missing:
+            ids = [rollout.prompt_batch.ids[g] for g in missing]
+            raise ValueError(
+                f"Verifier: prompts {ids} have no gold answer. The verifier scores labeled rows only; "
+                "scoring unlabeled rows needs the oracle to be enabled and their answers kept."
+            )
+        correct = torch.tensor(
+            grade_many(rollout.texts, golds, processes=self.processes, timeout=self.timeout), dtype=torch.bool
+        )
+        scores = torch.where(correct, self.correct_score, self.incorrect_score).to(
+            dtype=torch.float32, device=rollout.response_mask.device
+        )
+        accuracy = correct.float().mean().item() if len(correct) else 0.0
+        return RewardOutput(scores=scores, metrics={"accuracy": accuracy})
