@@ -1,0 +1,348 @@
+"""Where prompt rows come from, and how a raw row becomes a checked :class:`Record`.
+
+A :class:`DatasetSpec` names a source by its ``path``, resolved in this order:
+
+1. ``"<prefix>:<argument>"`` with a prefix given to :func:`register_source` (e.g. the offline synthetic task);
+2. a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a folder of them (relative paths are also tried under
+   ``data_dir``), read with ``datasets.load_dataset("json" | "parquet", data_files=...)``;
+3. a shipped benchmark name (:data:`tempo_pl.data.benchmarks.BENCHMARKS`), read by ``load_benchmark``;
+4. anything else is a Hugging Face Hub dataset: ``datasets.load_dataset(path, split=spec.split)``.
+
+Every row is checked before training starts; a bad row raises :class:`DataError` naming the file, the row (index
+and id) and the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from datasets import load_dataset
+
+FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+MAX_REPORTED_ROWS = 5
+"""How many malformed rows a :class:`DataError` lists before summarising the rest as a count."""
+
+SourceLoader = Callable[[str], Sequence[Mapping[str, Any]]]
+"""``loader(path) -> rows``, called with the whole ``DatasetSpec.path`` (``"<prefix>:<argument>"``)."""
+
+_SOURCE_LOADERS: dict[str, SourceLoader] = {}
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z_][\w-]*$")
+_MISSING = object()
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: unreadable, or with malformed rows (the message names file, row and field)."""
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of prompts, as written in the data module's YAML.
+
+    Args: see the field docstrings.
+
+    Example::
+
+        unlabeled: {path: aime2024, repeat: 8}
+        mixed: {path: data/train.parquet, answer_field: reward_model.ground_truth,
+                labeled_field: reward_model.is_labeled, problem_field: prompt_text}
+    """
+
+    path: str
+    """A ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, a shipped benchmark name (``aime2024``), a
+    registered ``"<prefix>:<argument>"`` source, or a Hugging Face Hub dataset name."""
+    name: Optional[str] = None
+    """Short name used in row ids (``<name>:<row id>``) and logs; default: the file stem or benchmark name."""
+    split: str = "train"
+    """Split to read from a Hub dataset; local files, benchmarks and registered sources have a single split."""
+    problem_field: str = "problem"
+    """Column holding the question. Dotted paths reach into nested columns (``extra_info.question``)."""
+    answer_field: str = "answer"
+    """Column holding the ground-truth answer (a string, or a number converted to one); dotted paths allowed, e.g.
+    ``reward_model.ground_truth`` for verl parquets."""
+    id_field: Optional[str] = "id"
+    """Column holding a unique row id; ``None`` uses the row's position in the dataset."""
+    labeled_field: Optional[str] = None
+    """Boolean column saying whether a row is labeled (the reference's single mixed dataset, e.g.
+    ``reward_model.is_labeled``). Required for ``mixed`` datasets and only allowed there."""
+    limit: Optional[int] = None
+    """Keep only the first ``limit`` rows (before ``repeat``)."""
+    repeat: int = 1
+    """Replicate every row this many times; the reference replicates the small test set to fill an epoch. Replicas
+    keep the original row id."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ValueError(f"DatasetSpec.path must be a non-empty string, got {self.path!r}")
+        bad_limit = isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        if self.limit is not None and bad_limit:
+            raise ValueError(f"DatasetSpec.limit must be a positive integer or None, got {self.limit!r} ({self.path})")
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ValueError(f"DatasetSpec.repeat must be an integer >= 1, got {self.repeat!r} ({self.path})")
+        for key in ("problem_field", "answer_field"):
+            if not getattr(self, key):
+                raise ValueError(f"DatasetSpec.{key} must be a non-empty column name ({self.path})")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or default_name(self.path)
+
+
+@dataclass
+class Table:
+    """Raw rows from one file (or one Hub split, benchmark or registered source), with where they came from."""
+
+    origin: str
+    rows: list[dict]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A checked row: id ``<dataset name>:<row id>``, question text, answer (``None`` when the row has none)."""
+
+    id: str
+    problem: str
+    answer: Optional[str]
+    is_labeled: bool
+
+
+def register_source(prefix: str, loader: SourceLoader, *, overwrite: bool = False) -> None:
+    """Make ``DatasetSpec(path="<prefix>:<argument>")`` read its rows from ``loader(path)``.
+
+    Example::
+
+        register_source("synthetic", load_synthetic)   # DatasetSpec(path="synthetic:unlabeled?size=64")
+    """
+    if not _PREFIX_PATTERN.match(prefix or ""):
+        raise ValueError(f"source prefix must be an identifier like 'synthetic', got {prefix!r}")
+    if prefix in _SOURCE_LOADERS and not overwrite:
+        raise ValueError(f"a source is already registered for prefix {prefix!r}; pass overwrite=True to replace it")
+    _SOURCE_LOADERS[prefix] = loader
+
+
+def unregister_source(prefix: str) -> None:
+    _SOURCE_LOADERS.pop(prefix, None)
+
+
+def registered_sources() -> list[str]:
+    return sorted(_SOURCE_LOADERS)
+
+
+def default_name(path: str) -> str:
+    """Name for row ids when the spec gives none: the source prefix, file stem, folder or last Hub path part."""
+    prefix, sep, _ = path.partition(":")
+    if sep and prefix in _SOURCE_LOADERS:
+        return prefix
+    return Path(path.rstrip("/\\")).stem or path
+
+
+def read_tables(path: str, split: str = "train", data_dir: Optional[str] = None) -> list[Table]:
+    """Read the raw rows a spec's ``path`` points at (see the module docstring for the resolution order)."""
+    prefix, sep, _ = path.partition(":")
+    if sep and prefix in _SOURCE_LOADERS:
+        rows = _SOURCE_LOADERS[prefix](path)
+        return [Table(origin=path, rows=[dict(row) for row in rows])]
+
+    candidates = [Path(path).expanduser()]
+    if data_dir is not None and not candidates[0].is_absolute():
+        candidates.append(Path(data_dir).expanduser() / path)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return _read_folder(candidate)
+        if candidate.is_file():
+            return [_read_file(candidate)]
+
+    if sep and _PREFIX_PATTERN.match(prefix):
+        raise DataError(
+            f"no source is registered for prefix {prefix!r} (path {path!r}); registered: {registered_sources()}"
+        )
+    if Path(path).suffix in FILE_SUFFIXES or path.startswith((".", "/", "~")):
+        tried = ", ".join(str(c) for c in candidates)
+        raise FileNotFoundError(f"dataset file not found: {path!r} (tried {tried})")
+
+    benchmarks = _benchmarks_module()
+    if benchmarks is not None and path in benchmarks.BENCHMARKS:
+        rows = benchmarks.load_benchmark(path, local_dir=data_dir)
+        return [Table(origin=f"benchmark {path}", rows=[dict(row) for row in rows])]
+
+    try:
+        dataset = load_dataset(path, split=split)
+    except Exception as error:  # datasets raises many types (offline, missing split, missing repo)
+        raise DataError(f"could not load Hub dataset {path!r} (split {split!r}): {error}") from error
+    return [Table(origin=f"{path} (split {split})", rows=dataset.to_list())]
+
+
+def load_records(spec: DatasetSpec, role: str, data_dir: Optional[str] = None) -> list[Record]:
+    """Read and check a spec's rows, apply ``limit`` and ``repeat``.
+
+    Args:
+        spec: the dataset.
+        role: ``"labeled"`` and ``"eval"`` (every row needs an answer), ``"unlabeled"`` (answers optional, kept for
+            evaluation telemetry) or ``"mixed"`` (``spec.labeled_field`` says which rows are labeled).
+        data_dir: folder for relative paths and offline benchmark copies.
+
+    Raises:
+        DataError: malformed rows (at most :data:`MAX_REPORTED_ROWS` listed) or duplicate ids.
+    """
+    if role not in ("labeled", "unlabeled", "mixed", "eval"):
+        raise ValueError(f"role must be 'labeled', 'unlabeled', 'mixed' or 'eval', got {role!r}")
+    if role == "mixed" and spec.labeled_field is None:
+        raise ValueError(f"a mixed dataset needs labeled_field (e.g. 'reward_model.is_labeled'): {spec.path}")
+    if role != "mixed" and spec.labeled_field is not None:
+        raise ValueError(
+            f"labeled_field is only read for the mixed dataset; the {role} dataset {spec.path!r} sets it to "
+            f"{spec.labeled_field!r}"
+        )
+
+    name = spec.display_name
+    records: list[Record] = []
+    problems: list[str] = []
+    first_seen: dict[str, str] = {}
+    remaining = spec.limit
+    for table in read_tables(spec.path, spec.split, data_dir):
+        rows = table.rows if remaining is None else table.rows[:remaining]
+        for index, row in enumerate(rows):
+            row_id = str(index) if spec.id_field is None else _lookup(row, spec.id_field)
+            shown_id = "?" if row_id is _MISSING else row_id
+            where = f"{table.origin} row {index} (id {shown_id!r})"
+            try:
+                record = _parse_row(row, spec, role, name, row_id)
+            except _FieldError as error:
+                problems.append(f"{where}: field {error.field!r}: {error.reason}")
+                continue
+            if record.id in first_seen:
+                first = first_seen[record.id]
+                problems.append(f"{where}: field {spec.id_field!r}: duplicate id, first seen at {first}")
+                continue
+            first_seen[record.id] = where
+            records.append(record)
+        if remaining is not None:
+            remaining -= len(rows)
+            if remaining <= 0:
+                break
+
+    if problems:
+        listed = "\n  ".join(problems[:MAX_REPORTED_ROWS])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED_ROWS} more" if len(problems) > MAX_REPORTED_ROWS else ""
+        raise DataError(f"{role} dataset {name!r} ({spec.path}): {len(problems)} malformed row(s):\n  {listed}{more}")
+    return [record for record in records for _ in range(spec.repeat)]
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: Any) -> Record:
+    if spec.id_field is not None:
+        row_id = _id_to_str(row_id, spec.id_field)
+
+    problem = _lookup(row, spec.problem_field)
+    if problem is _MISSING or problem is None:
+        raise _FieldError(spec.problem_field, "missing")
+    if not isinstance(problem, str):
+        raise _FieldError(spec.problem_field, f"expected a string, got {type(problem).__name__}")
+    if not problem.strip():
+        raise _FieldError(spec.problem_field, "empty problem")
+
+    if role == "mixed":
+        is_labeled = _flag_to_bool(_lookup(row, spec.labeled_field), spec.labeled_field)
+    else:
+        is_labeled = role != "unlabeled"
+
+    raw_answer = _lookup(row, spec.answer_field)
+    if raw_answer is _MISSING or raw_answer is None:
+        if is_labeled:
+            raise _FieldError(spec.answer_field, "missing answer on a labeled row")
+        answer = None
+    else:
+        answer = _answer_to_str(raw_answer, spec.answer_field)
+        if not answer:
+            if is_labeled:
+                raise _FieldError(spec.answer_field, "empty answer on a labeled row")
+            answer = None  # verl parquets give unlabeled rows an empty placeholder
+    return Record(id=f"{name}:{row_id}", problem=problem, answer=answer, is_labeled=is_labeled)
+
+
+def _lookup(row: Mapping, field: str) -> Any:
+    """``row[field]``, or a walk through nested mappings for a dotted path; ``_MISSING`` when absent."""
+    if field in row:
+        return row[field]
+    value: Any = row
+    for part in field.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _id_to_str(value: Any, field: str) -> str:
+    if value is _MISSING or value is None:
+        raise _FieldError(field, "missing id (set id_field: null to number rows by position)")
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+        raise _FieldError(field, f"expected a string or integer id, got {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise _FieldError(field, "empty id")
+    return text
+
+
+def _answer_to_str(value: Any, field: str) -> str:
+    """Answers are compared as strings: integers and integral floats (AMC's ``27.0``) become ``"27"``."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        raise _FieldError(field, f"expected a string or a number, got bool {value!r}")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise _FieldError(field, f"non-finite number {number!r}")
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise _FieldError(field, f"expected a string or a number, got {type(value).__name__}")
+
+
+def _flag_to_bool(value: Any, field: str) -> bool:
+    if value is _MISSING or value is None:
+        raise _FieldError(field, "missing is_labeled flag")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise _FieldError(field, f"expected a boolean (or 0/1), got {value!r}")
+
+
+def _read_file(path: Path) -> Table:
+    builder = FILE_SUFFIXES.get(path.suffix)
+    if builder is None:
+        raise DataError(f"unsupported dataset file {str(path)!r}: expected one of {sorted(FILE_SUFFIXES)}")
+    try:
+        dataset = load_dataset(builder, data_files=str(path), split="train")
+    except Exception as error:  # pyarrow / json errors: name the file, keep the cause
+        raise DataError(f"could not read {str(path)!r}: {error}") from error
+    return Table(origin=str(path), rows=dataset.to_list())
+
+
+def _read_folder(folder: Path) -> list[Table]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(sorted(FILE_SUFFIXES))} files in dataset folder {str(folder)!r}")
+    return [_read_file(p) for p in files]
+
+
+def _benchmarks_module():
+    """The shipped-benchmark registry, or ``None`` while that module is absent from the tree."""
+    try:
+        return importlib.import_module("tempo_pl.data.benchmarks")
+    except ModuleNotFoundError as error:
+        if error.name != "tempo_pl.data.benchmarks":
+            raise
+        return None
