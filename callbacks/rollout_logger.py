@@ -1,0 +1,69 @@
+"""RolloutSampleLogger: writes what every RL step generated, per rank, as JSON lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class RolloutSampleLogger(Callback):
+    """Appends one JSON line per RL step to ``<log_dir>/rollouts/rank<r>.jsonl``.
+
+    Each line has the RL step, the phase, the prompt ids of the step's groups, the number of responses per group, and
+    up to ``max_samples`` responses with their scores (texts cut to ``max_chars``). It reads the module's
+    ``last_step`` record, so it sees exactly the rows the step trained on (after group filtering).
+
+    Args:
+        max_samples: responses written per step (0 = ids and scores only).
+        max_chars: longest response text written.
+        dirpath: folder of the files; default ``<trainer.log_dir>/rollouts``.
+
+    Example::
+
+        trainer:
+          callbacks:
+            - class_path: tempo_pl.callbacks.RolloutSampleLogger
+              init_args: {max_samples: 4}
+    """
+
+    def __init__(self, max_samples: int = 4, max_chars: int = 2000, dirpath: Optional[str] = None) -> None:
+        if max_samples < 0:
+            raise ValueError(f"RolloutSampleLogger.max_samples must be >= 0, got {max_samples}")
+        if max_chars < 1:
+            raise ValueError(f"RolloutSampleLogger.max_chars must be >= 1, got {max_chars}")
+        self.max_samples = max_samples
+        self.max_chars = max_chars
+        self.dirpath = dirpath
+
+    def _path(self, trainer: Trainer) -> Path:
+        root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
+        root.mkdir(parents=True, exist_ok=True)
+        return root / f"rank{trainer.global_rank}.jsonl"
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        record = getattr(pl_module, "last_step", None)
+        if record is None:
+            return
+        rollout = record.rollout
+        group_sizes = [int((rollout.group_ids == g).sum()) for g in range(len(rollout.prompt_batch))]
+        line = {
+            "rl_step": record.rl_step,
+            "phase": record.plan.phase,
+            "prompt_ids": list(rollout.prompt_batch.ids),
+            "is_labeled": list(rollout.prompt_batch.is_labeled),
+            "group_sizes": group_sizes,
+            "scores": [round(float(x), 6) for x in record.scores.tolist()],
+            "metrics": {k: round(float(v), 6) for k, v in sorted(record.metrics.items())},
+            "samples": [
+                {"prompt_id": rollout.prompt_batch.ids[int(rollout.group_ids[i])],
+                 "response": rollout.texts[i][: self.max_chars],
+                 "score": float(record.scores[i])}
+                for i in range(min(self.max_samples, rollout.num_rows))
+            ],
+        }
+        with self._path(trainer).open("a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -1,0 +1,3 @@
+from tempo_pl.cli import main
+
+main()

@@ -1,0 +1,130 @@
+"""Typed option groups of :class:`~tempo_pl.module.TempoModule`.
+
+Each dataclass is one YAML mapping under ``model.init_args``; the field docstrings are what ``tempo-pl fit --help``
+prints. Defaults follow the reference scripts (spec section 9) where the reference has a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ADVANTAGE_ESTIMATORS = ("em_token", "em", "gae", "grpo", "rloo")
+POLICY_LOSSES = ("gspo", "ppo")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+VALUE_CLIP_MODES = ("sequence", "token", "none")
+KL_KINDS = ("kl", "abs", "mse", "low_var_kl")
+
+
+def _check_choice(group: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{group}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class AlgorithmConfig:
+    """How advantages and losses are computed (spec sections 4.3, 5 and 6)."""
+
+    advantage: str = "em_token"
+    """Advantage estimator: ``em_token`` (TEMPO: critic terminal value minus token values, globally whitened), ``em``
+    (sequence-level, group-normalised), ``gae`` (PPO with a critic), ``grpo`` or ``rloo`` (critic-free baselines)."""
+    whiten_advantages: bool = True
+    """Globally whiten token advantages for ``em_token`` and ``gae`` (the reference always does)."""
+    gamma: float = 1.0
+    """Discount for ``gae`` (unused by the other estimators, which is why it is rejected for them when changed)."""
+    lam: float = 1.0
+    """GAE lambda for ``gae`` (unused by the other estimators, which is why it is rejected for them when changed)."""
+    grpo_norm_by_std: bool = True
+    """Divide group-centred scores by the group standard deviation (``grpo`` only)."""
+    policy_loss: str = "gspo"
+    """``gspo`` (sequence-level importance ratio, the reference) or ``ppo`` (token-level ratio)."""
+    clip_low: float = 3e-4
+    """Lower clip range epsilon_low of the importance ratio."""
+    clip_high: float = 5e-4
+    """Upper clip range epsilon_high of the importance ratio (clip-higher when larger than ``clip_low``)."""
+    loss_agg_mode: str = "seq-mean-token-mean"
+    """Aggregation of token losses: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum``."""
+    value_clip_mode: str = "sequence"
+    """Critic loss clipping: ``sequence`` (the reference's sequence-mean shift), ``token`` (standard PPO) or ``none``."""
+    cliprange_value: float = 0.1
+    """Clip range of the critic's value update."""
+    kl_coef: float = 0.0
+    """Weight of a KL penalty to the reference policy in the policy loss (0 = off; the reference has none)."""
+    kl_kind: str = "low_var_kl"
+    """KL estimator: ``kl``, ``abs``, ``mse`` or ``low_var_kl``."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus in the policy loss (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("algorithm", "advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        _check_choice("algorithm", "policy_loss", self.policy_loss, POLICY_LOSSES)
+        _check_choice("algorithm", "loss_agg_mode", self.loss_agg_mode, AGG_MODES)
+        _check_choice("algorithm", "value_clip_mode", self.value_clip_mode, VALUE_CLIP_MODES)
+        _check_choice("algorithm", "kl_kind", self.kl_kind, KL_KINDS)
+        for name in ("clip_low", "clip_high", "cliprange_value", "kl_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"algorithm.{name} must be >= 0, got {getattr(self, name)}")
+        if self.advantage != "gae" and (self.gamma != 1.0 or self.lam != 1.0):
+            raise ValueError(
+                f"algorithm.gamma/lam only apply to advantage='gae', but advantage={self.advantage!r}: remove them"
+            )
+        if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
+            raise ValueError("algorithm.policy_loss='gspo' requires loss_agg_mode='seq-mean-token-mean' (spec 6)")
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.advantage in ("em_token", "em", "gae")
+
+
+@dataclass
+class TrainingConfig:
+    """Batching, epochs, clipping and group filtering of one RL step (spec sections 3.2 and 4.4)."""
+
+    mini_batch_size: int = 2
+    """Prompts per optimizer step (each brings its n responses); the reference uses a quarter of the RL batch."""
+    micro_batch_size: int = 8
+    """Rows (responses) per forward/backward pass; gradients accumulate over a mini-batch."""
+    forward_batch_size: int = 16
+    """Rows per no-grad forward pass (old log-probs, values)."""
+    ppo_epochs: int = 1
+    """Passes over the rollout per RL step, for the policy and the critic alike."""
+    policy_grad_clip: float = 1.0
+    """Gradient-norm clip of the policy (0 = off)."""
+    critic_grad_clip: float = 1.0
+    """Gradient-norm clip of the critic (0 = off)."""
+    group_filter: bool = True
+    """Drop labeled prompt groups whose n rewards all agree (zero variance) and generate more prompts to refill."""
+    max_generation_batches: int = 10
+    """At most this many generation batches per RL step while refilling after group filtering."""
+
+    def __post_init__(self) -> None:
+        for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("policy_grad_clip", "critic_grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalConfig:
+    """In-loop and standalone evaluation (issue: answer grading and evaluation)."""
+
+    k: int = 4
+    """Samples per question."""
+    temperature: float = 1.0
+    """Sampling temperature of evaluation (the reference samples at 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling of evaluation."""
+    max_new_tokens: int | None = None
+    """Response budget of evaluation (default: the training rollout's)."""
+    pass_ks: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """The j of every pass@j logged (each at most k)."""
+    write_jsonl: bool = True
+    """Write a per-question JSONL (ids, extracted answers, correctness) beside the logs at each validation."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"evaluation.k must be >= 1, got {self.k}")
+        bad = [j for j in self.pass_ks if j < 1 or j > self.k]
+        if bad:
+            raise ValueError(f"evaluation.pass_ks must lie in 1..k={self.k}, got {bad}")

@@ -1,0 +1,300 @@
+"""Rollout engines: n sampled responses per prompt, packed into a :class:`~tempo_pl.types.Rollout`.
+
+:class:`HFGenerateEngine` runs transformers ``generate`` (KV cache) on the policy being trained, so it needs no
+weight sync. A faster engine (vLLM) only has to implement :class:`RolloutEngine`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import pad
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from tempo_pl.models import _hf_model, disable_bnb_avx512bf16
+from tempo_pl.types import PromptBatch, Rollout
+
+OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
+
+
+class RolloutEngine(Protocol):
+    """Anything that samples ``n`` responses per prompt from ``model`` (rows of a prompt consecutive)."""
+
+    def generate(self, model: nn.Module, prompts: PromptBatch, n: int) -> Rollout: ...
+
+
+@dataclass
+class SamplingSpec:
+    """How responses are sampled.
+
+    Example::
+
+        SamplingSpec(n=8, temperature=1.0, max_new_tokens=16384, max_prompt_length=2048)
+    """
+
+    n: int = 8
+    """Responses per prompt (the group size)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 = greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1 = off."""
+    top_k: int = 0
+    """Sample among the k most likely tokens; 0 or -1 = off."""
+    max_new_tokens: int = 1024
+    """Response length budget; a response that reaches it without EOS is marked ``truncated``."""
+    max_prompt_length: int = 2048
+    """Longest prompt in tokens, chat template included."""
+    overlong_prompt: str = "truncate_left"
+    """A longer prompt is cut from the left (``"truncate_left"``, the reference code) or dropped (``"drop"``)."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingSpec.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"SamplingSpec.top_k must be >= 0 (or -1 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingSpec.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"SamplingSpec.max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if self.overlong_prompt not in OVERLONG_PROMPT_MODES:
+            raise ValueError(
+                f"SamplingSpec.overlong_prompt must be one of {OVERLONG_PROMPT_MODES}, got {self.overlong_prompt!r}"
+            )
+
+
+class HFGenerateEngine:
+    """Sampling with transformers ``generate``: chat template, left padding, KV cache, stop at EOS.
+
+    Row ``g * n + k`` of the rollout is sample k of prompt g. Responses are right-padded with the pad token;
+    ``response_mask`` covers every token up to and including the first EOS (all tokens when there is none, and then
+    ``truncated`` is set). The model is put in eval mode under ``torch.no_grad`` and its train/eval mode restored.
+    Sampling uses only this spec: the model's own ``generation_config`` (e.g. Qwen3's top_k=20) is ignored.
+
+    Args:
+        tokenizer: the policy's tokenizer; its chat template frames each prompt as a user message.
+        sampling: temperature, top-p/top-k, lengths, overlong-prompt policy.
+        micro_batch_size: prompts per ``generate`` call (each with its n samples); None = the whole batch at once.
+        seed: call i samples with the seed ``seed + i`` (the global RNG is left untouched), so a fixed seed gives
+            identical rollouts; None samples from the global RNG. Give each data-parallel rank its own seed.
+
+    After every call ``last_dropped`` holds the number of prompts dropped as overlong (``"drop"`` mode) and
+    ``last_truncated`` the number cut from the left; the rollout's ``extra`` carries both (``num_dropped``,
+    ``num_prompts_truncated``).
+
+    Example::
+
+        engine = HFGenerateEngine(tokenizer, SamplingSpec(n=4, max_new_tokens=256), seed=0)
+        rollout = engine.generate(policy, prompt_batch, n=4)
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling: SamplingSpec,
+        micro_batch_size: Optional[int] = None,
+        seed: Optional[int] = None,
+    ) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("HFGenerateEngine needs a tokenizer with a pad token (build_tokenizer sets one)")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("HFGenerateEngine needs a tokenizer with an eos token")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.calls = 0
+        self.last_dropped = 0
+        self.last_truncated = 0
+
+    def state_dict(self) -> dict:
+        """The call counter, so a resumed run continues the seed sequence."""
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
+    # ------------------------------------------------------------------------------------------------- public
+    def generate(self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None) -> Rollout:
+        """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``."""
+        n = self.sampling.n if n is None else n
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        token_ids, kept = self._encode_prompts(prompts)
+        prompt_batch = prompts.select(kept)
+        extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
+        if not kept:
+            return _empty_rollout(prompt_batch, extra)
+        device = _device_of(model)
+        step = self.micro_batch_size or len(token_ids)
+        pieces = []
+        with self._rng(device), _eval_no_grad(model):
+            disable_bnb_avx512bf16(model)
+            config = self._generation_config(model)
+            with _only_generation_config(model, config):
+                for start in range(0, len(token_ids), step):
+                    pieces.append(self._generate_chunk(model, token_ids[start : start + step], n, config, device))
+        self.calls += 1
+        return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _encode_prompts(self, prompts: PromptBatch) -> tuple[list[list[int]], list[int]]:
+        """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
+        spec = self.sampling
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts.prompts
+        ]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        token_ids, kept, dropped, truncated = [], [], 0, 0
+        for i, ids in enumerate(encoded):
+            if len(ids) > spec.max_prompt_length:
+                if spec.overlong_prompt == "drop":
+                    dropped += 1
+                    continue
+                ids = ids[-spec.max_prompt_length :]
+                truncated += 1
+            token_ids.append(ids)
+            kept.append(i)
+        self.last_dropped, self.last_truncated = dropped, truncated
+        return token_ids, kept
+
+    def _stop_ids(self, model: nn.Module) -> list[int]:
+        ids = [self.tokenizer.eos_token_id]
+        model_eos = getattr(_hf_model(model).generation_config, "eos_token_id", None)
+        for token in [model_eos] if isinstance(model_eos, int) else (model_eos or []):
+            if token not in ids:
+                ids.append(token)
+        return ids
+
+    def _generation_config(self, model: nn.Module) -> GenerationConfig:
+        spec = self.sampling
+        sample = spec.temperature > 0
+        # sampling: explicit neutral values (top_k=0, top_p=1) rather than None, which generate would fill in from
+        # its global defaults (top_k=50); greedy: None, since greedy decoding reads none of them
+        return GenerationConfig(
+            do_sample=sample,
+            temperature=spec.temperature if sample else None,
+            top_p=spec.top_p if sample else None,
+            top_k=max(spec.top_k, 0) if sample else None,
+            max_new_tokens=spec.max_new_tokens,
+            eos_token_id=self._stop_ids(model),
+            pad_token_id=self.tokenizer.pad_token_id,
+            use_cache=True,
+        )
+
+    def _generate_chunk(
+        self, model: nn.Module, token_ids: list[list[int]], n: int, config: GenerationConfig, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        width = max(len(ids) for ids in token_ids)
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
+        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids], dtype=torch.long)
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        return prompt_ids, prompt_mask, sequences[:, width:]
+
+    def _assemble(
+        self,
+        pieces: list[tuple[Tensor, Tensor, Tensor]],
+        prompt_batch: PromptBatch,
+        n: int,
+        stop_ids: list[int],
+        extra: dict,
+    ) -> Rollout:
+        pad_id = self.tokenizer.pad_token_id
+        width = max(p.shape[1] for p, _, _ in pieces)
+        length = max(r.shape[1] for _, _, r in pieces)
+        prompt_ids = torch.cat([pad(p, (width - p.shape[1], 0), value=pad_id) for p, _, _ in pieces])
+        prompt_mask = torch.cat([pad(m, (width - m.shape[1], 0), value=0) for _, m, _ in pieces])
+        response_ids = torch.cat([pad(r, (0, length - r.shape[1]), value=pad_id) for _, _, r in pieces])
+
+        is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device))
+        # tokens after the first EOS: EOS counted before them (exclusive cumulative sum) is positive
+        after_stop = (is_stop.long().cumsum(-1) - is_stop.long()) > 0
+        response_mask = (~after_stop).float()
+        response_ids = response_ids.masked_fill(after_stop, pad_id)
+        truncated = ~is_stop.any(-1)
+
+        lengths = response_mask.sum(-1).long().tolist()
+        rows = response_ids.tolist()
+        texts = self.tokenizer.batch_decode([row[:k] for row, k in zip(rows, lengths)], skip_special_tokens=True)
+        device = response_ids.device
+        return Rollout(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            texts=texts,
+            group_ids=torch.arange(len(prompt_batch), device=device).repeat_interleave(n),
+            is_labeled=torch.tensor(prompt_batch.is_labeled, dtype=torch.bool, device=device).repeat_interleave(n),
+            truncated=truncated,
+            prompt_batch=prompt_batch,
+            extra=extra,
+        )
+
+    @contextlib.contextmanager
+    def _rng(self, device: torch.device) -> Iterator[None]:
+        if self.seed is None:
+            yield
+            return
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed + self.calls)
+            yield
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_no_grad(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _only_generation_config(model: nn.Module, config: GenerationConfig) -> Iterator[None]:
+    """``generate`` fills every field a passed config leaves unset from the model's own generation_config (hub
+    sampling defaults, suppressed tokens, repetition penalty ...); swap it for the duration of the call."""
+    target = _hf_model(model)
+    saved = target.generation_config
+    target.generation_config = config
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
+def _empty_rollout(prompt_batch: PromptBatch, extra: dict) -> Rollout:
+    empty = torch.zeros(0, 0, dtype=torch.long)
+    return Rollout(
+        prompt_ids=empty,
+        prompt_mask=empty.clone(),
+        response_ids=empty.clone(),
+        response_mask=torch.zeros(0, 0),
+        texts=[],
+        group_ids=torch.zeros(0, dtype=torch.long),
+        is_labeled=torch.zeros(0, dtype=torch.bool),
+        truncated=torch.zeros(0, dtype=torch.bool),
+        prompt_batch=prompt_batch,
+        extra=extra,
+    )

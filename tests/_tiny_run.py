@@ -1,0 +1,61 @@
+"""Helpers of the end-to-end tests: run the CLI on a modified copy of configs/tiny.yaml and read what it wrote."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def tiny_config(tmp_path: Path, edit: Optional[Callable[[dict], None]] = None, steps: int = 4,
+                validate: bool = False) -> dict:
+    """configs/tiny.yaml with logs under tmp_path, ``steps`` RL steps, a rollout logger, optional edits."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg = copy.deepcopy(cfg)
+    trainer = cfg["trainer"]
+    trainer["limit_train_batches"] = steps
+    trainer["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    trainer["enable_progress_bar"] = False
+    trainer["enable_model_summary"] = False
+    if not validate:
+        trainer["num_sanity_val_steps"] = 0
+        trainer["limit_val_batches"] = 0
+    trainer["callbacks"].append({"class_path": "tempo_pl.callbacks.RolloutSampleLogger",
+                                 "init_args": {"max_samples": 2, "dirpath": str(tmp_path / "rollouts")}})
+    if edit is not None:
+        edit(cfg)
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def schedule(cfg: dict) -> dict:
+    return next(cb for cb in cfg["trainer"]["callbacks"] if cb["class_path"].endswith("EMSchedule"))
+
+
+def build(cfg: dict, tmp_path: Path, name: str = "config.yaml", extra: tuple[str, ...] = ()) -> Any:
+    """The CLI objects (trainer, model, datamodule) of a config, not run."""
+    from tempo_pl.cli import TempoCLI
+
+    path = write_config(cfg, tmp_path / name)
+    return TempoCLI(args=["--config", str(path), *extra], run=False)
+
+
+def fit(cfg: dict, tmp_path: Path, ckpt_path: Optional[str] = None, name: str = "config.yaml"):
+    cli = build(cfg, tmp_path, name)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    return cli
+
+
+def rollout_records(folder: Path, rank: int = 0) -> list[dict]:
+    path = folder / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
