@@ -161,3 +161,27 @@ class ForwardStats:
     values: Optional[Tensor] = None  # (N, R) critic V(x, y_<t), masked; None when the run has no critic
     self_certainty: Optional[Tensor] = None  # (N, R) KL(Uniform || pi) per token, when a reward asks for it
     ref_logprobs: Optional[Tensor] = None  # (N, R) reference log-probs, when KL to a reference is on
+
+
+PHASE_CODES = {"E": 0, "M": 1, "EM": 2, "RL": 3}
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one RL step does; the EMSchedule callback sets it before every step.
+
+    ``phase``: "E" (critic recalibration on D_L), "M" (policy refinement on D_U), "EM" (the reference code's step:
+    one mixed batch, critic then policy), "RL" (zero-RL stage 1: D_L only, critic and policy).
+    ``source``: which stream the step's prompts come from: "labeled", "unlabeled" or "mixed".
+    """
+
+    phase: str
+    source: str
+    update_critic: bool
+    update_policy: bool
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASE_CODES:
+            raise ValueError(f"StepPlan.phase must be one of {sorted(PHASE_CODES)}, got {self.phase!r}")
+        if self.source not in ("labeled", "unlabeled", "mixed"):
+            raise ValueError(f"StepPlan.source must be 'labeled', 'unlabeled' or 'mixed', got {self.source!r}")
