@@ -1,0 +1,69 @@
+"""Packaging: `tempo_pl.callbacks` (the repo-root callbacks/ folder) imports from an editable install and a wheel;
+every shipped YAML parses against the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def test_editable_install_maps_callbacks_folder() -> None:
+    import tempo_pl.callbacks
+
+    assert Path(tempo_pl.callbacks.__file__).resolve().parent == ROOT / "callbacks"
+    assert hasattr(tempo_pl.callbacks, "EMSchedule")
+
+
+def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = dist.glob("tempo_pl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tempo_pl/callbacks/em_schedule.py" in names
+    assert "tempo_pl/module.py" in names
+    assert not any(n.startswith("callbacks/") for n in names)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-c", "import tempo_pl.callbacks as c, tempo_pl; print(c.__file__); print(c.EMSchedule)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert Path(first).resolve().is_relative_to(site.resolve()), first
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
+def test_every_config_parses(config: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    # --print_config parses and type-checks the whole file (model, data, trainer, callbacks) without running it
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (None, 0), capsys.readouterr().err[-2000:]
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "trainer:" in printed
+
+
+def test_config_typo_is_named(tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("max_new_tokens: 24", "max_new_tokenz: 24"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad), "--print_config"])
+    assert exit_info.value.code != 0
+    assert "max_new_tokenz" in capsys.readouterr().err
