@@ -215,3 +215,27 @@ def test_config_errors_name_the_key() -> None:
         AlgorithmConfig(advantage="em_token", lam=0.95)
     with pytest.raises(ValueError, match="training.mini_batch_size"):
         TrainingConfig(mini_batch_size=0)
+
+
+def test_kl_entropy_and_schedulers_are_applied(tmp_path: Path) -> None:
+    """KL to a frozen reference copy and the entropy bonus enter the loss; LR schedulers step once per optimizer step."""
+
+    def edit(cfg: dict) -> None:
+        schedule(cfg)["init_args"] = {"mode": "mixed"}
+        args = cfg["model"]["init_args"]
+        args["algorithm"].update(kl_coef=0.1, kl_kind="low_var_kl", entropy_coef=0.01)
+        args["policy_scheduler"] = {"class_path": "torch.optim.lr_scheduler.StepLR",
+                                    "init_args": {"step_size": 1, "gamma": 0.5}}
+        args["critic_scheduler"] = {"class_path": "torch.optim.lr_scheduler.StepLR",
+                                    "init_args": {"step_size": 1, "gamma": 0.1}}
+
+    cli = fit(tiny_config(tmp_path, edit, steps=2), tmp_path)
+    assert cli.model.reference is not None
+    records = rollout_records(tmp_path / "rollouts")
+    for r in records:
+        assert "train/policy/kl_ref" in r["metrics"] and "train/policy/entropy_bonus" in r["metrics"]
+    # 4 prompts x 4 samples per step, mini-batches of 2 prompts: 2 optimizer steps of each model per RL step
+    policy_opt, critic_opt = cli.model.optimizers()
+    assert policy_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5**4)
+    assert critic_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.1**4)
+    assert cli.trainer.global_step == 8  # optimizer steps of both optimizers, not RL steps
