@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Optional
@@ -16,6 +17,12 @@ from lightning.pytorch.cli import LightningCLI
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+PIPELINES = {
+    "compare": "tempo_pl.compare",  # same start, seed and budget for several methods, then a table and a plot
+    "demo": "tempo_pl.demo",  # the offline demo: warm start, zero-RL, TEMPO and baselines, summary
+}
 
 
 class TempoCLI(LightningCLI):
@@ -46,6 +53,11 @@ class TempoCLI(LightningCLI):
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # pipelines of several runs, beside LightningCLI's own subcommands
+    if argv and argv[0] in PIPELINES:
+        module = importlib.import_module(PIPELINES[argv[0]])
+        module.main(argv[1:])
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     TempoCLI(args=argv)
 

@@ -8,10 +8,10 @@ variable), otherwise to the Hub dataset named in :data:`BENCHMARKS`. Anything el
 
 Example::
 
-    >>> rows = load_benchmark("aime2024", local_dir="../shared/data")
-    >>> len(rows), rows[0]["id"], rows[0]["answer"], sorted(rows[0])
+    >>> rows = load_benchmark("aime2024", local_dir="../shared/data")  # doctest: +SKIP
+    >>> len(rows), rows[0]["id"], rows[0]["answer"], sorted(rows[0])  # doctest: +SKIP
     (30, '2024-I-1', '204', ['answer', 'id', 'problem', 'solution', 'url'])
-    >>> rows = load_benchmark("my_eval.jsonl")  # {"id": ..., "problem": ..., "answer": ...} per line
+    >>> rows = load_benchmark("my_eval.jsonl")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class BenchmarkInfo:
 
     Example::
 
-        >>> BenchmarkInfo("mine", "mine.jsonl", "me/mine", "test", "question", "final", id_field=None, id_prefix="m-")
+        >>> info = BenchmarkInfo("mine", "mine.jsonl", "me/mine", "test", "question", "final", id_field=None,
+        ...                      id_prefix="mine-")
     """
 
     name: str
@@ -69,7 +70,8 @@ class BenchmarkInfo:
     def __post_init__(self) -> None:
         if self.answer_format not in _ANSWER_FORMATS:
             raise ValueError(
-                f"BenchmarkInfo {self.name!r}: answer_format must be one of {_ANSWER_FORMATS}, got {self.answer_format!r}"
+                f"BenchmarkInfo {self.name!r}: answer_format must be one of {_ANSWER_FORMATS}, "
+                f"got {self.answer_format!r}"
             )
         for key in ("name", "file", "hub_path", "split", "problem_field", "answer_field"):
             if not getattr(self, key):
@@ -164,8 +166,9 @@ def read_rows(path: os.PathLike | str) -> list[dict]:
         missing = [key for key in ("problem", "answer") if row.get(key) is None]
         if missing:
             raise ValueError(f"{path} row {index}: missing field(s) {missing}; the row has {sorted(row)}")
-        out.append({**row, "id": str(row.get("id", f"{path.stem}-{index}")), "problem": str(row["problem"]),
-                    "answer": str(row["answer"]).strip()})
+        row_id = row.get("id")
+        out.append({**row, "id": f"{path.stem}-{index}" if row_id is None else str(row_id),
+                    "problem": str(row["problem"]), "answer": str(row["answer"]).strip()})
     return out
 
 
