@@ -52,6 +52,7 @@ class TempoCLI(LightningCLI):
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     # pipelines of several runs, beside LightningCLI's own subcommands
     if argv and argv[0] in PIPELINES:
@@ -59,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         module.main(argv[1:])
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    TempoCLI(args=argv)
+    TempoCLI(args=None if from_command_line else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,3 +239,22 @@ def test_kl_entropy_and_schedulers_are_applied(tmp_path: Path) -> None:
     assert policy_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5**4)
     assert critic_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.1**4)
     assert cli.trainer.global_step == 8  # optimizer steps of both optimizers, not RL steps
+
+
+def test_validate_subcommand_logs_and_writes_records(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tempo_pl.cli import main
+
+    cfg = tiny_config(tmp_path, validate=True)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(cfg))
+    main(["validate", "--config", str(path)])
+    (version,) = list((tmp_path / "runs" / "tiny").glob("version_*"))
+    acc = EventAccumulator(str(version))
+    acc.Reload()
+    for key in ("mean@2", "pass@1", "pass@2", "maj@2", "distinct_answers", "answer_entropy", "no_answer_rate"):
+        assert f"val/heldout/{key}" in acc.Tags()["scalars"], key
+    records = [json.loads(x) for x in (version / "eval" / "heldout_step000000.jsonl").read_text().splitlines()]
+    assert [len(r["answers"]) for r in records] == [2, 2, 2, 2]
+    assert all(r["values"] is not None for r in records)  # the critic's last-token values, for calibration
