@@ -7,9 +7,15 @@ Each problem is a chain of operations on a running integer::
     answer:   "32"
 
 The worked solution spends one line per operation, so the number of reasoning steps is the number of operations,
-and the answer is always a plain non-negative integer inside ``\\boxed{}``. D_L ("labeled") and D_U ("unlabeled",
-plus its twin "heldout") are drawn from different difficulty settings (more steps, larger operands on D_U), which
-gives test-time training a distribution shift to adapt to.
+and the answer is always a plain non-negative integer inside ``\\boxed{}``.
+
+The shift. D_L ("labeled") draws 2-4 operations, D_U ("unlabeled") and its twin "heldout" exactly 4: test time asks
+for the longest chains, which the warm-started policy solves least often, but which it can solve, so that a
+test-time method has correct samples to reinforce. Two other shifts were measured and rejected as defaults (tiny
+char-level Qwen3 after SFT on D_L): a step count absent from D_L (D_L 2-3 steps, D_U 4) is solved ~5% of the time
+whatever the training length, because the policy always stops after the longest chain it was taught; operands
+beyond D_L's range (``unlabeled_max_operand=12..15``) leave pass@8 stuck near 50%, the unseen-operand questions
+being out of reach. Both remain available through the knobs.
 
 Splits are disjoint by construction: every problem text hashes to exactly one split, and a split only keeps the
 problems that hash to it, so no D_U question can ever appear in D_L, whatever the sizes and difficulties. Each split
@@ -42,7 +48,8 @@ class SyntheticTaskSpec:
     """The task's seed, split sizes and difficulty knobs.
 
     D_L uses the ``labeled_*`` knobs; D_U and the held-out set share the ``unlabeled_*`` knobs. Every intermediate
-    value stays within ``[0, max_value]``, which bounds the digits the model has to handle.
+    value stays within ``[0, max_value]``, which bounds the digits the model has to handle. Each step picks one of
+    the operations that keep the value in range (uniformly among ``+``, ``-``, ``*``), then its operand.
 
     Example::
 

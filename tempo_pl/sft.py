@@ -1,0 +1,351 @@
+"""Supervised warm start: fine-tune the policy on D_L's worked solutions before any RL.
+
+The conversation is built exactly as the rollout engine builds it, so that what SFT teaches is what RL samples:
+user = the prompt template applied to the problem, rendered with the tokenizer's chat template and a generation
+prompt; assistant = the worked solution followed by the tokenizer's eos. The loss covers the assistant tokens only.
+At the end of fit the policy and tokenizer are saved as a Hugging Face directory that the next stage loads with
+``ModelSpec(name_or_path=<save_dir>)``.
+
+Example::
+
+    tempo-pl fit --config configs/demo/sft.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from tempo_pl.data.sources import DataError, read_tables
+from tempo_pl.data.templates import apply_template, resolve_template
+from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
+
+IGNORE_INDEX = -100
+"""Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of a user message with the chat template and generation prompt, as the rollout engine encodes it."""
+    messages = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
+    """Token ids of an assistant reply followed by eos: the tokens a rollout samples, up to and including EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token: SFT could not teach the policy where a reply ends")
+    return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def collate_sft(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str]
+) -> dict[str, Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` outside the completions).
+
+    ``labels`` equal ``input_ids`` on completion tokens; the causal-LM loss shifts them, so each completion token is
+    predicted from everything before it, the whole prompt included.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"collate_sft got {len(prompts)} prompts but {len(completions)} completions")
+    if not prompts:
+        raise ValueError("collate_sft got an empty batch")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sequences, labels = [], []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids, completion_ids = encode_prompt(tokenizer, prompt), encode_completion(tokenizer, completion)
+        sequences.append(prompt_ids + completion_ids)
+        labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    label_ids = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(sequences, labels)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        label_ids[row, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+
+
+def completion_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean next-token cross-entropy over the labeled (completion) positions of a batch."""
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    return nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up from ``1/warmup_steps`` to 1, then cosine decay to ``min_lr_ratio`` at
+    ``total_steps`` (held there after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SFTModule(LightningModule):
+    """Supervised fine-tuning of the policy on worked solutions (loss on the assistant tokens only).
+
+    Args:
+        model: the policy's :class:`~tempo_pl.models.ModelSpec` (the same spec the RL module takes); its tokenizer
+            renders the chat template.
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps; then cosine decay over the rest of the fit (``trainer.max_steps``, or
+            ``max_epochs`` times the batches per epoch).
+        min_lr_ratio: the learning rate at the end of the decay, as a fraction of ``learning_rate``.
+        save_dir: where the policy and tokenizer are saved (``save_pretrained``) at the end of fit; None = not saved.
+
+    Example::
+
+        module = SFTModule(ModelSpec(config=tiny_qwen3_config(100), tokenizer="builtin:char", seed=0),
+                           save_dir="runs/sft/policy")
+        Trainer(max_steps=500).fit(module, SFTDataModule("synthetic:labeled"))
+        # next stage: ModelSpec(name_or_path="runs/sft/policy")
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+        save_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if learning_rate <= 0:
+            raise ValueError(f"SFTModule.learning_rate must be positive, got {learning_rate}")
+        if weight_decay < 0:
+            raise ValueError(f"SFTModule.weight_decay must be >= 0, got {weight_decay}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"SFTModule.betas must be two numbers in [0, 1), got {betas!r}")
+        if warmup_steps < 0:
+            raise ValueError(f"SFTModule.warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"SFTModule.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        self.save_hyperparameters()
+        self.model_spec = model
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.save_dir = save_dir
+        self.tokenizer = build_tokenizer(model)
+        self.policy: Optional[nn.Module] = None
+
+    def configure_model(self) -> None:
+        # built here, not in __init__, so that `trainer.init_module()` and sharded strategies see the construction
+        if self.policy is None:
+            self.policy = build_policy(self.model_spec)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        tensors = collate_sft(self.tokenizer, batch["prompts"], batch["completions"])
+        tensors = {key: value.to(self.device) for key, value in tensors.items()}
+        logits = self.policy(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        loss = completion_loss(logits, tensors["labels"])
+        self.log("sft/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+            betas=self.betas,
+        )
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("SFTModule needs a finite fit (trainer.max_steps or max_epochs) to place its LR decay")
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, int(total), self.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        if self.save_dir is not None and self.trainer.is_global_zero:
+            save_policy(self.policy, self.tokenizer, self.save_dir)
+            rank_zero_info(f"SFT policy saved to {self.save_dir} (load it with ModelSpec(name_or_path=...))")
+
+
+def save_policy(policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str) -> Path:
+    """Save a policy (LoRA adapters merged into a copy; the live model is untouched) and its tokenizer."""
+    from peft import PeftModel
+
+    model = copy.deepcopy(policy).merge_and_unload() if isinstance(policy, PeftModel) else policy
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class SFTDataModule(LightningDataModule):
+    """Rows with a question and its worked solution, batched as ``{"prompts", "completions"}`` strings.
+
+    The module that trains on them tokenizes (it owns the tokenizer); this one only reads, checks, templates and
+    shuffles.
+
+    Args:
+        path: any dataset path :mod:`tempo_pl.data.sources` reads: ``"synthetic:labeled?size=2048"``, a ``.jsonl`` /
+            ``.parquet`` file, a folder of them, or a Hub dataset.
+        problem_field: column of the question.
+        solution_field: column of the worked solution (the assistant reply to learn).
+        prompt_template: a template containing ``{problem}`` or a name from ``tempo_pl.data.templates.TEMPLATES``;
+            use the one the RL stages use, or the policy learns to answer a prompt it will never see.
+        batch_size: rows per optimizer step.
+        limit: keep only the first ``limit`` rows; None = all.
+        split: the split of a Hub dataset (local files and registered sources have one split).
+        seed: seeds the shuffling of the rows, epoch by epoch.
+
+    Example::
+
+        SFTDataModule("synthetic:labeled?seed=0&size=2048", prompt_template="plain", batch_size=32)
+    """
+
+    def __init__(
+        self,
+        path: str,
+        problem_field: str = "problem",
+        solution_field: str = "solution",
+        prompt_template: str = "boxed",
+        batch_size: int = 32,
+        limit: Optional[int] = None,
+        split: str = "train",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"SFTDataModule.batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"SFTDataModule.limit must be >= 1 or None, got {limit}")
+        self.path = path
+        self.problem_field = problem_field
+        self.solution_field = solution_field
+        self.prompt_template = resolve_template(prompt_template)
+        self.batch_size = batch_size
+        self.limit = limit
+        self.split = split
+        self.seed = seed
+        self.pairs: list[tuple[str, str]] = []
+
+    def setup(self, stage: str) -> None:
+        if not self.pairs:
+            self.pairs = self.load_pairs()
+
+    def load_pairs(self) -> list[tuple[str, str]]:
+        """``(templated prompt, solution)`` of every row; raises :class:`DataError` naming the bad rows and field."""
+        pairs, problems = [], []
+        for table in read_tables(self.path, self.split):
+            for index, row in enumerate(table.rows):
+                where = f"{table.origin} row {index} (id {row.get('id', '?')!r})"
+                for field in (self.problem_field, self.solution_field):
+                    value = row.get(field)
+                    if not isinstance(value, str) or not value.strip():
+                        problems.append(f"{where}: field {field!r}: expected a non-empty string, got {value!r}")
+                        break
+                else:
+                    prompt = apply_template(self.prompt_template, row[self.problem_field])
+                    pairs.append((prompt, row[self.solution_field]))
+        if problems:
+            shown = "\n  ".join(problems[:5])
+            raise DataError(f"SFT dataset {self.path!r}: {len(problems)} malformed row(s):\n  {shown}")
+        if not pairs:
+            raise DataError(f"SFT dataset {self.path!r} has no rows")
+        return pairs[: self.limit] if self.limit is not None else pairs
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.pairs, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=_collate_strings
+        )
+
+
+def _collate_strings(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"prompts": [p for p, _ in pairs], "completions": [c for _, c in pairs]}
+
+
+@torch.no_grad()
+def sample_accuracy(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    k: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 128,
+    prompt_template: str = "boxed",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """mean@k: the fraction of ``k`` sampled responses per row that grade correct against ``row["answer"]``.
+
+    A tuning aid (the loop's evaluation lives elsewhere): plain ``generate`` with the same chat template as the
+    rollout, top-k/top-p off, graded by :func:`tempo_pl.rewards.grading.grade_many`.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer (left padding is set for the call).
+        rows: dicts with ``problem`` and ``answer``.
+        k: samples per row.
+        temperature: sampling temperature; 0 = greedy (then the ``k`` samples are identical).
+        max_new_tokens: response budget; a truncated response usually lacks its ``\\boxed{}`` and grades wrong.
+        prompt_template: as for :class:`SFTDataModule`.
+        batch_size: prompts per ``generate`` call (each expanded to ``k`` sequences).
+        seed: seeds the sampling (the global RNG state is restored afterwards).
+    """
+    from tempo_pl.rewards.grading import grade_many
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not rows:
+        raise ValueError("sample_accuracy got no rows")
+    template = resolve_template(prompt_template)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    responses, golds = [], []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                encoded = [encode_prompt(tokenizer, apply_template(template, row["problem"])) for row in chunk]
+                width = max(len(ids) for ids in encoded)
+                input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+                attention_mask = torch.tensor(
+                    [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+                )
+                sampled = temperature > 0
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    do_sample=sampled,
+                    temperature=temperature if sampled else 1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    num_return_sequences=k,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad_id,
+                )
+                responses += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+                golds += [str(row["answer"]) for row in chunk for _ in range(k)]
+    finally:
+        model.train(was_training)
+    correct = grade_many(responses, golds)
+    return sum(correct) / len(correct)
