@@ -456,68 +456,67 @@ class TempoModule(LightningModule):
     def update_critic(self, rollout: Rollout, stats: ForwardStats, returns: Tensor) -> dict[str, float]:
         """E-step: regress the critic on labeled rows' outcomes, in mini-batches (spec section 4.3)."""
         _, critic_opt, _, critic_sched = self._optimizers()
-        cfg = self.training_cfg
         labeled = rollout.is_labeled.float().unsqueeze(-1)
-        acc: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            for mini in _chunks(rollout.num_rows, cfg.mini_batch_size * rollout.n_per_prompt):
-                critic_opt.zero_grad(set_to_none=True)
-                for micro in _chunks(len(mini), cfg.micro_batch_size):
-                    rows = mini[micro]
-                    ids, attn, _, resp_mask = self._inputs(rollout, rows)
-                    values = critic_response_values(self.critic, ids, attn, resp_mask)
-                    mask = resp_mask.float() * labeled[rows]
-                    loss, m = self.value_loss(values, stats.values[rows], returns[rows], mask)
-                    self.manual_backward(loss * (len(rows) / len(mini)))
-                    _accumulate(acc, {"critic/loss": loss, **{f"critic/{k}": v for k, v in m.items()}})
-                if cfg.critic_grad_clip > 0:
-                    self.clip_gradients(critic_opt, gradient_clip_val=cfg.critic_grad_clip, gradient_clip_algorithm="norm")
-                critic_opt.step()
-                if critic_sched is not None:
-                    critic_sched.step()
-        out = {k: float(np.mean(v)) for k, v in acc.items()}
-        out["critic/lr"] = critic_opt.param_groups[0]["lr"]
-        return out
+
+        def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
+            ids, attn, _, resp_mask = self._inputs(rollout, rows)
+            values = critic_response_values(self.critic, ids, attn, resp_mask)
+            mask = resp_mask.float() * labeled[rows].to(resp_mask.device)
+            loss, m = self.value_loss(values, stats.values[rows], returns[rows], mask)
+            return loss, {"loss": loss, **m}
+
+        out = self._optimize(rollout, critic_opt, critic_sched, self.training_cfg.critic_grad_clip, micro_loss)
+        return {f"critic/{k}": v for k, v in out.items()}
 
     def update_policy(self, rollout: Rollout, stats: ForwardStats, advantages: Tensor) -> dict[str, float]:
         """M-step: the clipped policy-gradient update on every row of the rollout (spec section 6)."""
         policy_opt, _, policy_sched, _ = self._optimizers()
-        cfg, alg = self.training_cfg, self.algorithm
+        alg = self.algorithm
+
+        def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
+            ids, attn, resp_ids, resp_mask = self._inputs(rollout, rows)
+            mask = resp_mask.float()
+            out = policy_response_stats(
+                self.policy, ids, attn, resp_ids, resp_mask,
+                temperature=self._logprob_temperature, with_entropy=alg.entropy_coef > 0,
+            )
+            loss, m = self.policy_loss(out["logprobs"], stats.old_logprobs[rows], advantages[rows], mask)
+            m = {**m, "pg_loss": loss.detach()}
+            if alg.entropy_coef > 0:
+                entropy = loss_fns.aggregate_loss(out["entropy"], mask, alg.loss_agg_mode)
+                loss = loss - alg.entropy_coef * entropy
+                m["entropy_bonus"] = entropy.detach()
+            if alg.kl_coef > 0:
+                kl = loss_fns.kl_penalty(out["logprobs"], stats.ref_logprobs[rows], kind=alg.kl_kind)
+                kl = loss_fns.aggregate_loss(kl, mask, alg.loss_agg_mode)
+                loss = loss + alg.kl_coef * kl
+                m["kl_ref"] = kl.detach()
+            return loss, {"loss": loss, **m}
+
+        out = self._optimize(rollout, policy_opt, policy_sched, self.training_cfg.policy_grad_clip, micro_loss)
+        return {f"policy/{k}": v for k, v in out.items()}
+
+    def _optimize(self, rollout: Rollout, optimizer, scheduler, grad_clip: float, micro_loss) -> dict[str, float]:
+        """``ppo_epochs`` passes of mini-batch steps; gradients accumulate over micro-batches, each loss weighted by
+        its share of the mini-batch's rows (the reference's micro-batch scale)."""
+        cfg = self.training_cfg
         acc: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for mini in _chunks(rollout.num_rows, cfg.mini_batch_size * rollout.n_per_prompt):
-                policy_opt.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 for micro in _chunks(len(mini), cfg.micro_batch_size):
                     rows = mini[micro]
-                    ids, attn, resp_ids, resp_mask = self._inputs(rollout, rows)
-                    mask = resp_mask.float()
-                    out = policy_response_stats(
-                        self.policy, ids, attn, resp_ids, resp_mask,
-                        temperature=self._logprob_temperature, with_entropy=alg.entropy_coef > 0,
-                    )
-                    loss, m = self.policy_loss(out["logprobs"], stats.old_logprobs[rows], advantages[rows], mask)
-                    m = {f"policy/{k}": v for k, v in m.items()}
-                    m["policy/pg_loss"] = loss.detach()
-                    if alg.entropy_coef > 0:
-                        entropy = loss_fns.aggregate_loss(out["entropy"], mask, alg.loss_agg_mode)
-                        loss = loss - alg.entropy_coef * entropy
-                        m["policy/entropy_bonus"] = entropy.detach()
-                    if alg.kl_coef > 0:
-                        kl = loss_fns.kl_penalty(out["logprobs"], stats.ref_logprobs[rows], kind=alg.kl_kind)
-                        kl = loss_fns.aggregate_loss(kl, mask, alg.loss_agg_mode)
-                        loss = loss + alg.kl_coef * kl
-                        m["policy/kl_ref"] = kl.detach()
+                    loss, metrics = micro_loss(rows)
                     self.manual_backward(loss * (len(rows) / len(mini)))
-                    _accumulate(acc, {"policy/loss": loss, **m})
-                if cfg.policy_grad_clip > 0:
-                    self.clip_gradients(policy_opt, gradient_clip_val=cfg.policy_grad_clip, gradient_clip_algorithm="norm")
-                grad_norm = _grad_norm(policy_opt)
-                _accumulate(acc, {"policy/grad_norm": grad_norm})
-                policy_opt.step()
-                if policy_sched is not None:
-                    policy_sched.step()
+                    _accumulate(acc, metrics)
+                _accumulate(acc, {"grad_norm": _grad_norm(optimizer)})  # before clipping: how far it was cut
+                if grad_clip > 0:
+                    self.clip_gradients(optimizer, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
         out = {k: float(np.mean(v)) for k, v in acc.items()}
-        out["policy/lr"] = policy_opt.param_groups[0]["lr"]
+        out["lr"] = optimizer.param_groups[0]["lr"]
         return out
 
     # ------------------------------------------------------------------ metrics and logging
