@@ -1,0 +1,385 @@
+"""FSDP2 for TEMPO: shard the policy and the critic per decoder layer under Lightning's ``ModelParallelStrategy``.
+
+Lightning's ``FSDPStrategy`` (FSDP1) refuses manual optimization and DeepSpeed allows one optimizer, so large models
+run on :class:`FSDP2Strategy`: a ``ModelParallelStrategy`` (data parallel only) that carries an :class:`FSDP2Recipe`.
+``TempoModule.configure_model`` builds the models, then calls :func:`shard_module`, which reads the recipe from the
+trainer's strategy and applies ``fully_shard`` to every decoder layer and to each model's root, with activation
+checkpointing, mixed precision and optional CPU offload. Both optimizers are created after sharding, so they hold the
+sharded (DTensor) parameters and their state is sharded too; checkpoints are DCP folders (sharded) or single files
+(``save_distributed_checkpoint=False``), and :mod:`tempo_pl.export` turns either into Hugging Face folders.
+
+Generation runs under :func:`gathered_for_generation`: the policy's parameters are all-gathered once before
+``generate`` and freed after it, instead of once per generated token.
+
+Example (YAML)::
+
+    trainer:
+      accelerator: gpu
+      devices: 8
+      precision: 32-true            # FSDP2 mixed precision casts at module level; no autocast on top
+      strategy:
+        class_path: tempo_pl.strategies.FSDP2Strategy
+        init_args:
+          recipe: {param_dtype: bfloat16, activation_checkpointing: true, cpu_offload: true}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator, Literal, Optional, Union
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from tempo_pl.models import DTYPES
+
+#: attributes of a TempoModule that hold models to shard, in this order
+MODEL_ATTRIBUTES = ("policy", "critic", "reference")
+
+
+@dataclass
+class FSDP2Recipe:
+    """How :func:`shard_module` shards each model of a :class:`~tempo_pl.module.TempoModule`.
+
+    Example::
+
+        FSDP2Recipe(param_dtype="bfloat16", cpu_offload=True)     # 14B policy + 14B critic on 8 x 80 GB
+        FSDP2Recipe(param_dtype=None, activation_checkpointing=False)   # float32 on CPU (tests)
+    """
+
+    param_dtype: Optional[str] = "bfloat16"
+    """Dtype of the all-gathered parameters, i.e. of forward and backward compute (FSDP2 ``MixedPrecisionPolicy``);
+    the sharded parameters and the optimizer keep the dtype the model was built in (``ModelSpec.dtype``). None =
+    compute in the parameter dtype. With a 4-bit base it must equal the quant storage dtype (``ModelSpec.dtype``)."""
+    reduce_dtype: Optional[str] = "float32"
+    """Dtype of the gradient reduce-scatter; None = ``param_dtype``."""
+    activation_checkpointing: bool = True
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant); models without trainable
+    parameters (a frozen reference) are never checkpointed."""
+    cpu_offload: bool = False
+    """Keep sharded parameters, gradients and optimizer state in CPU memory (FSDP2 ``CPUOffloadPolicy``); the
+    optimizer step then runs on the CPU. Pinned memory on CUDA."""
+    reshard_after_forward: bool = True
+    """Free each layer's gathered parameters after its forward (ZeRO-3); False keeps them until the backward
+    (ZeRO-2: less communication, more memory). The root module always keeps them, as FSDP2 does by default."""
+    rank0_init: bool = False
+    """Only global rank 0 builds the models with real weights; the other ranks build them on the meta device and
+    receive their shards from rank 0 after sharding, so a 14B model is materialised once per node, not once per rank.
+    Needs models the builders can create on the meta device (``config`` models; hub checkpoints once the builder
+    supports it); not with 4-bit bases."""
+
+    def __post_init__(self) -> None:
+        for name in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"FSDP2Recipe.{name} must be one of {sorted(DTYPES)} or null, got {value!r}")
+
+    def mixed_precision(self):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return MixedPrecisionPolicy(
+            param_dtype=DTYPES[self.param_dtype] if self.param_dtype else None,
+            reduce_dtype=DTYPES[self.reduce_dtype] if self.reduce_dtype else None,
+        )
+
+    def offload_policy(self, device: torch.device):
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        if not self.cpu_offload:
+            return OffloadPolicy()
+        return CPUOffloadPolicy(pin_memory=device.type == "cuda")
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` with data parallelism only (FSDP2) and the :class:`FSDP2Recipe` of TEMPO's models.
+
+    Args:
+        recipe: how the policy and the critic are sharded (mixed precision, checkpointing, offload, rank-0 init).
+        data_parallel_size: ranks that shard the models; ``"auto"`` = every rank of the run.
+        save_distributed_checkpoint: True writes a DCP folder with one shard per rank (fast, resumable on the same
+            or another world size); False gathers a single full file on rank 0.
+        process_group_backend: ``"nccl"``/``"gloo"``; None picks the device's default.
+        timeout: collective timeout.
+
+    Example::
+
+        trainer = Trainer(accelerator="cpu", devices=2, strategy=FSDP2Strategy(FSDP2Recipe(param_dtype=None)))
+    """
+
+    def __init__(
+        self,
+        recipe: Optional[FSDP2Recipe] = None,
+        data_parallel_size: Union[Literal["auto"], int] = "auto",
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[timedelta] = default_pg_timeout,
+    ) -> None:
+        if data_parallel_size != "auto" and (not isinstance(data_parallel_size, int) or data_parallel_size < 1):
+            raise ValueError(f"FSDP2Strategy.data_parallel_size must be 'auto' or a positive int, got {data_parallel_size!r}")
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+        self.recipe = recipe if recipe is not None else FSDP2Recipe()
+
+    def setup_environment(self) -> None:
+        # ModelParallelStrategy's "auto" means one data-parallel group per node; here every rank shards
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    @contextlib.contextmanager
+    def tensor_init_context(self, empty_init: Optional[bool] = None) -> Iterator[None]:
+        meta = empty_init or (self.recipe.rank0_init and self.global_rank != 0)
+        with super().tensor_init_context(empty_init=meta):
+            yield
+
+    def model_to_device(self) -> None:
+        if not self.recipe.cpu_offload:
+            super().model_to_device()
+            return
+        # FSDP2 keeps offloaded shards on the CPU and refuses them elsewhere: move only what it does not manage
+        _move_unsharded_states(self.model, self.root_device)
+
+
+# ------------------------------------------------------------------------------------------------------ sharding
+
+
+def shard_module(module: nn.Module, device_mesh, recipe: Optional[FSDP2Recipe] = None) -> None:
+    """Apply FSDP2 to every model of ``module`` (``policy``, ``critic``, ``reference``): each decoder layer, then the
+    model's root (embeddings, final norm, LM head or value head), on the data-parallel dimension of ``device_mesh``.
+
+    Called by ``TempoModule.configure_model`` when the trainer's strategy gave the module a device mesh. The recipe
+    is ``trainer.strategy.recipe`` for an :class:`FSDP2Strategy`, else the defaults. Models built on the meta device
+    (``FSDP2Recipe.rank0_init``) are materialised from global rank 0's weights after sharding.
+
+    Args:
+        module: the LightningModule holding the models.
+        device_mesh: the mesh from the strategy (``"data_parallel"`` and ``"tensor_parallel"`` dims) or a 1-D mesh.
+        recipe: overrides the strategy's recipe.
+    """
+    recipe = recipe or _recipe_of(module)
+    mesh = _data_parallel_mesh(device_mesh)
+    models = [getattr(module, name, None) for name in MODEL_ATTRIBUTES]
+    models = [m for m in models if m is not None]
+    if recipe.rank0_init:
+        _check_rank0_init(models)
+    for model in models:
+        shard_model(model, mesh, recipe)
+
+
+def shard_model(model: nn.Module, mesh, recipe: FSDP2Recipe) -> nn.Module:
+    """FSDP2 on one model (a ``PreTrainedModel``, a peft model around one, or a shared-base view); returns it.
+
+    A model whose Hugging Face root is already sharded (the second view of a shared base) only gets its own extra
+    modules sharded (the critic's value head).
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    hf = hf_root(model)
+    device = _mesh_device(mesh)
+    rank0_full_state = _rank0_full_state(model, mesh) if recipe.rank0_init else None
+    kwargs = dict(
+        mesh=mesh,
+        mp_policy=recipe.mixed_precision(),
+        offload_policy=recipe.offload_policy(device),
+    )
+    if not isinstance(hf, FSDPModule):
+        _check_quantized_dtype(hf, recipe)
+        trainable = any(p.requires_grad for p in hf.parameters())
+        if recipe.activation_checkpointing and trainable:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for layer in decoder_layers(hf):
+            fully_shard(layer, reshard_after_forward=recipe.reshard_after_forward, **kwargs)
+        fully_shard(hf, **kwargs)
+    for extra in _modules_outside(model, hf):
+        fully_shard(extra, **kwargs)
+    if rank0_full_state is not None:
+        _materialise_from_rank0(model, rank0_full_state, device)
+    return model
+
+
+def hf_root(model: nn.Module) -> nn.Module:
+    """The Hugging Face ``PreTrainedModel`` inside a model: itself, a peft model's base, or a shared-base view's."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        return model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else None
+    if isinstance(base, PreTrainedModel):
+        return base
+    raise TypeError(f"cannot find the Hugging Face model inside {type(model).__name__}")
+
+
+def decoder_layers(hf: nn.Module) -> list[nn.Module]:
+    """The decoder layers of a Hugging Face model: the modules whose class the model names in ``_no_split_modules``."""
+    names = set(getattr(hf, "_no_split_modules", None) or [])
+    layers = [m for m in hf.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(
+            f"{type(hf).__name__} names no decoder layer class in _no_split_modules ({sorted(names)}); FSDP2 shards "
+            "per decoder layer"
+        )
+    return layers
+
+
+def _modules_outside(model: nn.Module, hf: nn.Module) -> list[nn.Module]:
+    """Direct parameter-holding children of ``model`` that are not part of ``hf`` (a shared-base critic's head)."""
+    inside = {id(p) for p in hf.parameters()}
+    extra = []
+    for child in model.children():
+        params = list(child.parameters())
+        if params and not any(id(p) in inside for p in params):
+            extra.append(child)
+    return extra
+
+
+def _recipe_of(module: nn.Module) -> FSDP2Recipe:
+    trainer = getattr(module, "_trainer", None)
+    recipe = getattr(getattr(trainer, "strategy", None), "recipe", None)
+    return recipe if isinstance(recipe, FSDP2Recipe) else FSDP2Recipe()
+
+
+def _data_parallel_mesh(device_mesh):
+    names = device_mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and device_mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"tensor_parallel_size={device_mesh['tensor_parallel'].size()}: TEMPO's models are sharded with FSDP2 "
+            "only; use FSDP2Strategy (tensor_parallel_size=1)"
+        )
+    return device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
+
+
+def _mesh_device(mesh) -> torch.device:
+    if mesh.device_type == "cpu":
+        return torch.device("cpu")
+    return torch.device(mesh.device_type, torch.accelerator.current_device_index())
+
+
+def _quantized_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if type(p).__name__ == "Params4bit"]
+
+
+def _check_quantized_dtype(hf: nn.Module, recipe: FSDP2Recipe) -> None:
+    """A 4-bit weight is packed bytes viewed in the storage dtype: an all-gather that casts it destroys it."""
+    quantized = _quantized_params(hf)
+    if not quantized:
+        return
+    name, param = quantized[0]
+    if recipe.param_dtype is None or DTYPES[recipe.param_dtype] != param.dtype:
+        raise ValueError(
+            f"FSDP2Recipe.param_dtype={recipe.param_dtype!r} but the 4-bit weights (e.g. {name}) are stored as "
+            f"{param.dtype}: set param_dtype to the model's dtype ({str(param.dtype).removeprefix('torch.')}) so the "
+            "packed weights are gathered without a cast"
+        )
+
+
+def _check_rank0_init(models: list[nn.Module]) -> None:
+    for model in models:
+        if _quantized_params(model):
+            raise ValueError("FSDP2Recipe.rank0_init does not support 4-bit bases (they quantize at load time)")
+
+
+def _rank0_full_state(model: nn.Module, mesh) -> Optional[dict]:
+    """Rank 0's full (unsharded) state before sharding: the weights every rank receives its shard of."""
+    if mesh.get_rank() != 0:
+        if not any(t.is_meta for t in model.parameters()):
+            raise RuntimeError("FSDP2Recipe.rank0_init: a rank other than 0 built real weights; build under the "
+                               "strategy's tensor_init_context (TempoModule.configure_model does)")
+        return {}
+    if any(t.is_meta for t in model.parameters()):
+        raise RuntimeError("FSDP2Recipe.rank0_init: rank 0 must build real weights, got meta tensors")
+    return {
+        "params": model.state_dict(),
+        "buffers": {name: buf for name, buf in model.named_buffers()},
+    }
+
+
+def _materialise_from_rank0(model: nn.Module, rank0_state: dict, device: torch.device) -> None:
+    """Allocate the meta shards, then scatter rank 0's weights and broadcast its buffers (non-persistent ones such
+    as rotary frequencies are not in the state dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.is_meta for t in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        model.to_empty(device=device)
+    set_model_state_dict(
+        model,
+        rank0_state.get("params", {}),
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
+    source = rank0_state.get("buffers", {})
+    for name, buf in model.named_buffers():
+        if dist.get_rank() == 0:
+            buf.copy_(source[name].to(buf.device))
+        dist.broadcast(buf, src=0)
+
+
+def _move_unsharded_states(model: nn.Module, device: torch.device) -> None:
+    from torch.distributed.tensor import DTensor
+
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not isinstance(param, DTensor):
+                module._parameters[name] = nn.Parameter(param.to(device), requires_grad=param.requires_grad)
+        for name, buf in module.named_buffers(recurse=False):
+            module._buffers[name] = buf.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: nn.Module) -> Iterator[nn.Module]:
+    """All-gather a sharded model's parameters once for a whole ``generate`` call, free them afterwards.
+
+    Without it, FSDP2 gathers and frees every layer at every decoding step: once per generated token. Inside the
+    block every FSDP module stays unsharded (its reshard-after-forward is switched off); on exit the parameters are
+    resharded and each module's own setting is restored. A model without FSDP modules passes through.
+
+    Example::
+
+        with gathered_for_generation(policy):
+            sequences = policy.generate(input_ids, max_new_tokens=512)
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    # pre-order: the root comes first, so its lazy initialisation sees the whole tree before any layer's
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not fsdp_modules:
+        yield model
+        return
+    saved = [_reshard_setting(m) for m in fsdp_modules]
+    try:
+        handles = [m.unshard(async_op=True) for m in fsdp_modules]
+        for handle in handles:
+            if handle is not None:
+                handle.wait()
+        for m in fsdp_modules:
+            m.set_reshard_after_forward(False, recurse=False)
+        yield model
+    finally:
+        for m, setting in zip(fsdp_modules, saved):
+            _restore_reshard_setting(m, setting)
+            m.reshard()
+
+
+def _reshard_setting(module) -> tuple[Any, list[Any]]:
+    # FSDP2 has a setter but no getter for reshard-after-forward; these two fields are what the setter writes
+    state = module._get_fsdp_state()
+    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]
+
+
+def _restore_reshard_setting(module, setting: tuple[Any, list[Any]]) -> None:
+    state = module._get_fsdp_state()
+    state._auto_reshard_after_forward = setting[0]
+    for group, info in zip(state._fsdp_param_groups, setting[1]):
+        group.post_forward_mesh_info = info

@@ -1,0 +1,626 @@
+"""FSDP2 (tempo_pl.strategies): 2 processes on gloo against 1 process, sharded resume, export, gather-once generation.
+
+The multi-process part runs this file as a script (``python tests/test_strategies.py OUT``): Lightning's launcher
+re-executes it for rank 1, so pytest never forks itself. One launch does everything the 2-process tests read
+(a straight 4-step run that checkpoints after its first epoch, a run resumed from that sharded checkpoint, reference
+outputs of the trained sharded models, all-gather counts of generation, a rank-0 initialisation); the tests compare
+it with a 1-process run done in the test process. Rollouts are a deterministic function of the prompt (no sampling), so 1 rank and 2 ranks see
+exactly the same responses and the comparison isolates the sharding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import types
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from _tiny_run import ROOT, build, rollout_records, tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+STEPS_PER_EPOCH = 2
+EPOCHS = 2
+PROMPTS_PER_STEP = 4
+LOSS_NAMES = {"E": ("critic/loss",), "M": ("policy/loss", "policy/pg_loss")}
+"""Losses each phase logs (a metric key is the name, or ends with ``/`` + the name)."""
+PROBE = [[7, 23, 41, 5, 66, 12, 30, 3], [40, 41, 42, 43, 44, 45, 46, 47]]
+"""Fixed token ids every trained model is evaluated on (policy logits, critic values)."""
+WORKER_TIMEOUT_S = 420
+FSDP2_TINY = ROOT / "configs" / "fsdp2_tiny.yaml"
+
+
+# ----------------------------------------------------------------------------------------- the shared experiment
+
+
+def deterministic_rollout(self, prompts):
+    """``TempoModule.rollout`` replacement: responses are a function of the prompt text, whatever the rank.
+
+    Response k of a prompt has 3 + (seed + k) % 5 tokens drawn from a generator seeded by the prompt's CRC32; even k
+    end with EOS, odd k are truncated.
+    """
+    from tempo_pl.types import Rollout
+
+    tok, n = self.tokenizer, self.sampling.n
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    prompt_rows, response_rows = [], []
+    for text in prompts.prompts:
+        seed = zlib.crc32(text.encode())
+        ids = tok(text, add_special_tokens=False)["input_ids"][-24:]
+        gen = torch.Generator().manual_seed(seed)
+        for k in range(n):
+            length = 3 + (seed + k) % 5
+            body = torch.randint(4, len(tok), (length,), generator=gen).tolist()
+            if k % 2 == 0:
+                body[-1] = eos
+            prompt_rows.append(ids)
+            response_rows.append(body)
+    width = max(len(p) for p in prompt_rows)
+    length = max(len(r) for r in response_rows)
+    prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_rows])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_rows])
+    response_ids = torch.tensor([r + [pad] * (length - len(r)) for r in response_rows])
+    response_mask = torch.tensor([[1.0] * len(r) + [0.0] * (length - len(r)) for r in response_rows])
+    texts = tok.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        texts=texts,
+        group_ids=torch.arange(len(prompts)).repeat_interleave(n),
+        is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
+        truncated=torch.tensor([k % 2 == 1 for _ in prompts.prompts for k in range(n)]),
+        prompt_batch=prompts,
+        extra={"num_dropped": 0},
+    )
+
+
+def experiment_config(out: Path, devices: int, epochs: int = EPOCHS) -> dict:
+    """configs/tiny.yaml with the same global batch split over ``devices`` ranks, FSDP2 when devices > 1."""
+
+    def edit(cfg: dict) -> None:
+        trainer, init = cfg["trainer"], cfg["model"]["init_args"]
+        trainer["devices"] = devices
+        trainer["max_epochs"] = epochs
+        if devices > 1:  # the strategy of configs/fsdp2_tiny.yaml: float32, activation checkpointing
+            trainer["strategy"] = yaml.safe_load(FSDP2_TINY.read_text())["trainer"]["strategy"]
+        cfg["data"]["init_args"]["batch_size"] = PROMPTS_PER_STEP // devices
+        # one optimizer step per RL step on every rank: the per-rank mini-batch is the rank's whole batch
+        init["training"].update(mini_batch_size=PROMPTS_PER_STEP // devices, micro_batch_size=64)
+        # per-rank whitening would differ from whitening the global batch; the sharding is what is under test
+        init["algorithm"]["whiten_advantages"] = False
+
+    return tiny_config(out, edit, steps=STEPS_PER_EPOCH)
+
+
+class SaveAfterFirstEpoch(Callback):
+    """A checkpoint at the end of epoch 0: a DCP folder (one file per rank) under FSDP2, a file on one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.path)
+
+
+def probe_outputs(module) -> dict[str, torch.Tensor]:
+    """Policy logits and critic values on :data:`PROBE` (every rank must call this under FSDP2)."""
+    ids = torch.tensor(PROBE)
+    with torch.no_grad():
+        logits = module.policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        values = module.critic(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    return {"logits": logits, "values": values}
+
+
+def count_all_gathers(fn) -> int:
+    """Number of FSDP2 parameter all-gathers ``fn()`` issues."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+    original = _fsdp_param_group.foreach_all_gather
+    calls = 0
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    _fsdp_param_group.foreach_all_gather = counting
+    try:
+        fn()
+    finally:
+        _fsdp_param_group.foreach_all_gather = original
+    return calls
+
+
+def run_experiment(out: Path, devices: int) -> None:
+    """Straight run (checkpoint after epoch 0, probe outputs, final checkpoint), then the resumed run."""
+    out.mkdir(parents=True, exist_ok=True)
+    sharded = devices > 1
+    mid = out / ("epoch0" if sharded else "epoch0.ckpt")
+    cfg = experiment_config(out / "straight", devices)
+    (out / "straight").mkdir(exist_ok=True)
+    cli = build(cfg, out / "straight")
+    cli.trainer.callbacks.append(SaveAfterFirstEpoch(mid))
+    module = cli.model
+    module.rollout = types.MethodType(deterministic_rollout, module)
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    outputs = probe_outputs(module)
+    cli.trainer.save_checkpoint(out / ("final" if sharded else "final.ckpt"))
+
+    counts = generation_gathers(module, next(iter(cli.datamodule.streams.unlabeled)))
+
+    resumed_cfg = experiment_config(out / "resumed", devices)
+    (out / "resumed").mkdir(exist_ok=True)
+    resumed = build(resumed_cfg, out / "resumed")
+    resumed.model.rollout = types.MethodType(deterministic_rollout, resumed.model)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(mid))
+
+    rank0 = rank0_init_check(resumed.trainer) if sharded else None
+    if cli.trainer.is_global_zero:
+        torch.save(outputs, out / "probe.pt")
+        (out / "gathers.json").write_text(json.dumps(counts))
+        (out / "rank0_init.json").write_text(json.dumps(rank0))
+
+
+def rank0_init_check(trainer) -> dict:
+    """FSDP2Recipe.rank0_init: under the strategy's init context rank 1 builds on the meta device, and after
+    sharding every rank holds rank 0's weights (the sharded model computes rank 0's unsharded logits)."""
+    import torch.distributed as dist
+
+    from tempo_pl.models import ModelSpec, build_policy
+    from tempo_pl.strategies import FSDP2Recipe, shard_model
+    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+
+    strategy = trainer.strategy
+    recipe = FSDP2Recipe(param_dtype=None, activation_checkpointing=False, rank0_init=True)
+    strategy.recipe = recipe
+    # rank 1 would draw other weights from another seed: rank 0's must be what everyone ends up with
+    spec = ModelSpec(config=tiny_qwen3_config(vocab_size=100), tokenizer=BUILTIN_CHAR, seed=strategy.global_rank)
+    with strategy.tensor_init_context():
+        policy = build_policy(spec)
+    on_meta = all(p.is_meta for p in policy.parameters())
+    ids = torch.tensor(PROBE)
+    expected = None
+    if not on_meta:
+        with torch.no_grad():
+            expected = policy(input_ids=ids).logits
+    shard_model(policy, strategy.device_mesh["data_parallel"], recipe)
+    with torch.no_grad():
+        logits = policy(input_ids=ids).logits
+    meta_by_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(meta_by_rank, on_meta)
+    diff = float((logits - expected).abs().max()) if expected is not None else None
+    return {"meta_by_rank": meta_by_rank, "max_logit_diff": diff}
+
+
+def generation_gathers(module, prompts) -> dict[str, int]:
+    """All-gathers of one ``generate`` call under gathered_for_generation, and of 3 plain forwards without it.
+
+    (A plain ``generate`` without the context is not measured: its per-token all-gathers are collectives, and ranks
+    whose rows stop at different lengths would wait for each other forever.)
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    from tempo_pl.strategies import gathered_for_generation, hf_root
+
+    fsdp_modules = [m for m in module.policy.modules() if isinstance(m, FSDPModule)]
+    forwards = 0
+
+    def count_forward(*_):
+        nonlocal forwards
+        forwards += 1
+
+    def generate() -> None:
+        with gathered_for_generation(module.policy):
+            module.engine.generate(module.policy, prompts, 2)
+
+    def three_forwards() -> None:
+        ids = torch.tensor(PROBE)
+        with torch.no_grad():
+            for _ in range(3):
+                module.policy(input_ids=ids)
+
+    hook = hf_root(module.policy).register_forward_pre_hook(count_forward)
+    counts = {"fsdp_modules": len(fsdp_modules)}
+    for name, fn in (("generate", generate), ("three_forwards", three_forwards)):
+        for m in fsdp_modules:  # start from sharded parameters, as after an optimizer step
+            m.reshard()
+        forwards = 0
+        counts[name] = count_all_gathers(fn)
+        counts[f"{name}_forwards"] = forwards
+    hook.remove()
+    return counts
+
+
+def subprocess_env() -> dict[str, str]:
+    """Offline, one thread, and no rendezvous variables a test of this session may have left behind."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp2")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(out)],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"2-process FSDP2 worker failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    run_experiment(out, devices=1)
+    return out
+
+
+def _records(folder: Path, rank: int) -> list[dict]:
+    return rollout_records(folder / "rollouts", rank)
+
+
+def _loss(record: dict, name: str) -> float:
+    keys = [k for k in record["metrics"] if k == name or k.endswith("/" + name)]
+    assert len(keys) == 1, f"step {record['rl_step']} ({record['phase']}): no single {name} metric in {sorted(record['metrics'])}"
+    return record["metrics"][keys[0]]
+
+
+# ------------------------------------------------------------------------------------------------ 2-process tests
+
+
+def test_two_process_fsdp2_matches_one_process_losses(two_process_run: Path, one_process_run: Path) -> None:
+    single = _records(one_process_run / "straight", 0)
+    ranks = [_records(two_process_run / "straight", r) for r in (0, 1)]
+    assert [r["phase"] for r in single] == ["E", "M", "E", "M"]
+    assert [r["rl_step"] for r in ranks[0]] == [r["rl_step"] for r in ranks[1]] == [0, 1, 2, 3]
+    for step, one in enumerate(single):
+        # the two ranks split the step's 4 prompts: together they are the 1-process batch
+        assert sorted(ranks[0][step]["prompt_ids"] + ranks[1][step]["prompt_ids"]) == sorted(one["prompt_ids"])
+        for name in LOSS_NAMES[one["phase"]]:
+            # each rank's loss is the mean over its half of the rows and FSDP averages the gradients: the mean of the
+            # two ranks' losses is the 1-process loss, and equal updates keep it so at the later steps
+            mean = (_loss(ranks[0][step], name) + _loss(ranks[1][step], name)) / 2
+            assert mean == pytest.approx(_loss(one, name), rel=1e-4, abs=2e-6), f"step {step} {name}"
+    # the updates did something: the critic's loss moved between its two E-steps, the policy's between M-steps
+    assert _loss(single[2], "critic/loss") != pytest.approx(_loss(single[0], "critic/loss"), rel=1e-5)
+    assert _loss(single[3], "policy/loss") != pytest.approx(_loss(single[1], "policy/loss"), rel=1e-5)
+
+
+def test_sharded_checkpoint_resumes_where_the_straight_run_went(two_process_run: Path) -> None:
+    assert (two_process_run / "epoch0").is_dir()  # a DCP folder, one shard file per rank
+    assert len(list((two_process_run / "epoch0").glob("*.distcp"))) == 2
+    for rank in (0, 1):
+        straight = _records(two_process_run / "straight", rank)
+        resumed = _records(two_process_run / "resumed", rank)
+        assert [r["rl_step"] for r in resumed] == [2, 3]
+        for a, b in zip(straight[2:], resumed):
+            assert a["prompt_ids"] == b["prompt_ids"] and a["phase"] == b["phase"]
+            for name in LOSS_NAMES[a["phase"]]:
+                assert _loss(b, name) == pytest.approx(_loss(a, name), abs=1e-6), f"rank {rank} step {a['rl_step']}"
+
+
+def test_two_process_trained_models_match_one_process(two_process_run: Path, one_process_run: Path) -> None:
+    sharded = torch.load(two_process_run / "probe.pt")
+    single = torch.load(one_process_run / "probe.pt")
+    torch.testing.assert_close(sharded["logits"], single["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sharded["values"], single["values"], rtol=1e-4, atol=1e-4)
+
+
+def test_generation_gathers_parameters_once_per_call(two_process_run: Path) -> None:
+    counts = json.loads((two_process_run / "gathers.json").read_text())
+    # the FSDP modules of the policy: its 2 decoder layers and the root (embeddings, norm, LM head)
+    assert counts["fsdp_modules"] == 3
+    # generate ran prefill + one forward per further token (24 new tokens at most) ...
+    assert 2 <= counts["generate_forwards"] <= 24
+    # ... on a single all-gather per FSDP module for the whole call
+    assert counts["generate"] == 3
+    # without the context every forward gathers each layer again (2 x 3); the root keeps its parameters (1)
+    assert counts["three_forwards_forwards"] == 3
+    assert counts["three_forwards"] == 2 * 3 + 1
+
+
+def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
+    result = json.loads((two_process_run / "rank0_init.json").read_text())
+    assert result["meta_by_rank"] == [False, True]
+    assert result["max_logit_diff"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tempo_pl.export import export_hf
+
+    written = export_hf(one_process_run / "final.ckpt", tmp_path / "hf", save_critic=False)
+    assert sorted(written) == ["policy"]
+    probe = torch.load(one_process_run / "probe.pt")
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(written["policy"])(input_ids=torch.tensor(PROBE)).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    from tempo_pl.export import export_hf
+
+    written = export_hf(two_process_run / "final", tmp_path / "hf")
+    probe = torch.load(two_process_run / "probe.pt")
+    ids = torch.tensor(PROBE)
+    policy = AutoModelForCausalLM.from_pretrained(written["policy"])
+    critic = AutoModelForTokenClassification.from_pretrained(written["critic"])
+    with torch.no_grad():
+        torch.testing.assert_close(policy(input_ids=ids).logits, probe["logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(critic(input_ids=ids).logits, probe["values"], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ single-process tests
+
+
+def test_recipe_rejects_unknown_dtype() -> None:
+    from tempo_pl.strategies import FSDP2Recipe
+
+    with pytest.raises(ValueError, match="param_dtype"):
+        FSDP2Recipe(param_dtype="bf16")
+    with pytest.raises(ValueError, match="reduce_dtype"):
+        FSDP2Recipe(reduce_dtype="fp32")
+
+
+def test_recipe_builds_the_fsdp_policies() -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    from tempo_pl.strategies import FSDP2Recipe
+
+    mp = FSDP2Recipe(param_dtype="bfloat16", reduce_dtype=None).mixed_precision()
+    assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, None)
+    assert not isinstance(FSDP2Recipe().offload_policy(torch.device("cpu")), CPUOffloadPolicy)
+    offload = FSDP2Recipe(cpu_offload=True).offload_policy(torch.device("cpu"))
+    assert isinstance(offload, CPUOffloadPolicy) and offload.pin_memory is False
+
+
+def test_strategy_is_data_parallel_only() -> None:
+    from tempo_pl.strategies import FSDP2Recipe, FSDP2Strategy
+
+    strategy = FSDP2Strategy(FSDP2Recipe(cpu_offload=True), data_parallel_size=2)
+    assert strategy._tensor_parallel_size == 1 and strategy.recipe.cpu_offload
+    with pytest.raises(ValueError, match="data_parallel_size"):
+        FSDP2Strategy(data_parallel_size=0)
+
+
+def test_decoder_layers_and_hf_root(tiny_policy_spec) -> None:
+    from dataclasses import replace
+
+    from tempo_pl.models import LoraSpec, build_policy
+    from tempo_pl.strategies import decoder_layers, hf_root
+
+    policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=2)))
+    hf = hf_root(policy)
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    assert [type(m).__name__ for m in decoder_layers(hf)] == ["Qwen3DecoderLayer"] * 2
+    with pytest.raises(ValueError, match="_no_split_modules"):
+        decoder_layers(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="Hugging Face model"):
+        hf_root(torch.nn.Linear(2, 2))
+
+
+def test_four_bit_weights_need_param_dtype_of_their_storage(tiny_policy_spec) -> None:
+    from tempo_pl.strategies import FSDP2Recipe, _check_quantized_dtype
+
+    class Params4bit(torch.nn.Parameter):  # stands in for bitsandbytes' class: the check reads the type name
+        pass
+
+    model = torch.nn.Linear(4, 4)
+    model.weight = Params4bit(torch.zeros(8, 1, dtype=torch.bfloat16), requires_grad=False)
+    _check_quantized_dtype(model, FSDP2Recipe(param_dtype="bfloat16"))
+    with pytest.raises(ValueError, match="param_dtype='float32'.*weight.*bfloat16"):
+        _check_quantized_dtype(model, FSDP2Recipe(param_dtype="float32"))
+    with pytest.raises(ValueError, match="param_dtype=None"):
+        _check_quantized_dtype(model, FSDP2Recipe(param_dtype=None))
+
+
+@pytest.fixture
+def one_rank_mesh(monkeypatch):
+    """A 1-rank gloo process group and its mesh on a free port, torn down after the test."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _post_forward(module) -> list:
+    return [g.post_forward_mesh_info for g in module._get_fsdp_state()._fsdp_param_groups]
+
+
+def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_policy_spec, one_rank_mesh) -> None:
+    from tempo_pl.models import build_policy
+    from torch.distributed.fsdp import FSDPModule
+
+    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+
+    policy = build_policy(tiny_policy_spec)
+    ids = torch.tensor(PROBE)
+    with torch.no_grad():
+        before = policy(input_ids=ids).logits
+    shard_model(policy, one_rank_mesh["data_parallel"], FSDP2Recipe(param_dtype=None))
+    assert isinstance(policy, FSDPModule) and policy.is_gradient_checkpointing
+    layer = policy.model.layers[0]
+    saved = _post_forward(layer)
+    assert saved[0] is not None  # a decoder layer reshards after its forward
+    with gathered_for_generation(policy):
+        assert _post_forward(layer) == [None]
+        with torch.no_grad():
+            inside = policy(input_ids=ids).logits
+    assert _post_forward(layer) == saved
+    torch.testing.assert_close(inside, before)
+
+
+def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    from tempo_pl.models import build_policy
+    from tempo_pl.strategies import FSDP2Recipe, shard_module
+
+    class Holder(torch.nn.Module):  # what shard_module reads from a TempoModule: its model attributes
+        pass
+
+    holder = Holder()
+    holder.policy = build_policy(tiny_policy_spec)
+    holder.reference = build_policy(tiny_policy_spec).requires_grad_(False)
+    recipe = FSDP2Recipe(param_dtype=None, reshard_after_forward=False, cpu_offload=True)
+    shard_module(holder, one_rank_mesh, recipe)
+    layer_group = holder.policy.model.layers[0]._get_fsdp_state()._fsdp_param_groups[0]
+    assert _post_forward(holder.policy.model.layers[0]) == [None]  # ZeRO-2: kept until the backward
+    assert isinstance(layer_group.offload_policy, CPUOffloadPolicy)
+    # activation checkpointing on the trained model only: the frozen reference never runs a backward
+    assert holder.policy.is_gradient_checkpointing and not holder.reference.is_gradient_checkpointing
+    loss = holder.policy(input_ids=torch.tensor(PROBE), labels=torch.tensor(PROBE)).loss
+    loss.backward()
+    assert all(p.grad is not None for p in holder.policy.parameters())
+
+
+def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec, one_rank_mesh) -> None:
+    """Shared base under FSDP2: the base and both adapters are sharded once (under the policy), the critic's head
+    as its own FSDP module; each view's backward reaches only its own trainable tensors."""
+    from dataclasses import replace
+
+    from torch.distributed.fsdp import FSDPModule
+
+    from tempo_pl.models import CriticSpec, LoraSpec, critic_response_values
+    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.strategies import FSDP2Recipe, shard_module
+
+    class Holder(torch.nn.Module):
+        pass
+
+    holder = Holder()
+    holder.policy, holder.critic = build_shared_actor_critic(replace(tiny_policy_spec, lora=LoraSpec(r=2)),
+                                                             CriticSpec(seed=1, head_init_std=0.1))
+    shard_module(holder, one_rank_mesh, FSDP2Recipe(param_dtype=None))
+    assert isinstance(holder.policy.get_base_model(), FSDPModule) and isinstance(holder.critic.score, FSDPModule)
+    ids = torch.tensor(PROBE)
+    for view, loss in (
+        (holder.critic, lambda: critic_response_values(holder.critic, ids, torch.ones_like(ids), torch.ones(2, 3)).sum()),
+        (holder.policy, lambda: holder.policy(input_ids=ids, labels=ids).loss),
+    ):
+        for p in holder.parameters():
+            p.grad = None
+        loss().backward()
+        own = {id(p) for p in view.parameters() if p.requires_grad}
+        with_grad = {id(p) for p in holder.parameters() if p.grad is not None}
+        with_grad |= {id(p) for p in holder.critic.parameters() if p.grad is not None}
+        assert with_grad == own, type(view).__name__
+
+
+def test_tensor_parallel_mesh_is_refused(one_rank_mesh) -> None:
+    from tempo_pl.strategies import _data_parallel_mesh
+
+    class FakeMesh:
+        mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+        def __getitem__(self, name):
+            return type("Dim", (), {"size": lambda self: 2 if name == "tensor_parallel" else 1})()
+
+    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+        _data_parallel_mesh(FakeMesh())
+    assert _data_parallel_mesh(one_rank_mesh).mesh_dim_names == ("data_parallel",)
+
+
+def test_offloaded_shards_stay_where_fsdp_put_them(one_rank_mesh) -> None:
+    """With cpu_offload the strategy moves only what FSDP2 does not manage: buffers and plain parameters."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from tempo_pl.strategies import _move_unsharded_states
+
+    model = torch.nn.Linear(2, 2)
+    model.weight = torch.nn.Parameter(distribute_tensor(torch.ones(2, 2), one_rank_mesh["data_parallel"], [Shard(0)]))
+    model.register_buffer("scale", torch.ones(2))
+    _move_unsharded_states(model, torch.device("meta"))
+    assert model.scale.is_meta and model.bias.is_meta and model.bias.requires_grad
+    assert model.weight.device.type == "cpu"
+
+
+# ------------------------------------------------------------------------------------------ memory table, GPU check
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parameter_and_kv_counts_match_the_architecture() -> None:
+    table = _benchmark("memory_table")
+    counts = table.count_parameters("Qwen3-14B")
+    # per layer: q, o 5120x5120 (40 heads x 128) = 26,214,400 each; k, v 5120x1024 (8 x 128) = 5,242,880 each;
+    # MLP 3 x 5120x17408 = 267,386,880; q/k norms 2 x 128; 2 layer norms 2 x 5120  ->  330,311,936
+    assert counts.per_layer == 330_311_936
+    # 40 layers + embeddings and LM head 2 x 151936x5120 = 1,555,824,640 + final norm 5120
+    assert counts.total == 40 * 330_311_936 + 1_555_824_640 + 5120 == 14_768_307_200
+    # LoRA on every decoder linear: r x (in + out) summed: q, o 2 x 10240, k, v 2 x 6144, MLP 3 x 22528 per layer
+    assert counts.lora_per_rank == 40 * (2 * 10240 + 2 * 6144 + 3 * 22528)
+    # KV cache of one 2048 + 16384 token sequence in bfloat16: 40 layers x 18432 x (k, v) x 8 heads x 128 x 2 bytes
+    assert table.kv_bytes_per_row("Qwen3-14B", 18432) == 40 * 18432 * 2 * 8 * 128 * 2
+    # OLMo3-7B: 8 full-attention layers hold every token, 24 sliding-window layers 4096; 32 kv heads
+    assert table.kv_bytes_per_row("OLMo3-7B", 18432) == (8 * 18432 + 24 * 4096) * 2 * 32 * 128 * 2
+
+
+def test_memory_doc_is_generated_from_the_configs() -> None:
+    table = _benchmark("memory_table")
+    rows = [table.estimate(p) for p in table.config_paths()]
+    assert {r.config for r in rows} == {f"{m}_aime{q}" for m in ("olmo3_7b", "qwen3_8b", "qwen3_14b") for q in ("", "_qlora")}
+    assert (ROOT / "docs" / "memory.md").read_text() == table.render(rows), "run benchmarks/memory_table.py --write"
+    for row in rows:
+        if row.config.endswith("_qlora"):
+            assert row.gpus == 1 and row.peak <= table.GPU_GIB, row
+        else:  # 8 GPUs: the training phase fits; the rollout needs chunked generation (see the doc)
+            assert row.gpus == 8 and row.resident + row.training <= table.GPU_GIB and row.prompts_per_generate >= 1, row
+
+
+def test_gpu_check_runs_on_cpu() -> None:
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke"], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    assert [r.split("|")[1].strip() for r in rows] == ["bf16", "qlora_shared", "fsdp2"]
+    # every trainable tensor of policy and critic moved in every run (e.g. "policy 28/28, critic 30/30")
+    assert all(r.rstrip(" |").endswith("yes") for r in rows), rows
+
+
+# -------------------------------------------------------------------------------------------------- the worker
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run_experiment(Path(sys.argv[1]), devices=2)
