@@ -12,7 +12,6 @@ fails or a model did not train.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -169,28 +168,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     )
     if kind != "qlora_shared":
         return TempoModule(**kwargs)
-    if "shared_base" in inspect.signature(TempoModule.__init__).parameters:
-        return TempoModule(**kwargs, shared_base=True)
-    return _shared_base_class()(**kwargs)
-
-
-def _shared_base_class():
-    from tempo_pl.models import build_tokenizer
-    from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import HFGenerateEngine
-    from tempo_pl.shared_base import build_shared_actor_critic
-
-    class SharedBaseTempo(TempoModule):
-        """TempoModule with policy and critic on one 4-bit base, until TempoModule takes ``shared_base``."""
-
-        def configure_model(self) -> None:
-            if self.policy is not None:
-                return
-            self.tokenizer = build_tokenizer(self.policy_spec)
-            self.policy, self.critic = build_shared_actor_critic(self.policy_spec, self.critic_spec)
-            self.engine = HFGenerateEngine(self.tokenizer, self.sampling)
-
-    return SharedBaseTempo
+    return TempoModule(**kwargs, shared_base=True)
 
 
 def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool) -> Result:

@@ -7,6 +7,7 @@ prints. Defaults follow the reference scripts (spec section 9) where the referen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 ADVANTAGE_ESTIMATORS = ("em_token", "em", "gae", "grpo", "rloo")
 POLICY_LOSSES = ("gspo", "ppo")
@@ -85,6 +86,8 @@ class TrainingConfig:
     """Rows (responses) per forward/backward pass; gradients accumulate over a mini-batch."""
     forward_batch_size: int = 16
     """Rows per no-grad forward pass (old log-probs, values)."""
+    generation_batch_size: Optional[int] = None
+    """Prompts per ``generate`` call (each with its n samples); None = the whole batch at once. Bounds KV-cache memory."""
     ppo_epochs: int = 1
     """Passes over the rollout per RL step, for the policy and the critic alike."""
     policy_grad_clip: float = 1.0
@@ -97,6 +100,8 @@ class TrainingConfig:
     """At most this many generation batches per RL step while refilling after group filtering."""
 
     def __post_init__(self) -> None:
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ValueError(f"training.generation_batch_size must be >= 1 or null, got {self.generation_batch_size}")
         for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")

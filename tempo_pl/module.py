@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -84,6 +83,8 @@ class TempoModule(LightningModule):
         critic_optimizer: optimizer of the critic's trainable parameters.
         policy_scheduler: LR scheduler of the policy, stepped once per policy optimizer step.
         critic_scheduler: LR scheduler of the critic, stepped once per critic optimizer step.
+        shared_base: policy and critic share one frozen (4-bit) base with two LoRA adapters, which roughly halves
+            memory; needs ``lora`` on both specs (see :mod:`tempo_pl.shared_base`).
 
     Example (YAML, ``tempo-pl fit --config``)::
 
@@ -112,6 +113,7 @@ class TempoModule(LightningModule):
         critic_optimizer: OptimizerCallable = _default_critic_optimizer,
         policy_scheduler: Optional[LRSchedulerCallable] = None,
         critic_scheduler: Optional[LRSchedulerCallable] = None,
+        shared_base: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -129,6 +131,7 @@ class TempoModule(LightningModule):
         self.critic_optimizer_fn = critic_optimizer
         self.policy_scheduler_fn = policy_scheduler
         self.critic_scheduler_fn = critic_scheduler
+        self.shared_base = shared_base
         self._validate_options()
 
         self.policy: Optional[torch.nn.Module] = None
@@ -145,6 +148,8 @@ class TempoModule(LightningModule):
     # ------------------------------------------------------------------ configuration
     def _validate_options(self) -> None:
         alg = self.algorithm
+        if self.shared_base and (self.critic_spec is None or self.policy_spec.lora is None or self.critic_spec.lora is None):
+            raise ValueError("shared_base=true needs a critic and `lora` on both policy and critic specs")
         if alg.needs_critic and self.critic_spec is None:
             raise ValueError(f"algorithm.advantage={alg.advantage!r} needs a critic: set model.init_args.critic")
         if self.unlabeled_reward is not None and self.unlabeled_reward.needs_values and self.critic_spec is None:
@@ -166,16 +171,22 @@ class TempoModule(LightningModule):
         if self.policy is not None:
             return
         self.tokenizer = build_tokenizer(self.policy_spec)
-        self.policy = build_policy(self.policy_spec)
-        if self.critic_spec is not None:
-            self.critic = build_critic(self.critic_spec, self.policy_spec)
+        if self.shared_base:
+            from tempo_pl.shared_base import build_shared_actor_critic
+
+            self.policy, self.critic = build_shared_actor_critic(self.policy_spec, self.critic_spec)
+        else:
+            self.policy = build_policy(self.policy_spec)
+            if self.critic_spec is not None:
+                self.critic = build_critic(self.critic_spec, self.policy_spec)
         if self.algorithm.kl_coef > 0 and not _has_adapters(self.policy):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.device_mesh is not None:
             from tempo_pl.strategies import shard_module
 
             shard_module(self, self.device_mesh)
-        self.engine = HFGenerateEngine(self.tokenizer, self.sampling)
+        self.engine = HFGenerateEngine(self.tokenizer, self.sampling,
+                                       micro_batch_size=self.training_cfg.generation_batch_size)
 
     def configure_optimizers(self):
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -583,7 +594,7 @@ class TempoModule(LightningModule):
             "n": ev.k, "temperature": ev.temperature, "top_p": ev.top_p,
             "max_new_tokens": ev.max_new_tokens or self.sampling.max_new_tokens,
         })
-        engine = HFGenerateEngine(self.tokenizer, spec)
+        engine = HFGenerateEngine(self.tokenizer, spec, micro_batch_size=self.training_cfg.generation_batch_size)
         with self.generation_context():
             rollout = engine.generate(self.policy, batch, ev.k)
         values_last = None
@@ -610,14 +621,16 @@ class TempoModule(LightningModule):
 
         self._val_rng.__exit__(None, None, None)
         names = self._eval_set_names()
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not rank 0 alone
+        eval_dir = self._eval_dir() if self.evaluation.write_jsonl else None
         all_metrics: dict[str, float] = {}
         for idx, records in sorted(self._val_records.items()):
             records = self._gather_records(records)
             name = names[idx] if idx < len(names) else f"set{idx}"
             metrics = summarize_questions(records, ks=list(self.evaluation.pass_ks))
             all_metrics.update({f"val/{name}/{k}": float(v) for k, v in metrics.items()})
-            if self.evaluation.write_jsonl and self.trainer.is_global_zero:
-                write_question_jsonl(self._eval_dir() / f"{name}_step{self.rl_step:06d}.jsonl", records)
+            if eval_dir is not None and self.trainer.is_global_zero:
+                write_question_jsonl(eval_dir / f"{name}_step{self.rl_step:06d}.jsonl", records)
         self._val_records = {}
         if not all_metrics:
             return

@@ -6,7 +6,7 @@ stage can be tested without Lightning and replaced by a research subclass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch

@@ -7,9 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
-from _tiny_run import ROOT, build, fit, rollout_records, schedule, tiny_config
+from _tiny_run import ROOT, fit, rollout_records, schedule, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -10,7 +10,6 @@ exactly the same responses and the comparison isolates the sharding.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess

@@ -1,0 +1,268 @@
+"""``tempo-pl demo``: step scaling, stage commands, the summary's numbers, and a shortened demo end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tempo_pl import demo
+from tempo_pl.demo import DemoConfig, STAGES, TEST_TIME_METHODS
+
+SUMMARY_KEYS = {
+    "k", "steps", "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final",
+    "heldout_mean_at_k_final", "heldout_pass_at_k_final", "wall_seconds",
+}
+
+
+# ----------------------------------------------------------------------------------------------- step counts
+
+
+def test_scaled_rounds_and_keeps_at_least_one_step():
+    assert demo.scaled(600, 1.0) == 600
+    assert demo.scaled(600, 0.01) == 6  # 600 * 0.01
+    assert demo.scaled(40, 0.01) == 1  # 0.4 rounds to 0, raised to the minimum of 1
+    assert demo.scaled(40, 1.5) == 60
+
+
+def test_time_schedule_ends_on_an_evaluation():
+    assert demo.test_time_schedule(40, 10, 1.0) == (40, 10)
+    # 45 steps, every 10: rounded up to 50 so that the last step is evaluated
+    assert demo.test_time_schedule(45, 10, 1.0) == (50, 10)
+    # scale 0.01: every = max(1, round(0.1)) = 1, steps = max(1, round(0.4)) = 1
+    assert demo.test_time_schedule(40, 10, 0.01) == (1, 1)
+    # scale 0.3: every = round(3.0) = 3, steps = round(12.0) = 12 = 4 evaluations of 3 steps
+    assert demo.test_time_schedule(40, 10, 0.3) == (12, 3)
+    # scale 0.35: every = round(3.5) = 4 (round half to even), steps = round(14.0) = 14 -> up to 16 = 4 x 4
+    assert demo.test_time_schedule(40, 10, 0.35) == (16, 4)
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps_scale": 0}, "--steps-scale"),
+        ({"steps_scale": float("nan")}, "--steps-scale"),
+        ({"only": ["sft", "evaluate"]}, "--only"),
+        ({"jobs": 0}, "--jobs"),
+        ({"launcher": "inprocess", "jobs": 2}, "--jobs 1"),
+        ({"launcher": "ray"}, "--launcher"),
+        ({"overrides": ["trainer.max_steps=3"]}, "--set"),
+    ],
+)
+def test_bad_options_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(out=tmp_path, **kwargs)
+
+
+def test_missing_configs_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sft.yaml"):
+        DemoConfig(out=tmp_path / "out", config_dir=tmp_path)
+
+
+def test_command_line_parsing(tmp_path):
+    cfg = demo.config_from_args(["--out", str(tmp_path), "--steps-scale", "0.5", "--only", "tempo, report",
+                                 "--jobs", "1", "--set=--trainer.limit_val_batches=1", "--launcher", "inprocess"])
+    assert (cfg.out, cfg.steps_scale, cfg.only, cfg.jobs) == (tmp_path, 0.5, ["tempo", "report"], 1)
+    assert cfg.overrides == ["--trainer.limit_val_batches=1"] and cfg.launcher == "inprocess"
+    assert [s.name for s in cfg.selected()] == ["tempo", "report"]
+
+
+def test_test_time_runs_form_one_parallel_group():
+    groups = [[s.name for s in g] for g in demo._groups(STAGES)]
+    assert groups == [["sft"], ["zero_rl"], list(TEST_TIME_METHODS), ["report"]]
+
+
+# ----------------------------------------------------------------------------------------------- stage commands
+
+
+def _fake_zero_rl_export(out: Path) -> dict:
+    hf = out / "zero_rl" / "hf"
+    hf.mkdir(parents=True)
+    info = {"rl_steps": 40, "policy": str(hf / "policy"), "critic": str(hf / "critic")}
+    (hf / "export.json").write_text(json.dumps(info))
+    return info
+
+
+def _arg(args: list[str], key: str) -> str:
+    found = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
+    assert len(found) == 1, (key, args)
+    return found[0]
+
+
+def test_fit_args_chain_the_stages(tmp_path):
+    cfg = DemoConfig(out=tmp_path, steps_scale=0.5, overrides=["--data.init_args.eval_limit=8"])
+    stages = {s.name: s for s in STAGES}
+    configs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text()) for name in stages if name != "report"}
+
+    sft = demo.fit_args(stages["sft"], cfg)
+    assert _arg(sft, "--trainer.max_steps") == str(round(configs["sft"]["trainer"]["max_steps"] * 0.5))
+    assert _arg(sft, "--model.init_args.save_dir") == str(tmp_path / "sft" / "policy")
+    assert "--data.init_args.eval_limit=8" not in sft  # the SFT data module has no eval sets: overrides are RL-only
+    logger = json.loads(_arg(sft, "--trainer.logger"))["init_args"]
+    assert (logger["save_dir"], logger["name"], logger["version"]) == (str(tmp_path), "", "sft")
+    progress = json.loads(_arg(sft, "--trainer.callbacks+"))
+    assert progress["init_args"]["path"] == str(tmp_path / "sft" / "progress.json")
+
+    zero = demo.fit_args(stages["zero_rl"], cfg)
+    assert _arg(zero, "--model.init_args.policy.name_or_path") == str(tmp_path / "sft" / "policy")
+    assert _arg(zero, "--trainer.limit_train_batches") == str(
+        max(1, round(configs["zero_rl"]["trainer"]["limit_train_batches"] * 0.5)))
+    assert zero[-1] == "--data.init_args.eval_limit=8"  # last, so it wins over the demo's own arguments
+
+    with pytest.raises(FileNotFoundError, match="export.json"):
+        demo.fit_args(stages["tempo"], cfg)  # zero-RL has not run yet
+    start = _fake_zero_rl_export(tmp_path)
+    for name in TEST_TIME_METHODS:
+        args = demo.fit_args(stages[name], cfg)
+        trainer = configs[name]["trainer"]
+        steps, every = demo.test_time_schedule(trainer["limit_train_batches"], trainer["val_check_interval"], 0.5)
+        assert _arg(args, "--trainer.limit_train_batches") == str(steps)
+        assert _arg(args, "--trainer.val_check_interval") == str(every)
+        assert _arg(args, "--model.init_args.policy.name_or_path") == start["policy"]
+        has_critic = configs[name]["model"]["init_args"].get("critic") is not None
+        assert has_critic == (name != "ttrl")
+        critic = [a for a in args if a.startswith("--model.init_args.critic.name_or_path=")]
+        assert critic == ([f"--model.init_args.critic.name_or_path={start['critic']}"] if has_critic else [])
+
+
+def test_test_time_configs_differ_only_in_method(tmp_path):
+    """Same seed, budget, sampling, loss, optimizer and evaluation for the three test-time runs: only the reward, the
+    schedule and the critic's use may differ."""
+    cfgs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text()) for name in TEST_TIME_METHODS}
+    for name, c in cfgs.items():
+        assert c["seed_everything"] == cfgs["tempo"]["seed_everything"], name
+        for key in ("limit_train_batches", "val_check_interval", "num_sanity_val_steps"):
+            assert c["trainer"][key] == cfgs["tempo"]["trainer"][key], (name, key)
+        init = c["model"]["init_args"]
+        for key in ("sampling", "training", "evaluation", "policy_optimizer"):
+            assert init[key] == cfgs["tempo"]["model"]["init_args"][key], (name, key)
+        data = c["data"]["init_args"]
+        # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
+        assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
+        assert [s["name"] for s in data["eval_sets"]] == [demo.EVAL_SET, demo.HELDOUT_SET], name
+        assert data["batch_size"] == cfgs["tempo"]["data"]["init_args"]["batch_size"], name
+        assert data["prompt_template"] == "plain", name
+    # the frozen critic is TEMPO with a critic learning rate of 0, nothing else
+    tempo_init, frozen_init = cfgs["tempo"]["model"]["init_args"], cfgs["frozen_critic"]["model"]["init_args"]
+    assert frozen_init["critic_optimizer"]["init_args"]["lr"] == 0.0
+    assert tempo_init["critic_optimizer"]["init_args"]["lr"] > 0.0
+    assert {k: v for k, v in frozen_init.items() if k != "critic_optimizer"} == {
+        k: v for k, v in tempo_init.items() if k != "critic_optimizer"}
+
+
+# ----------------------------------------------------------------------------------------------- summary numbers
+
+
+def _write_curves(log_dir: Path, points: dict[int, dict[str, float]]) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(save_dir=str(log_dir.parent), name="", version=log_dir.name, default_hp_metric=False)
+    for step, metrics in points.items():
+        logger.log_metrics(metrics, step=step)
+    logger.finalize("success")
+
+
+def test_method_and_base_summary_read_start_and_final(tmp_path):
+    run = tmp_path / "tempo"
+    # k = 4 samples; three evaluations (steps 0, 5, 10); pass@2 is logged too and must not be taken for pass@k
+    _write_curves(run, {
+        0: {"val/unlabeled/mean@4": 0.25, "val/unlabeled/pass@4": 0.5, "val/unlabeled/pass@2": 0.4,
+            "val/heldout/mean@4": 0.125, "val/heldout/pass@4": 0.375},
+        5: {"val/unlabeled/mean@4": 0.5, "val/unlabeled/pass@4": 0.625,
+            "val/heldout/mean@4": 0.25, "val/heldout/pass@4": 0.5},
+        10: {"val/unlabeled/mean@4": 0.75, "val/unlabeled/pass@4": 0.875, "train/rl_step": 9.0,
+             "val/heldout/mean@4": 0.375, "val/heldout/pass@4": 0.625},
+    })
+    m = demo.method_summary(run, wall_seconds=12.5)
+    assert SUMMARY_KEYS <= set(m)
+    assert (m["k"], m["steps"], m["wall_seconds"]) == (4, 10, 12.5)
+    assert (m["mean_at_k_start"], m["mean_at_k_final"]) == (0.25, 0.75)
+    assert (m["pass_at_k_start"], m["pass_at_k_final"]) == (0.5, 0.875)
+    assert (m["heldout_mean_at_k_final"], m["heldout_pass_at_k_final"]) == (0.375, 0.625)
+    base = demo.base_summary(m, wall_seconds=100.0)
+    # the base row is the start point: step 0, start = final = the run's step-0 evaluation
+    assert (base["steps"], base["mean_at_k_final"], base["pass_at_k_final"]) == (0, 0.25, 0.5)
+    assert (base["heldout_mean_at_k_final"], base["heldout_pass_at_k_final"], base["wall_seconds"]) == (0.125, 0.375, 100.0)
+
+
+def test_method_summary_names_a_missing_curve(tmp_path):
+    run = tmp_path / "ttrl"
+    _write_curves(run, {0: {"val/unlabeled/mean@4": 0.25, "val/heldout/mean@4": 0.1, "val/heldout/pass@4": 0.2}})
+    with pytest.raises(RuntimeError, match=r"pass@4.*pass_ks"):
+        demo.method_summary(run, wall_seconds=1.0)
+
+
+def test_report_needs_its_inputs(tmp_path):
+    cfg = DemoConfig(out=tmp_path, only=["report"])
+    with pytest.raises(RuntimeError, match=r"report.*tempo"):
+        demo.run_demo(cfg)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+SMOKE_OVERRIDES = [
+    "--set=--data.init_args.eval_limit=4",
+    '--set=--model.init_args.evaluation={"k": 2, "pass_ks": [1, 2], "max_new_tokens": 72}',
+    "--set=--data.init_args.batch_size=2",
+]
+
+
+@pytest.mark.slow
+def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--steps-scale", "0.005", "--launcher", "inprocess", "--jobs", "1", *SMOKE_OVERRIDES]
+    summary = demo.main(argv)
+
+    for stage in ("sft", "zero_rl", *TEST_TIME_METHODS):
+        done = json.loads((out / stage / "done.json").read_text())
+        assert done["wall_seconds"] > 0 and done["command"][:2] == ["tempo-pl", "fit"], stage
+        assert list((out / stage).glob("events.out.tfevents.*")), f"{stage} wrote no TensorBoard log"
+        progress = json.loads((out / stage / "progress.json").read_text())
+        assert progress["done"] == progress["total"] >= 1, (stage, progress)
+    assert (out / "sft" / "policy" / "config.json").is_file()
+    export = json.loads((out / "zero_rl" / "hf" / "export.json").read_text())
+    assert Path(export["policy"]).is_dir() and Path(export["critic"]).is_dir()
+    for name in ("comparison.csv", "comparison.md", "curves.csv", "comparison.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert set(on_disk["methods"]) == {"base", *TEST_TIME_METHODS}
+    for name, m in on_disk["methods"].items():
+        assert SUMMARY_KEYS <= set(m), name
+        assert m["k"] == 2, name
+        for key in SUMMARY_KEYS - {"k", "steps", "wall_seconds"}:
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+    # 0.005 x 40 steps -> 1 RL step, evaluated before and after it
+    assert [on_disk["methods"][n]["steps"] for n in ("base", *TEST_TIME_METHODS)] == [0, 1, 1, 1]
+    # every run starts from the zero-RL export with the same seed: the same start evaluation
+    starts = {on_disk["methods"][n]["mean_at_k_start"] for n in ("base", *TEST_TIME_METHODS)}
+    assert len(starts) == 1
+    assert on_disk["methods"]["base"]["wall_seconds"] == pytest.approx(
+        on_disk["stages"]["sft"]["wall_seconds"] + on_disk["stages"]["zero_rl"]["wall_seconds"])
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {name} |" in table for name in TEST_TIME_METHODS)
+
+    # a second invocation finds every output and runs nothing
+    marks = {s: (out / s / "done.json").read_text() for s in ("sft", "zero_rl", *TEST_TIME_METHODS)}
+    summary_mtime = (out / "summary.json").stat().st_mtime_ns
+    assert demo.main(argv) is None
+    assert {s: (out / s / "done.json").read_text() for s in marks} == marks
+    assert (out / "summary.json").stat().st_mtime_ns == summary_mtime
+
+    # a missing mark reruns that stage (in a child process this time) and the report that reads it, nothing else
+    (out / "ttrl" / "done.json").unlink()
+    summary = demo.main(["--out", str(out), "--steps-scale", "0.005", "--jobs", "1", *SMOKE_OVERRIDES])
+    rerun = json.loads((out / "ttrl" / "done.json").read_text())
+    assert rerun["launcher"] == "subprocess" and rerun["cpu_seconds"] > 0
+    assert summary["methods"]["ttrl"]["wall_seconds"] == rerun["wall_seconds"]
+    assert {s: (out / s / "done.json").read_text() for s in marks if s != "ttrl"} == {
+        s: v for s, v in marks.items() if s != "ttrl"}
+    assert (out / "summary.json").stat().st_mtime_ns != summary_mtime
