@@ -8,7 +8,7 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 2. ``zero_rl``: PPO on D_L, actor and critic (spec 2.4, stage 1); its export is everybody's start point, the "base";
 3. ``tempo``, ``ttrl``, ``frozen_critic``: test-time training on D_U (4-step chains, a shift from D_L) from the same
    actor, seed and number of RL steps, each evaluated on D_U and on a held-out set before training and every few
-   steps (up to ``--jobs`` of them at once);
+   steps (by default all three at once);
 4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.compare`) and ``summary.json``.
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
@@ -86,10 +86,10 @@ class DemoConfig:
     each stays at least 1. Below 1 for a quick look (0.01 is a smoke run), above 1 for a longer run."""
     only: Optional[list[str]] = None
     """Run only these stages (their inputs must already be in ``out``); None runs the whole pipeline."""
-    jobs: int = 2
-    """Test-time runs trained at the same time, each in its own process with ``cores // jobs`` threads: the tiny
-    model leaves cores idle within one process, so two processes on two cores finish sooner than one after the
-    other. 1 runs them one after the other."""
+    jobs: int = len(TEST_TIME_METHODS)
+    """Test-time runs trained at the same time, each in its own process with ``max(1, cores // jobs)`` threads: a
+    tiny model leaves a core idle within one process, so parallel processes finish sooner than one after the other
+    (all three at once on two cores keep both busy to the end). 1 runs them one after the other."""
     overrides: list[str] = field(default_factory=list)
     """Extra ``tempo-pl fit`` arguments for the RL stages (zero-RL and the test-time runs), after the config's."""
     launcher: str = "subprocess"
@@ -100,7 +100,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.out, self.config_dir = Path(self.out), Path(self.config_dir)
-        if not (isinstance(self.steps_scale, (int, float)) and math.isfinite(self.steps_scale)) or self.steps_scale <= 0:
+        scale = self.steps_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"demo: --steps-scale must be a positive number, got {self.steps_scale!r}")
         if self.only is not None:
             unknown = [s for s in self.only if s not in STAGE_NAMES]
@@ -559,7 +560,8 @@ def write_report(cfg: DemoConfig) -> dict:
               "from the zero-RL policy, same seed",
     )
     spans = [(r["started"], r["ended"]) for r in records.values()]
-    summary["stages"] = {name: {k: r[k] for k in ("wall_seconds", "cpu_seconds", "threads")} for name, r in records.items()}
+    summary["stages"] = {name: {k: r[k] for k in ("wall_seconds", "cpu_seconds", "threads")}
+                         for name, r in records.items()}
     summary["total_wall_seconds"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 2) if spans else None
     summary["settings"] = {"steps_scale": cfg.steps_scale, "jobs": cfg.jobs, "cores": os.cpu_count(),
                            "launcher": cfg.launcher, "eval_set": eval_set, "heldout_set": HELDOUT_SET}
@@ -591,8 +593,10 @@ def _print_summary(summary: dict, out: Path) -> None:
     console = Console()
     console.print(table)
     total = summary.get("total_wall_seconds")
-    console.print(f"total {total:.0f} s wall; plot {out / 'comparison.png'}, table {out / 'comparison.md'}, "
-                  f"TensorBoard: tensorboard --logdir {out}" if total is not None else "")
+    if total is not None:
+        console.print(f"stages took {total:.0f} s from the first start to the last end")
+    console.print(f"plot {out / 'comparison.png'}, table {out / 'comparison.md'}, numbers {out / 'summary.json'}; "
+                  f"curves of every stage: tensorboard --logdir {out}", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- command line
@@ -609,12 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply every stage's step count (default 1; 0.01 is a smoke run)")
     p.add_argument("--only", help=f"comma-separated stages to run, of {','.join(STAGE_NAMES)} (default: all)")
-    p.add_argument("--jobs", type=int, default=2, help="test-time runs trained at once (default 2)")
+    p.add_argument("--jobs", type=int, default=d["jobs"].default,
+                   help=f"test-time runs trained at once (default {d['jobs'].default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="--KEY=VALUE",
                    help="extra fit argument for the RL stages, e.g. --set=--data.init_args.eval_limit=16 (repeatable)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="subprocess",
                    help="subprocess (default: one child Python per stage) or inprocess (needs --jobs 1)")
-    p.add_argument("--config-dir", default=str(DEMO_CONFIGS), help="folder of the stage configs (default: configs/demo)")
+    p.add_argument("--config-dir", default=str(DEMO_CONFIGS),
+                   help="folder of the stage configs (default: configs/demo beside the package)")
     return p
 
 

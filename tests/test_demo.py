@@ -97,7 +97,8 @@ def _arg(args: list[str], key: str) -> str:
 def test_fit_args_chain_the_stages(tmp_path):
     cfg = DemoConfig(out=tmp_path, steps_scale=0.5, overrides=["--data.init_args.eval_limit=8"])
     stages = {s.name: s for s in STAGES}
-    configs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text()) for name in stages if name != "report"}
+    configs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text())
+               for name in stages if name != "report"}
 
     sft = demo.fit_args(stages["sft"], cfg)
     assert _arg(sft, "--trainer.max_steps") == str(round(configs["sft"]["trainer"]["max_steps"] * 0.5))
@@ -187,7 +188,8 @@ def test_method_and_base_summary_read_start_and_final(tmp_path):
     base = demo.base_summary(m, wall_seconds=100.0)
     # the base row is the start point: step 0, start = final = the run's step-0 evaluation
     assert (base["steps"], base["mean_at_k_final"], base["pass_at_k_final"]) == (0, 0.25, 0.5)
-    assert (base["heldout_mean_at_k_final"], base["heldout_pass_at_k_final"], base["wall_seconds"]) == (0.125, 0.375, 100.0)
+    assert (base["heldout_mean_at_k_final"], base["heldout_pass_at_k_final"]) == (0.125, 0.375)
+    assert base["wall_seconds"] == 100.0
 
 
 def test_method_summary_names_a_missing_curve(tmp_path):
