@@ -316,7 +316,7 @@ class TempoModule(LightningModule):
                 keep = self._groups_to_keep(r, lab_scores) if cfg.group_filter else list(range(len(r.prompt_batch)))
                 filtered_groups += len(r.prompt_batch) - len(keep)
                 if keep:
-                    rows = torch.tensor([g * r.n_per_prompt + k for g in keep for k in range(r.n_per_prompt)])
+                    rows = r.group_rows(keep)
                     kept.append(r.select_groups(keep))
                     kept_scores.append(lab_scores[rows])
                     kept_groups += len(keep)
@@ -353,8 +353,7 @@ class TempoModule(LightningModule):
         if labeled_groups:
             sub = rollout.select_groups(labeled_groups)
             out = self.labeled_reward(sub, _no_stats(sub))
-            n = rollout.n_per_prompt
-            rows = torch.tensor([g * n + k for g in labeled_groups for k in range(n)])
+            rows = rollout.group_rows(labeled_groups)
             scores[rows] = out.scores.float()
         return scores
 
@@ -375,8 +374,9 @@ class TempoModule(LightningModule):
         bs = self.training_cfg.forward_batch_size
         parts: dict[str, list[Tensor]] = {"logprobs": [], "entropy": [], "self_certainty": [], "values": [], "ref": []}
         self.policy.eval()
+        inputs = self._row_inputs(rollout)
         for rows in _chunks(rollout.num_rows, bs):
-            ids, attn, resp_ids, resp_mask = self._inputs(rollout, rows)
+            ids, attn, resp_ids, resp_mask = inputs(rows)
             out = policy_response_stats(
                 self.policy, ids, attn, resp_ids, resp_mask,
                 temperature=self._logprob_temperature, with_entropy=True, with_self_certainty=want_certainty,
@@ -416,8 +416,7 @@ class TempoModule(LightningModule):
         if unlabeled_groups:
             if self.unlabeled_reward is None:
                 raise ValueError("unlabeled rows in the batch but no unlabeled_reward (and no critic) is configured")
-            n = rollout.n_per_prompt
-            rows = torch.tensor([g * n + k for g in unlabeled_groups for k in range(n)])
+            rows = rollout.group_rows(unlabeled_groups)
             sub = rollout.select_groups(unlabeled_groups)
             out = self.unlabeled_reward(sub, _select_stats(stats, rows))
             scores[rows] = out.scores.float().to(scores.device)
@@ -468,9 +467,10 @@ class TempoModule(LightningModule):
         """E-step: regress the critic on labeled rows' outcomes, in mini-batches (spec section 4.3)."""
         _, critic_opt, _, critic_sched = self._optimizers()
         labeled = rollout.is_labeled.float().unsqueeze(-1)
+        inputs = self._row_inputs(rollout)
 
         def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
-            ids, attn, _, resp_mask = self._inputs(rollout, rows)
+            ids, attn, _, resp_mask = inputs(rows)
             values = critic_response_values(self.critic, ids, attn, resp_mask)
             mask = resp_mask.float() * labeled[rows].to(resp_mask.device)
             loss, m = self.value_loss(values, stats.values[rows], returns[rows], mask)
@@ -483,9 +483,10 @@ class TempoModule(LightningModule):
         """M-step: the clipped policy-gradient update on every row of the rollout (spec section 6)."""
         policy_opt, _, policy_sched, _ = self._optimizers()
         alg = self.algorithm
+        inputs = self._row_inputs(rollout)
 
         def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
-            ids, attn, resp_ids, resp_mask = self._inputs(rollout, rows)
+            ids, attn, resp_ids, resp_mask = inputs(rows)
             mask = resp_mask.float()
             out = policy_response_stats(
                 self.policy, ids, attn, resp_ids, resp_mask,
@@ -600,8 +601,9 @@ class TempoModule(LightningModule):
         values_last = None
         if self.critic is not None and rollout.num_rows:
             vals = []
+            inputs = self._row_inputs(rollout)
             for rows in _chunks(rollout.num_rows, self.training_cfg.forward_batch_size):
-                ids, attn, _, resp_mask = self._inputs(rollout, rows)
+                ids, attn, _, resp_mask = inputs(rows)
                 with torch.no_grad():
                     v = critic_response_values(self.critic, ids, attn, resp_mask)
                 vals.append(adv_fns.last_token_value(v.float(), resp_mask.float()))
@@ -695,11 +697,16 @@ class TempoModule(LightningModule):
         # greedy sampling (temperature 0) is scored under the untempered distribution
         return self.sampling.temperature or 1.0
 
-    def _inputs(self, rollout: Rollout, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Input ids, attention mask, response ids and response mask of some rows, on the module's device."""
+    def _row_inputs(self, rollout: Rollout):
+        """Concatenates prompt and response once; returns ``rows -> (input ids, attention mask, response ids,
+        response mask)`` of those rows on the module's device."""
         ids, attn, _ = sequence_inputs(rollout)
         dev = self.device
-        return ids[rows].to(dev), attn[rows].to(dev), rollout.response_ids[rows].to(dev), rollout.response_mask[rows].to(dev)
+
+        def take(rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            return ids[rows].to(dev), attn[rows].to(dev), rollout.response_ids[rows].to(dev), rollout.response_mask[rows].to(dev)
+
+        return take
 
     @contextlib.contextmanager
     def _reference_context(self):
