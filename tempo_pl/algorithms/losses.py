@@ -128,6 +128,15 @@ def gspo_policy_loss(
     seq_log_ratio = masked_mean(logprobs - old_logprobs, mask, dim=-1)
     log_ratio = logprobs - logprobs.detach() + seq_log_ratio.detach().unsqueeze(-1)
     ratio = torch.exp(log_ratio.clamp(max=_MAX_LOG_RATIO))
+    return _pessimistic_clip_loss(ratio, advantages, mask, clip_low, clip_high, agg_mode, logprobs, old_logprobs)
+
+
+def _pessimistic_clip_loss(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float, agg_mode: str,
+    logprobs: Tensor, old_logprobs: Tensor,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``agg(max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high)))`` and its metrics: the surrogate shared by
+    GSPO (sequence ratio) and token-level PPO."""
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, agg_mode)
@@ -155,10 +164,7 @@ def ppo_clip_policy_loss(
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_low, clip_high)
     ratio = torch.exp((logprobs - old_logprobs).clamp(-_PPO_LOG_RATIO_BOUND, _PPO_LOG_RATIO_BOUND))
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, agg_mode)
-    return loss, _clip_metrics(unclipped, clipped, ratio, logprobs, old_logprobs, mask)
+    return _pessimistic_clip_loss(ratio, advantages, mask, clip_low, clip_high, agg_mode, logprobs, old_logprobs)
 
 
 def value_loss(
