@@ -209,7 +209,7 @@ def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool)
         result.ok = bool(result.moved) and moved_all and len(result.step_s) == sizes.steps
         del trainer, module
     except Exception:  # one failed check must not hide the others' numbers
-        result.error = traceback.format_exc(limit=6)
+        result.error = "\n".join(traceback.format_exc().splitlines()[-40:])
     return result
 
 

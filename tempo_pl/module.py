@@ -324,7 +324,7 @@ class TempoModule(LightningModule):
             if not self.trainer.strategy.reduce_boolean_decision(need_more, all=False):
                 break
         # every rank must update on the same number of groups or the collectives of the updates would not match
-        common = int(self.trainer.strategy.reduce(torch.tensor(float(min(kept_groups, target))), reduce_op="min"))
+        common = int(self.trainer.strategy.reduce(torch.tensor(float(min(kept_groups, target)), device=self.device), reduce_op="min"))
         metrics = {
             "filter/kept_fraction": kept_groups / max(drawn_groups, 1),
             "filter/generation_batches": float(drawn_batches),
@@ -348,7 +348,7 @@ class TempoModule(LightningModule):
         return rollout, scores, metrics
 
     def _labeled_scores(self, rollout: Rollout) -> Tensor:
-        scores = torch.zeros(rollout.num_rows)
+        scores = torch.zeros(rollout.num_rows, device=rollout.response_mask.device)
         labeled_groups = sorted({int(g) for g, lab in zip(rollout.group_ids, rollout.is_labeled) if lab})
         if labeled_groups:
             sub = rollout.select_groups(labeled_groups)
@@ -422,8 +422,8 @@ class TempoModule(LightningModule):
             scores[rows] = out.scores.float().to(scores.device)
             metrics.update({f"reward/{self.unlabeled_reward.name}/{k}": v for k, v in out.metrics.items()})
             if out.keep_rows is not None:
-                keep_rows = torch.ones(rollout.num_rows, dtype=torch.bool)
-                keep_rows[rows] = out.keep_rows.bool().cpu()
+                keep_rows = torch.ones(rollout.num_rows, dtype=torch.bool, device=scores.device)
+                keep_rows[rows] = out.keep_rows.bool().to(scores.device)
         return RewardOutput(scores=scores, metrics=metrics, keep_rows=keep_rows)
 
     def advantages(self, rollout: Rollout, stats: ForwardStats, scores: Tensor) -> tuple[Tensor, Tensor]:

@@ -375,11 +375,20 @@ def gathered_for_generation(model: nn.Module) -> Iterator[nn.Module]:
 def _reshard_setting(module) -> tuple[Any, list[Any]]:
     # FSDP2 has a setter but no getter for reshard-after-forward; these two fields are what the setter writes
     state = module._get_fsdp_state()
-    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]
+    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in _param_groups(state)]
 
 
 def _restore_reshard_setting(module, setting: tuple[Any, list[Any]]) -> None:
     state = module._get_fsdp_state()
     state._auto_reshard_after_forward = setting[0]
-    for group, info in zip(state._fsdp_param_groups, setting[1]):
+    for group, info in zip(_param_groups(state), setting[1]):
         group.post_forward_mesh_info = info
+
+
+def _param_groups(state) -> list[Any]:
+    # torch >= 2.12 keeps a list of parameter groups per FSDP state; earlier releases hold one group or None
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is not None:
+        return list(groups)
+    group = getattr(state, "_fsdp_param_group", None)
+    return [] if group is None else [group]

@@ -98,13 +98,14 @@ class Rollout:
     def group_rows(self, groups: list[int]) -> Tensor:
         """Row indices of the listed prompt groups, in that order (row = group * n + k)."""
         n = self.n_per_prompt
-        return torch.tensor([g * n + k for g in groups for k in range(n)], dtype=torch.long)
+        return torch.tensor([g * n + k for g in groups for k in range(n)], dtype=torch.long,
+                            device=self.group_ids.device)
 
     def select_groups(self, groups: list[int]) -> "Rollout":
         """Keep the listed prompt groups (in that order), renumbering them 0..len(groups)-1."""
         rows = self.group_rows(groups)
         return self._take(rows, self.prompt_batch.select(groups),
-                          torch.arange(len(groups)).repeat_interleave(self.n_per_prompt))
+                          torch.arange(len(groups), device=self.group_ids.device).repeat_interleave(self.n_per_prompt))
 
     def _take(self, rows: Tensor, prompt_batch: PromptBatch, group_ids: Tensor) -> "Rollout":
         idx = rows.tolist()

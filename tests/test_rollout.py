@@ -262,3 +262,25 @@ def test_a_rollout_feeds_the_forward_helpers(tiny_policy_spec, tiny_critic_spec,
     assert stats["logprobs"].shape == stats["entropy"].shape == values.shape == shape
     valid = r.response_mask > 0
     assert (stats["logprobs"][valid] < 0).all() and (stats["logprobs"][~valid] == 0).all()
+
+
+def test_select_groups_renumbers_groups_and_keeps_index_tensors_on_the_rollouts_device() -> None:
+    from tempo_pl.types import Rollout
+
+    n, prompts = 2, _prompts("a", "b", "c")
+    rows = torch.arange(3 * n)
+    rollout = Rollout(
+        prompt_ids=rows[:, None], prompt_mask=torch.ones(3 * n, 1, dtype=torch.long),
+        response_ids=rows[:, None] * 10, response_mask=torch.ones(3 * n, 1), texts=[f"r{i}" for i in range(3 * n)],
+        group_ids=rows // n, is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
+        truncated=torch.zeros(3 * n, dtype=torch.bool), prompt_batch=prompts,
+    )
+    picked = rollout.select_groups([2, 0])
+    assert picked.texts == ["r4", "r5", "r0", "r1"]
+    assert picked.group_ids.tolist() == [0, 0, 1, 1]
+    assert picked.prompt_batch.ids == ["p2", "p0"]
+    assert rollout.group_rows([2, 0]).tolist() == [4, 5, 0, 1]
+    # on a GPU the rollout comes back from generate on the device; index tensors made here must follow it, or the
+    # advantage functions' scatter over group ids mixes devices (the first H200 run failed exactly so)
+    on_meta = Rollout(**{**rollout.__dict__, "group_ids": rollout.group_ids.to("meta")})
+    assert on_meta.group_rows([1]).device.type == "meta"

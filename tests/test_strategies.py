@@ -452,7 +452,20 @@ def one_rank_mesh(monkeypatch):
 
 
 def _post_forward(module) -> list:
-    return [g.post_forward_mesh_info for g in module._get_fsdp_state()._fsdp_param_groups]
+    from tempo_pl.strategies import _param_groups
+
+    return [g.post_forward_mesh_info for g in _param_groups(module._get_fsdp_state())]
+
+
+def test_param_groups_reads_both_torch_layouts() -> None:
+    # torch 2.11 (the H200 image) keeps one group per FSDP state, torch 2.13 a list: the GPU check met the former
+    from types import SimpleNamespace
+
+    from tempo_pl.strategies import _param_groups
+
+    assert _param_groups(SimpleNamespace(_fsdp_param_groups=("a", "b"))) == ["a", "b"]
+    assert _param_groups(SimpleNamespace(_fsdp_param_group="a")) == ["a"]
+    assert _param_groups(SimpleNamespace(_fsdp_param_group=None)) == []
 
 
 def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_policy_spec, one_rank_mesh) -> None:
@@ -492,7 +505,9 @@ def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     holder.reference = build_policy(tiny_policy_spec).requires_grad_(False)
     recipe = FSDP2Recipe(param_dtype=None, reshard_after_forward=False, cpu_offload=True)
     shard_module(holder, one_rank_mesh, recipe)
-    layer_group = holder.policy.model.layers[0]._get_fsdp_state()._fsdp_param_groups[0]
+    from tempo_pl.strategies import _param_groups
+
+    layer_group = _param_groups(holder.policy.model.layers[0]._get_fsdp_state())[0]
     assert _post_forward(holder.policy.model.layers[0]) == [None]  # ZeRO-2: kept until the backward
     assert isinstance(layer_group.offload_policy, CPUOffloadPolicy)
     # activation checkpointing on the trained model only: the frozen reference never runs a backward
