@@ -205,6 +205,12 @@ def _config_from_dict(config: dict, overrides: dict) -> PretrainedConfig:
     return AutoConfig.for_model(config["model_type"], **{**values, **overrides})
 
 
+def _initialising_on_meta() -> bool:
+    """True inside a meta-device init context (``FSDP2Recipe.rank0_init`` on every rank but 0): a checkpoint is then
+    built from its config alone, without reading its weights, which arrive from rank 0 when the model is sharded."""
+    return torch.empty(0).device.type == "meta"
+
+
 def _load_kwargs(spec: ModelSpec) -> dict:
     return {"dtype": DTYPES[spec.dtype], "attn_implementation": spec.attn_implementation}
 
@@ -273,6 +279,9 @@ def build_policy(spec: ModelSpec) -> nn.Module:
             model = AutoModelForCausalLM.from_config(config, **_load_kwargs(spec))
             if spec.load_in_4bit:
                 model = _quantize_via_disk(model, AutoModelForCausalLM, spec, skip_modules=None)
+        elif _initialising_on_meta():
+            config = AutoConfig.from_pretrained(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, **_load_kwargs(spec))
         else:
             kwargs = _load_kwargs(spec)
             if spec.load_in_4bit:
@@ -302,6 +311,8 @@ def _critic_from_pretrained(path: str, spec: CriticSpec) -> tuple[PreTrainedMode
     """Load a critic (or a causal LM, then the head is fresh); returns the model and whether its head is fresh."""
     config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **_CRITIC_OVERRIDES)
     cls = _token_classification_class(config)
+    if _initialising_on_meta():
+        return cls._from_config(config, **_load_kwargs(spec)), False
     kwargs = _load_kwargs(spec)
     if spec.load_in_4bit:
         kwargs["quantization_config"] = _bnb_config(spec, skip_modules=[_HEAD])

@@ -69,9 +69,9 @@ class FSDP2Recipe:
     (ZeRO-2: less communication, more memory). The root module always keeps them, as FSDP2 does by default."""
     rank0_init: bool = False
     """Only global rank 0 builds the models with real weights; the other ranks build them on the meta device and
-    receive their shards from rank 0 after sharding, so a 14B model is materialised once per node, not once per rank.
-    Needs models the builders can create on the meta device (``config`` models; hub checkpoints once the builder
-    supports it); not with 4-bit bases."""
+    receive their shards from rank 0 after sharding, so a 14B model is read and materialised once, not once per rank
+    (the other ranks read the checkpoint's ``config.json`` only). For ``config`` models and checkpoints alike; not
+    with 4-bit bases, which quantize while loading."""
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):

@@ -165,14 +165,14 @@ def run_experiment(out: Path, devices: int) -> None:
     resumed.model.rollout = types.MethodType(deterministic_rollout, resumed.model)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(mid))
 
-    rank0 = rank0_init_check(resumed.trainer) if sharded else None
+    rank0 = rank0_init_check(resumed.trainer, out) if sharded else None
     if cli.trainer.is_global_zero:
         torch.save(outputs, out / "probe.pt")
         (out / "gathers.json").write_text(json.dumps(counts))
         (out / "rank0_init.json").write_text(json.dumps(rank0))
 
 
-def rank0_init_check(trainer) -> dict:
+def rank0_init_check(trainer, out: Path) -> dict:
     """FSDP2Recipe.rank0_init: under the strategy's init context rank 1 builds on the meta device, and after
     sharding every rank holds rank 0's weights (the sharded model computes rank 0's unsharded logits)."""
     import torch.distributed as dist
@@ -200,7 +200,44 @@ def rank0_init_check(trainer) -> dict:
     meta_by_rank = [None] * dist.get_world_size()
     dist.all_gather_object(meta_by_rank, on_meta)
     diff = float((logits - expected).abs().max()) if expected is not None else None
-    return {"meta_by_rank": meta_by_rank, "max_logit_diff": diff}
+    return {"meta_by_rank": meta_by_rank, "max_logit_diff": diff, **_rank0_init_from_checkpoint(trainer, recipe, out)}
+
+
+def _rank0_init_from_checkpoint(trainer, recipe, out: Path) -> dict:
+    """The same from a checkpoint folder (a hub model's layout): policy and critic (fresh head) built on the meta
+    device on rank 1, which reads only the config; the sharded models compute what rank 0 loaded."""
+    import torch.distributed as dist
+
+    from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+    from tempo_pl.strategies import shard_model
+    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+
+    strategy = trainer.strategy
+    folder = out / "rank0_init_checkpoint"
+    if strategy.global_rank == 0:
+        source = ModelSpec(config=tiny_qwen3_config(vocab_size=100), tokenizer=BUILTIN_CHAR, seed=7)
+        build_policy(source).save_pretrained(folder)
+        build_tokenizer(source).save_pretrained(folder)
+    dist.barrier()
+    spec = ModelSpec(name_or_path=str(folder))
+    with strategy.tensor_init_context():
+        policy = build_policy(spec)
+        critic = build_critic(CriticSpec(init_from_policy=True, head_init_std=0.5, seed=strategy.global_rank), spec)
+    on_meta = [all(p.is_meta for p in m.parameters()) for m in (policy, critic)]
+    ids = torch.tensor(PROBE)
+    expected = None
+    if not any(on_meta):
+        with torch.no_grad():
+            expected = [policy(input_ids=ids).logits, critic(input_ids=ids).logits]
+    for model in (policy, critic):
+        shard_model(model, strategy.device_mesh["data_parallel"], recipe)
+    with torch.no_grad():
+        outputs = [policy(input_ids=ids).logits, critic(input_ids=ids).logits]
+    meta_by_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(meta_by_rank, on_meta)
+    diffs = None if expected is None else [float((a - b).abs().max()) for a, b in zip(outputs, expected)]
+    return {"checkpoint_meta_by_rank": meta_by_rank, "checkpoint_max_diffs": diffs,
+            "critic_values_spread": float(outputs[1].std())}
 
 
 def generation_gathers(module, prompts) -> dict[str, int]:
@@ -337,6 +374,10 @@ def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
     result = json.loads((two_process_run / "rank0_init.json").read_text())
     assert result["meta_by_rank"] == [False, True]
     assert result["max_logit_diff"] == pytest.approx(0.0, abs=1e-5)
+    # from a checkpoint folder: rank 1 builds policy and critic on meta, and gets rank 0's weights and fresh head
+    assert result["checkpoint_meta_by_rank"] == [[False, False], [True, True]]
+    assert result["checkpoint_max_diffs"] == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert result["critic_values_spread"] > 0.01  # a non-zero head, so the critic comparison compares something
 
 
 def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
