@@ -163,7 +163,9 @@ def estimate(config_path: Path) -> Row:
     sampling, training = init["sampling"], init["training"]
     prompt, response, n = sampling["max_prompt_length"], sampling["max_new_tokens"], sampling["n"]
     tokens = prompt + response
-    rows = int(data["batch_size"]) * n
+    prompts = int(data["batch_size"])
+    # prompts per generate call: training.generation_batch_size chunks the rank's batch (None = all at once)
+    per_generate = min(prompts, int(training.get("generation_batch_size") or prompts))
 
     models = [("policy", init["policy"], count_parameters(model_name, with_lm_head=True))]
     if init.get("critic") is not None:
@@ -198,7 +200,7 @@ def estimate(config_path: Path) -> Row:
     policy_counts = models[0][2]
     generation_weights = policy_counts.total * compute_bytes if fsdp else 0.0
     kv_row = kv_bytes_per_row(model_name, tokens)
-    rollout_bytes = generation_weights + rows * kv_row
+    rollout_bytes = generation_weights + per_generate * n * kv_row
     free_for_kv = GPU_GIB * GIB - (weights + grads + optimizer) - generation_weights
     prompts_per_generate = max(int(free_for_kv // (n * kv_row)), 0)
 
@@ -206,7 +208,7 @@ def estimate(config_path: Path) -> Row:
         f"FSDP2, {recipe.get('param_dtype') or 'param dtype'} compute" + (", CPU offload" if recipe.get("cpu_offload") else "")
         if fsdp else f"QLoRA r={init['policy']['lora']['r']}"
     )
-    setup += f", {int(data['batch_size'])}x{n} rows"
+    setup += f", {prompts}x{n} rows" + (f", generate {per_generate}x{n}" if per_generate < prompts else "")
     return Row(stem, model_name, setup, gpus, weights / GIB, grads / GIB, optimizer / GIB, training_bytes / GIB,
                rollout_bytes / GIB, cpu / GIB, prompts_per_generate)
 
@@ -224,9 +226,9 @@ def render(rows: list[Row]) -> str:
         "model configs; do not edit by hand. GiB per GPU; `peak` = resident + the larger of the training and rollout",
         f"phases; `fits` compares the peak with {GPU_GIB} GiB. `CPU` is what CPU offload keeps in host memory per rank.",
         "Training is one micro-batch of full-length responses (the logits dominate it); rollout is one `generate`",
-        "call over the rank's whole batch (the KV cache dominates it). `prompts/generate` is the most prompts (with",
-        "their n responses) one `generate` call can hold: a rank batch above it needs generation in chunks of that",
-        "size (HFGenerateEngine's `micro_batch_size`) to fit.",
+        "call over `training.generation_batch_size` prompts of the rank's batch, or the whole batch when it is unset",
+        "(the KV cache dominates it). `prompts/generate` is the most prompts (with their n responses) one `generate`",
+        "call can hold; the configs set `generation_batch_size` at or below it.",
         "",
         "| config | model | setup | GPUs | weights | grads | optimizer | training | rollout | peak | fits | CPU "
         "| prompts/generate |",
