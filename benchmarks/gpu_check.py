@@ -1,11 +1,12 @@
-"""GPU check: a random ~0.5B Qwen3 through TEMPO steps with bf16, QLoRA on a shared base, and FSDP2 on one GPU.
+"""GPU check: a random ~0.4B Qwen3 through TEMPO steps with bf16, QLoRA on a shared base, FSDP2, and FSDP2 around
+the shared QLoRA base, on one GPU.
 
 Runs offline (random weights from a config, a BPE tokenizer trained on the synthetic task) in a few minutes on one
 GPU, then prints one summary table: step time, generation tokens/s, peak GPU memory, and whether every trainable
 tensor of the policy and the critic moved (gradients flowed through the whole model). Exits non-zero when a run
 fails or a model did not train.
 
-    python benchmarks/gpu_check.py                 # on a GPU (about 0.45B parameters per model)
+    python benchmarks/gpu_check.py                 # on a GPU (about 0.37B parameters per model)
     python benchmarks/gpu_check.py --cpu-smoke     # tiny sizes on the CPU, 2 steps per run (the test suite runs it)
 """
 
@@ -51,6 +52,10 @@ GPU = Sizes(hidden=1024, layers=24, heads=16, kv_heads=8, intermediate=3072, voc
             max_new_tokens=256, steps=3, lora_r=32)
 CPU_SMOKE = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512, prompts=2, n=2,
                   max_new_tokens=8, steps=2, lora_r=4)
+
+
+RUNS = ("bf16", "qlora_shared", "fsdp2", "fsdp2_qlora_shared")
+QLORA_RUNS = ("qlora_shared", "fsdp2_qlora_shared")
 
 
 @dataclass
@@ -138,7 +143,8 @@ def qwen3_config(sizes: Sizes) -> dict:
 
 def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     """The TempoModule of one check: ``bf16`` (full fine-tuning, bf16 autocast), ``qlora_shared`` (NF4 base shared
-    by two LoRA adapters), ``fsdp2`` (full fine-tuning sharded by FSDP2, bf16 compute)."""
+    by two LoRA adapters), ``fsdp2`` (full fine-tuning sharded by FSDP2, bf16 compute), ``fsdp2_qlora_shared`` (the
+    shared NF4 base and its two adapters sharded by FSDP2)."""
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
     from tempo_pl.models import CriticSpec, LoraSpec, ModelSpec
     from tempo_pl.module import TempoModule
@@ -146,7 +152,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
 
     config = qwen3_config(sizes)
     base = dict(config=config, tokenizer=tokenizer, seed=0, attn_implementation="sdpa")
-    if kind == "qlora_shared":
+    if kind in QLORA_RUNS:
         lora = LoraSpec(r=sizes.lora_r, alpha=2 * sizes.lora_r)
         # 4-bit storage in the compute dtype; bfloat16 on the GPU, float32 for the CPU smoke run
         dtype = "bfloat16" if on_gpu else "float32"
@@ -166,7 +172,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
         policy_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0),
         critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
     )
-    if kind != "qlora_shared":
+    if kind not in QLORA_RUNS:
         return TempoModule(**kwargs)
     return TempoModule(**kwargs, shared_base=True)
 
@@ -190,6 +196,10 @@ def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool)
         strategy, precision = "auto", "32-true"
         if kind == "fsdp2":
             recipe = FSDP2Recipe(param_dtype="bfloat16" if on_gpu else None, activation_checkpointing=True)
+            strategy = FSDP2Strategy(recipe)
+        elif kind == "fsdp2_qlora_shared":
+            # the packed 4-bit weights are gathered in their storage dtype (the QLoRA dtype of make_module)
+            recipe = FSDP2Recipe(param_dtype="bfloat16" if on_gpu else "float32", activation_checkpointing=True)
             strategy = FSDP2Strategy(recipe)
         elif kind == "bf16" and on_gpu:
             precision = "bf16-mixed"
@@ -236,8 +246,7 @@ def render(results: list[Result], sizes: Sizes, device: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, two RL steps per run")
-    parser.add_argument("--runs", nargs="+", default=["bf16", "qlora_shared", "fsdp2"],
-                        choices=["bf16", "qlora_shared", "fsdp2"], help="which checks to run, in this order")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which checks to run, in this order")
     args = parser.parse_args(argv)
     on_gpu = not args.cpu_smoke
     if on_gpu and not torch.cuda.is_available():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -233,9 +234,16 @@ def _token_classification_class(config: PretrainedConfig) -> type[PreTrainedMode
 
 
 def _quantize_via_disk(model: PreTrainedModel, auto_cls, spec: ModelSpec, skip_modules: Optional[list[str]]):
-    """bitsandbytes quantizes at load time only: save the random model and load it back in 4-bit."""
+    """bitsandbytes quantizes at load time only: save the random model and load it back in 4-bit.
+
+    Every rank writes its own copy: ``save_pretrained`` writes nothing on ranks other than 0 once torch.distributed
+    is initialised, so the files are written directly (the config, and the weights with shared tensors stored once).
+    """
+    from safetensors.torch import save_model
+
     with tempfile.TemporaryDirectory(prefix="tempo_pl_4bit_") as tmp:
-        model.save_pretrained(tmp)
+        model.config.to_json_file(os.path.join(tmp, "config.json"))
+        save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         return auto_cls.from_pretrained(
             tmp, quantization_config=_bnb_config(spec, skip_modules), **_load_kwargs(spec)
         )
@@ -406,7 +414,9 @@ def disable_bnb_avx512bf16(model: nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
         weight = module.weight
-        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        # a weight sharded by FSDP2 is a plain DTensor without a state; the flag above keeps its gathered copies
+        # from being repacked, and a weight can only have been repacked before sharding, with its state
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
             weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
             module.quant_state = weight.quant_state
     return changed

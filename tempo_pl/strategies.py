@@ -357,6 +357,11 @@ def gathered_for_generation(model: nn.Module) -> Iterator[nn.Module]:
     if not fsdp_modules:
         yield model
         return
+    # The root's first forward switches its reshard-after-forward off (lazy initialisation). Before a first forward,
+    # the saved setting would be the pre-initialisation one, and restoring it would leave the root resharding after
+    # every forward: a shared-base critic, whose loss flows through the root's final norm but not through the root's
+    # outputs, then ran its backward on freed parameters (a segfault on 2 ranks).
+    fsdp_modules[0]._get_fsdp_state()._lazy_init()
     saved = [_reshard_setting(m) for m in fsdp_modules]
     try:
         handles = [m.unshard(async_op=True) for m in fsdp_modules]

@@ -380,6 +380,20 @@ def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
     assert result["critic_values_spread"] > 0.01  # a non-zero head, so the critic comparison compares something
 
 
+def test_qlora_shared_base_trains_every_adapter_on_two_ranks(two_process_run: Path) -> None:
+    # policy and critic as two LoRA adapters on one NF4 base, sharded by FSDP2 over 2 ranks, 4 E/M steps: every LoRA
+    # tensor of both adapters and the critic's head moved on both ranks (their local shards)
+    for rank in (0, 1):
+        result = json.loads((two_process_run / "qlora" / f"qlora_rank{rank}.json").read_text())
+        assert result["world"] == 2 and result["sharded"] == "DTensor"
+        assert result["linear4bit"] == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 decoder layers
+        assert result["critic_is_view_of_policy_base"]
+        moved = result["moved"]
+        assert len(moved["policy"]) == moved["policy_total"] == 2 * 7 * 2  # lora_A and lora_B per linear
+        assert len(moved["critic"]) == moved["critic_total"] == 2 * 7 * 2 + 2  # and the head's weight and bias
+        assert all("score" in n for n in set(moved["critic"]) - {n for n in moved["critic"] if "lora_" in n})
+
+
 def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -681,7 +695,7 @@ def test_gpu_check_runs_on_cpu() -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| run")]
-    assert [r.split("|")[1].strip() for r in rows] == ["bf16", "qlora_shared", "fsdp2"]
+    assert [r.split("|")[1].strip() for r in rows] == ["bf16", "qlora_shared", "fsdp2", "fsdp2_qlora_shared"]
     # every trainable tensor of policy and critic moved in every run (e.g. "policy 28/28, critic 30/30")
     assert all(r.rstrip(" |").endswith("yes") for r in rows), rows
 
@@ -689,10 +703,70 @@ def test_gpu_check_runs_on_cpu() -> None:
 # -------------------------------------------------------------------------------------------------- the worker
 
 
+def qlora_config(out: Path, shared_base: bool = True) -> dict:
+    """configs/fsdp2_tiny.yaml's strategy in bfloat16 around QLoRA: policy and critic as two LoRA adapters (the
+    critic's value head trained in full) on one shared NF4 base, over 2 ranks; E, M, E, M."""
+
+    def edit(cfg: dict) -> None:
+        trainer, init = cfg["trainer"], cfg["model"]["init_args"]
+        trainer["devices"] = 2
+        trainer["strategy"] = yaml.safe_load(FSDP2_TINY.read_text())["trainer"]["strategy"]
+        trainer["strategy"]["init_args"]["recipe"]["param_dtype"] = "bfloat16"  # the 4-bit storage dtype
+        lora = {"r": 4, "alpha": 8}
+        init["policy"].update(dtype="bfloat16", lora=lora, load_in_4bit=True)
+        init["critic"] = {"seed": 1, "dtype": "bfloat16", "lora": lora, "load_in_4bit": True, "head_init_std": 0.1}
+        init["shared_base"] = shared_base
+        cfg["data"]["init_args"]["batch_size"] = PROMPTS_PER_STEP // 2
+        init["training"].update(mini_batch_size=PROMPTS_PER_STEP // 2, micro_batch_size=64, group_filter=False)
+
+    return tiny_config(out, edit, steps=4)
+
+
+class TrainableProbe(Callback):
+    """Copies of every trainable tensor (local shards) of policy and critic at the start; which moved at the end."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.before = {name: self._tensors(model) for name, model in (("policy", pl_module.policy),
+                                                                      ("critic", pl_module.critic))}
+
+    @staticmethod
+    def _tensors(model) -> dict[str, torch.Tensor]:
+        return {n: getattr(p, "to_local", lambda p=p: p)().detach().float().clone()
+                for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.moved = {}
+        for name, model in (("policy", pl_module.policy), ("critic", pl_module.critic)):
+            after = self._tensors(model)
+            self.moved[name] = sorted(n for n, t in after.items() if not torch.equal(t, self.before[name][n]))
+            self.moved[name + "_total"] = len(after)
+
+
+def run_qlora_experiment(out: Path, shared_base: bool = True) -> None:
+    import bitsandbytes as bnb
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = qlora_config(out, shared_base)
+    cli = build(cfg, out)
+    probe = TrainableProbe()
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    module = cli.model
+    result = {
+        "moved": probe.moved,
+        "linear4bit": sum(isinstance(m, bnb.nn.Linear4bit) for m in module.policy.modules()),
+        "critic_is_view_of_policy_base": module.critic.get_base_model() is module.policy.get_base_model(),
+        "sharded": type(next(p for p in module.policy.parameters() if p.requires_grad)).__name__,
+        "world": cli.trainer.world_size,
+    }
+    (out / f"qlora_rank{cli.trainer.global_rank}.json").write_text(json.dumps(result))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_experiment(Path(sys.argv[1]), devices=2)
+    run_qlora_experiment(Path(sys.argv[1]) / "qlora")
     import torch.distributed as dist
 
     if dist.is_initialized():
