@@ -490,7 +490,9 @@ def _curve(curves: dict, tag: str, log_dir: Path) -> list[tuple[int, float]]:
 
 def method_summary(log_dir: Path, wall_seconds: float) -> dict:
     """The ``summary.json`` entry of one test-time run, from its TensorBoard logs: mean@k and pass@k on D_U at the
-    first (RL step 0) and last evaluation, the same two numbers on the held-out set at the last one, the RL steps."""
+    first (RL step 0) and last evaluation, the same two numbers on the held-out set at the last one, the RL steps;
+    for a run with a critic also its within-question AUROC on D_U at both ends (null where no question of D_U had
+    both right and wrong samples): whether the critic could rank the samples of one question at all."""
     from tempo_pl.compare import read_scalars
 
     curves = read_scalars(log_dir)
@@ -511,7 +513,17 @@ def method_summary(log_dir: Path, wall_seconds: float) -> dict:
         "heldout_pass_at_k_start": held_pass[0][1],
         "heldout_pass_at_k_final": held_pass[-1][1],
         "wall_seconds": wall_seconds,
+        **_critic_ranking(curves),
     }
+
+
+def _critic_ranking(curves: dict) -> dict:
+    curve = curves.get(f"val/{EVAL_SET}/critic_within_question_auroc")
+    if not curve:
+        return {}
+    finite = lambda value: value if math.isfinite(value) else None  # noqa: E731  (JSON has no NaN)
+    return {"critic_within_question_auroc_start": finite(curve[0][1]),
+            "critic_within_question_auroc_final": finite(curve[-1][1])}
 
 
 def base_summary(tempo: dict, wall_seconds: float) -> dict:

@@ -12,7 +12,11 @@ extract, cluster answers), then calls :func:`summarize_questions` for the number
 - with critic values (the last-token value V in [-1, 1] of each response): ``critic_auroc`` (AUROC of V against
   correctness), ``critic_ece`` (expected calibration error of (V+1)/2, 10 equal-width bins) and
   ``critic_explained_variance`` (1 - Var(s - V)/Var(s) with s = +1 correct / -1 wrong, the reference code's
-  definition), pooled over all responses; NaN where undefined (all responses right, or all wrong).
+  definition), pooled over all responses; NaN where undefined (all responses right, or all wrong). Pooled AUROC
+  mostly measures whether the critic tells easy questions from hard ones; ``critic_within_question_auroc`` is the
+  AUROC among the responses of one question, averaged over the questions with right and wrong responses (NaN if
+  none): whether the critic can rank the samples of a question, which is what a critic-valued reward on
+  unlabeled questions needs (0.5 = no better than chance).
 
 Every key is averaged over questions, each question weighing the same.
 
@@ -273,7 +277,8 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
         ks: the j of the ``pass@j`` keys; those above n are left out (n samples cannot estimate them).
 
     Returns keys ``mean@n``, ``pass@j``, ``maj@n``, ``distinct_answers``, ``answer_entropy``, ``no_answer_rate``
-    and, when every record carries values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance``.
+    and, when every record carries values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance`` and
+    ``critic_within_question_auroc``.
     """
     if not records:
         raise ValueError("summarize_questions needs at least one QuestionResult")
@@ -310,7 +315,29 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
         values = torch.tensor([v for r in records for v in r.values], dtype=torch.float64)
         correct = torch.tensor([bool(c) for r in records for c in r.correct])
         summary.update(critic_calibration(values, correct))
+        summary["critic_within_question_auroc"] = within_question_auroc(records)
     return summary
+
+
+def within_question_auroc(records: Sequence[QuestionResult]) -> float:
+    """Mean over questions with both right and wrong responses of the AUROC of their critic values; NaN if none.
+
+    Example::
+
+        >>> a = QuestionResult("a", "1", ["x"] * 3, ["1", "2", "3"], [True, False, False], values=[0.5, -0.5, 0.1])
+        >>> b = QuestionResult("b", "1", ["x"] * 2, ["1", "2"], [True, False], values=[0.2, 0.3])
+        >>> within_question_auroc([a, b])  # a ranks its right response first (1.0), b last (0.0)
+        0.5
+    """
+    scores = []
+    for record in records:
+        if record.values is None:
+            raise ValueError(f"question {record.question_id!r} has no critic values")
+        target = torch.tensor([bool(c) for c in record.correct]).long()
+        if 0 < int(target.sum()) < target.numel():
+            values = torch.tensor(record.values, dtype=torch.float64)
+            scores.append(float(BinaryAUROC()(values, target)))
+    return sum(scores) / len(scores) if scores else math.nan
 
 
 def write_question_jsonl(path: Union[str, os.PathLike], records: Sequence[QuestionResult]) -> Path:

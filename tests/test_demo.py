@@ -190,6 +190,19 @@ def test_method_and_base_summary_read_start_and_final(tmp_path):
     assert (base["steps"], base["mean_at_k_final"], base["pass_at_k_final"]) == (0, 0.25, 0.5)
     assert (base["heldout_mean_at_k_final"], base["heldout_pass_at_k_final"]) == (0.125, 0.375)
     assert base["wall_seconds"] == 100.0
+    assert "critic_within_question_auroc_final" not in m  # this run logged no critic values
+
+
+def test_method_summary_reports_the_critics_within_question_ranking(tmp_path):
+    run = tmp_path / "tempo"
+    curve = {"val/unlabeled/mean@4": 0.25, "val/unlabeled/pass@4": 0.5, "val/heldout/mean@4": 0.1,
+             "val/heldout/pass@4": 0.2}
+    _write_curves(run, {0: {**curve, "val/unlabeled/critic_within_question_auroc": 0.5},
+                        4: {**curve, "val/unlabeled/critic_within_question_auroc": float("nan")}})
+    m = demo.method_summary(run, wall_seconds=1.0)
+    # NaN (no question with both verdicts) becomes null: summary.json stays valid JSON
+    assert (m["critic_within_question_auroc_start"], m["critic_within_question_auroc_final"]) == (0.5, None)
+    json.loads(json.dumps(m, allow_nan=False))
 
 
 def test_method_summary_names_a_missing_curve(tmp_path):

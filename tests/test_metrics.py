@@ -106,6 +106,18 @@ def test_critic_calibration_by_hand():
     # s = +-1: s - V = [0.1, 0.5, -0.9, -0.5, -1.7, 0.7, 0.9, -0.1], mean -0.125, E[d^2] = 5.52/8 = 0.69
     # Var(d) = 0.69 - 0.015625 = 0.674375; Var(s) = 1; EV = 1 - 0.674375
     assert summary["critic_explained_variance"] == pytest.approx(0.325625, abs=1e-6)
+    # within a question: q1's right answers (0.95, 0.75) beat both wrong ones (1.0); q2's (0.65, 0.55) beat 0.05
+    # but not 0.85 (2/4); the pooled 13/16 hides that q2's samples are ranked no better than chance
+    assert summary["critic_within_question_auroc"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_within_question_auroc_counts_ties_as_half_and_skips_one_verdict_questions():
+    from tempo_pl.metrics import within_question_auroc
+
+    tied = QuestionResult("t", "1", ["x"] * 2, ["1", "2"], [True, False], values=[0.3, 0.3])
+    all_right = QuestionResult("r", "1", ["x"] * 2, ["1", "1"], [True, True], values=[0.9, -0.9])
+    assert within_question_auroc([tied, all_right]) == pytest.approx(0.5)
+    assert math.isnan(within_question_auroc([all_right]))
 
 
 def test_critic_metrics_undefined_for_one_class_are_nan():
