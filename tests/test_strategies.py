@@ -690,6 +690,17 @@ def test_generation_batch_size_bounds_the_rollout_estimate(tmp_path: Path) -> No
     assert unchunked.peak > table.GPU_GIB >= chunked.peak
 
 
+@pytest.mark.slow
+def test_fsdp2_vs_ddp_benchmark_times_both_strategies() -> None:
+    bench = _benchmark("fsdp2_vs_ddp")
+    result = bench.main(["--steps", "2"])
+    for name in ("fsdp2", "ddp"):
+        parts = result[name]
+        assert set(parts) == set(bench.PARTS) and all(v > 0 for v in parts.values()), parts
+        assert parts["step_s"] >= parts["generation_s"] + parts["update_s"]  # the stages are parts of the step
+    assert result["ratio"] == pytest.approx(result["fsdp2"]["step_s"] / result["ddp"]["step_s"])
+
+
 def test_gpu_check_runs_on_cpu() -> None:
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke"], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
