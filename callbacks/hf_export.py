@@ -61,7 +61,7 @@ class HFExport(Callback):
         if stage == "fit" and isinstance(trainer.strategy, ModelParallelStrategy):
             raise ValueError(
                 "HFExport saves unsharded models only; with ModelParallelStrategy (FSDP2) save a distributed "
-                "checkpoint instead"
+                "checkpoint and export it in one process: tempo-pl export <checkpoint folder> <out dir>"
             )
 
     def _root(self, trainer: Trainer) -> Path:

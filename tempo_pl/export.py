@@ -14,7 +14,7 @@ Example::
     from tempo_pl.export import export_hf
     export_hf("runs/tempo/version_0/checkpoints/last", "export/step224")
 
-    python -m tempo_pl.export runs/.../checkpoints/last export/step224
+    tempo-pl export runs/.../checkpoints/last export/step224      (or: python -m tempo_pl.export ...)
 """
 
 from __future__ import annotations

@@ -67,6 +67,25 @@ def test_lora_checkpoint_exports_merged_models_with_the_same_outputs(tiny_policy
     torch.testing.assert_close(got_values, want_values, rtol=1e-5, atol=1e-5)
 
 
+def test_tempo_pl_export_subcommand_writes_the_folders(tiny_policy_spec, tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+    from tempo_pl.models import build_policy
+
+    policy = build_policy(tiny_policy_spec)
+    _randomise(policy, 5)
+    ckpt = _write_checkpoint(tmp_path / "run.ckpt", {"policy": dataclasses.asdict(tiny_policy_spec)},
+                             {"policy": policy})
+    main(["export", str(ckpt), str(tmp_path / "hf"), "--no-critic"])
+    assert f"policy: {tmp_path / 'hf' / 'policy'}" in capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "policy")
+    ids = torch.tensor([[5, 9, 14, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids).logits, policy(input_ids=ids).logits)
+    assert not (tmp_path / "hf" / "critic").exists()
+
+
 def test_qlora_checkpoint_merges_adapters_into_the_full_precision_base(tiny_policy_spec, tmp_path: Path) -> None:
     """A 4-bit run's adapters are merged into the original weights (not their NF4 rounding): the export equals the
     full-precision model carrying the trained adapters, not the 4-bit model."""
