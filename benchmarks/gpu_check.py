@@ -172,9 +172,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
         policy_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0),
         critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
     )
-    if kind not in QLORA_RUNS:
-        return TempoModule(**kwargs)
-    return TempoModule(**kwargs, shared_base=True)
+    return TempoModule(**kwargs, shared_base=kind in QLORA_RUNS)
 
 
 def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool) -> Result:

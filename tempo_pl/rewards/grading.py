@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Optional
+from typing import Iterator, Optional
 
 __all__ = [
     "DEFAULT_EXTRACTORS",
@@ -86,21 +86,25 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 
 
-def _brace_group(text: str, open_at: int) -> Optional[str]:
-    r"""Content of the ``{...}`` group opening at ``text[open_at]``, or None if it never closes (``\{`` is literal)."""
-    depth, i, n = 0, open_at, len(text)
+def _brace_depths(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
+    r"""``(index, depth after it)`` of every unescaped ``{`` and ``}`` from ``text[start]`` on (``\{`` is literal)."""
+    depth, i, n = 0, start, len(text)
     while i < n:
         ch = text[i]
         if ch == "\\":
             i += 2
             continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
+        if ch in "{}":
+            depth += 1 if ch == "{" else -1
+            yield i, depth
         i += 1
+
+
+def _brace_group(text: str, open_at: int) -> Optional[str]:
+    r"""Content of the ``{...}`` group opening at ``text[open_at]``, or None if it never closes (``\{`` is literal)."""
+    for i, depth in _brace_depths(text, open_at):
+        if depth == 0:
+            return text[open_at + 1 : i]
     return None
 
 
@@ -209,19 +213,10 @@ def normalize_answer(answer: Optional[str]) -> str:
 
 
 def _braces_balanced(text: str) -> bool:
-    depth, i, n = 0, 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
+    depth = 0
+    for _, depth in _brace_depths(text):
+        if depth < 0:
+            return False
     return depth == 0
 
 
