@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -31,6 +32,38 @@ def test_render_matches_a_hand_worked_chain() -> None:
     ops = [("+", 5), ("*", 3), ("-", 4)]
     assert render_problem(7, ops) == "Start with 7. Add 5, multiply by 3, subtract 4."
     assert render_solution(7, ops) == ("7 + 5 = 12\n12 * 3 = 36\n36 - 4 = 32\n\\boxed{32}", 32)
+
+
+def test_recheck_renders_the_inverse_of_every_step() -> None:
+    ops = [("+", 5), ("*", 3), ("-", 4)]
+    solution, answer = render_solution(7, ops, recheck=True)
+    assert answer == 32
+    assert solution == (
+        "7 + 5 = 12\ncheck: 12 - 5 = 7\n12 * 3 = 36\ncheck: 36 / 3 = 12\n36 - 4 = 32\ncheck: 32 + 4 = 36\n\\boxed{32}"
+    )
+    assert num_steps({"solution": solution}) == 3
+
+
+def test_recheck_percent_restyles_solutions_and_keeps_the_problems() -> None:
+    plain = make_split(SMALL, "labeled")
+    half = make_split(dataclasses.replace(SMALL, recheck_percent=50), "labeled")
+    every = make_split(dataclasses.replace(SMALL, recheck_percent=100), "labeled")
+    assert [(r["problem"], r["answer"]) for r in half] == [(r["problem"], r["answer"]) for r in plain]
+    rechecked = [r for r in half if "check:" in r["solution"]]
+    assert 0.4 < len(rechecked) / len(half) < 0.6
+    for row in every:
+        start, ops = _parse_problem(row["problem"])
+        assert row["solution"] == render_solution(start, ops, recheck=True)[0]
+    assert all("check:" not in r["solution"] for r in plain)
+
+
+def _parse_problem(problem: str) -> tuple[int, list[tuple[str, int]]]:
+    head = re.fullmatch(r"Start with (\d+)\. (.*)\.", problem)
+    ops = []
+    for phrase in head.group(2).lower().split(", "):
+        word, _, operand = phrase.rpartition(" ")
+        ops.append((WORDS[word], int(operand)))
+    return int(head.group(1)), ops
 
 
 def test_same_seed_same_rows_other_seed_other_rows() -> None:
@@ -134,6 +167,7 @@ def test_too_small_a_problem_space_is_an_error_not_a_hang() -> None:
         ({"labeled_max_operand": 0}, "labeled_max_operand must be >= 1"),
         ({"unlabeled_max_operand": 120}, r"unlabeled_max_operand \(120\) exceeds max_value \(99\)"),
         ({"max_multiplier": 0}, "max_multiplier must be >= 1"),
+        ({"recheck_percent": 101}, r"recheck_percent must be in \[0, 100\], got 101"),
     ],
 )
 def test_spec_validation_names_the_bad_key(kwargs: dict, message: str) -> None:

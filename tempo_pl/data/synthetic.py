@@ -81,6 +81,10 @@ class SyntheticTaskSpec:
     """Largest factor of a multiplication (factors start at 2); 1 disables multiplication."""
     max_value: int = 99
     """Upper bound on every intermediate value and on the answer (lower bound is 0)."""
+    recheck_percent: int = 0
+    """Percent of worked solutions, in every split, that recheck each step by its inverse operation (a second line
+    ``check: c - b = a`` after ``a + b = c``). The problems do not depend on it (the choice has its own random
+    stream)."""
 
     def __post_init__(self) -> None:
         for name in ("labeled_size", "unlabeled_size", "heldout_size"):
@@ -100,6 +104,8 @@ class SyntheticTaskSpec:
                 raise ValueError(
                     f"SyntheticTaskSpec.{prefix}_max_operand ({operand}) exceeds max_value ({self.max_value})"
                 )
+        if not 0 <= self.recheck_percent <= 100:
+            raise ValueError(f"SyntheticTaskSpec.recheck_percent must be in [0, 100], got {self.recheck_percent}")
         if self.max_multiplier < 1:
             raise ValueError(f"SyntheticTaskSpec.max_multiplier must be >= 1, got {self.max_multiplier}")
 
@@ -164,12 +170,18 @@ def render_problem(start: int, ops: list[tuple[str, int]]) -> str:
     return f"Start with {start}. {words[0].upper()}{words[1:]}."
 
 
-def render_solution(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
-    """One ``a op b = c`` line per operation, then the boxed answer; returns ``(solution, answer)``."""
+_INVERSE = {"+": "-", "-": "+", "*": "/"}
+
+
+def render_solution(start: int, ops: list[tuple[str, int]], recheck: bool = False) -> tuple[str, int]:
+    """One ``a op b = c`` line per operation (each followed by ``check: c inv b = a`` when ``recheck``), then the
+    boxed answer; returns ``(solution, answer)``."""
     lines, value = [], start
     for op, x in ops:
         result = _apply(value, op, x)
         lines.append(f"{value} {op} {x} = {result}")
+        if recheck:
+            lines.append(f"check: {result} {_INVERSE[op]} {x} = {value}")
         value = result
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines), value
@@ -183,6 +195,7 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
     """
     size = spec.size(split)
     rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}")
+    style_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/style")
     rows: list[dict] = []
     seen: set[str] = set()
     # A split owns about a third of the problem space; give up (with a clear error) rather than loop forever when
@@ -195,7 +208,7 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
         if problem in seen or split_of_problem(problem) != split:
             continue
         seen.add(problem)
-        solution, answer = render_solution(start, ops)
+        solution, answer = render_solution(start, ops, recheck=style_rng.random() * 100 < spec.recheck_percent)
         rows.append({"id": f"{split}-{len(rows):05d}", "problem": problem, "answer": str(answer), "solution": solution})
     if len(rows) < size:
         raise ValueError(
@@ -206,8 +219,8 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
 
 
 def num_steps(row: dict) -> int:
-    """Reasoning steps of a row: its solution's ``a op b = c`` lines."""
-    return sum(1 for line in row["solution"].splitlines() if " = " in line)
+    """Reasoning steps of a row: its solution's ``a op b = c`` lines (rechecks are not steps)."""
+    return sum(1 for line in row["solution"].splitlines() if " = " in line and not line.startswith("check:"))
 
 
 def _coerce(field: dataclasses.Field, text: str):
