@@ -4,7 +4,8 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 
     tempo-pl demo --out runs/demo
 
-1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps);
+1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps, most
+   of them rechecking every step: a habit that overruns the response budget on long chains);
 2. ``zero_rl``: PPO on D_L, actor and critic (spec 2.4, stage 1); its export is everybody's start point, the "base";
 3. ``tempo``, ``ttrl``, ``frozen_critic``: test-time training on D_U (4-step chains, a shift from D_L) from the same
    actor, seed and number of RL steps, each evaluated on D_U and on a held-out set before training and every few

@@ -142,6 +142,7 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
         init = c["model"]["init_args"]
         for key in ("sampling", "training", "evaluation", "policy_optimizer"):
             assert init[key] == cfgs["tempo"]["model"]["init_args"][key], (name, key)
+        assert init["algorithm"]["kl_coef"] == cfgs["tempo"]["model"]["init_args"]["algorithm"]["kl_coef"], name
         data = c["data"]["init_args"]
         # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
         assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
@@ -154,6 +155,40 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
     assert tempo_init["critic_optimizer"]["init_args"]["lr"] > 0.0
     assert {k: v for k, v in frozen_init.items() if k != "critic_optimizer"} == {
         k: v for k, v in tempo_init.items() if k != "critic_optimizer"}
+
+
+def _synthetic_paths(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _synthetic_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _synthetic_paths(value)
+    elif isinstance(node, str) and node.startswith("synthetic:"):
+        yield node
+
+
+def test_every_stage_reads_the_same_synthetic_task():
+    """One task for the whole pipeline: the warm start's habit, D_L's questions and D_U's must agree across stages, so
+    every synthetic path of every demo config names the same knobs (only the split and its size differ)."""
+    import dataclasses
+
+    from tempo_pl.data.synthetic import parse_synthetic_path
+
+    def task(path):
+        spec, split = parse_synthetic_path(path)
+        return dataclasses.replace(spec, **{f"{name}_size": 0 for name in ("labeled", "unlabeled", "heldout")}), split
+
+    found = {}
+    for stage in STAGES:
+        if stage.config:
+            config = yaml.safe_load((demo.DEMO_CONFIGS / stage.config).read_text())
+            found[stage.name] = [task(path) for path in _synthetic_paths(config)]
+    specs = {spec for tasks in found.values() for spec, _ in tasks}
+    assert len(specs) == 1, specs
+    assert {split for _, split in found["sft"]} == {"labeled"}
+    assert {split for _, split in found["tempo"]} == {"labeled", "unlabeled", "heldout"}
+    assert all(found[name] for name in found), found
 
 
 # ----------------------------------------------------------------------------------------------- summary numbers

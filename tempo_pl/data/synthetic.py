@@ -17,6 +17,14 @@ whatever the training length, because the policy always stops after the longest 
 beyond D_L's range (``unlabeled_max_operand=12..15``) leave pass@8 stuck near 50%, the unseen-operand questions
 being out of reach. Both remain available through the knobs.
 
+A style knob, ``recheck_percent``, makes that share of the worked solutions follow every step with a check line
+(``check: c - b = a`` after ``a + b = c``): a reasoning habit that roughly doubles a solution's length. With the
+demo's 72-token response budget a rechecked chain of 3 or more steps never reaches its ``\\boxed{}``, a failure the
+critic sees at the last token (so it can value such a response at -1), unlike an arithmetic slip. It is off by
+default; the demo (``configs/demo/``) sets 90% on small-number chains (``max_multiplier=1&max_value=20``), so that its
+warm-started policy leaves most D_U samples unfinished and test-time training has a failure to remove that its
+critic can see.
+
 Splits are disjoint by construction: every problem text hashes to exactly one split, and a split only keeps the
 problems that hash to it, so no D_U question can ever appear in D_L, whatever the sizes and difficulties. Each split
 draws from its own random stream (seeded by ``seed`` and the split name), so a split's first rows do not depend on
