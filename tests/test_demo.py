@@ -142,7 +142,8 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
         init = c["model"]["init_args"]
         for key in ("sampling", "training", "evaluation", "policy_optimizer"):
             assert init[key] == cfgs["tempo"]["model"]["init_args"][key], (name, key)
-        assert init["algorithm"]["kl_coef"] == cfgs["tempo"]["model"]["init_args"]["algorithm"]["kl_coef"], name
+        kl = cfgs["tempo"]["model"]["init_args"]["algorithm"].get("kl_coef", 0.0)
+        assert init["algorithm"].get("kl_coef", 0.0) == kl, name
         data = c["data"]["init_args"]
         # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
         assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
