@@ -92,12 +92,7 @@ def test_rows_have_the_schema_and_unique_ids() -> None:
 @pytest.mark.parametrize("split", SPLITS)
 def test_solutions_recompute_the_problem_and_box_the_answer(split: str) -> None:
     for row in make_split(SMALL, split):
-        problem = re.fullmatch(r"Start with (\d+)\. (.*)\.", row["problem"])
-        value = int(problem.group(1))
-        ops = []
-        for phrase in problem.group(2).split(", "):
-            word, number = phrase.lower().rsplit(" ", 1)
-            ops.append((WORDS[word], int(number)))
+        value, ops = _parse_problem(row["problem"])
         *lines, boxed = row["solution"].split("\n")
         assert len(lines) == len(ops) == num_steps(row)
         for line, (op, operand) in zip(lines, ops):

@@ -179,6 +179,7 @@ def render_problem(start: int, ops: list[tuple[str, int]]) -> str:
 
 
 _INVERSE = {"+": "-", "-": "+", "*": "/"}
+_RECHECK_PREFIX = "check: "
 
 
 def render_solution(start: int, ops: list[tuple[str, int]], recheck: bool = False) -> tuple[str, int]:
@@ -189,7 +190,7 @@ def render_solution(start: int, ops: list[tuple[str, int]], recheck: bool = Fals
         result = _apply(value, op, x)
         lines.append(f"{value} {op} {x} = {result}")
         if recheck:
-            lines.append(f"check: {result} {_INVERSE[op]} {x} = {value}")
+            lines.append(f"{_RECHECK_PREFIX}{result} {_INVERSE[op]} {x} = {value}")
         value = result
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines), value
@@ -228,7 +229,7 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
 
 def num_steps(row: dict) -> int:
     """Reasoning steps of a row: its solution's ``a op b = c`` lines (rechecks are not steps)."""
-    return sum(1 for line in row["solution"].splitlines() if " = " in line and not line.startswith("check:"))
+    return sum(1 for line in row["solution"].splitlines() if " = " in line and not line.startswith(_RECHECK_PREFIX))
 
 
 def _coerce(field: dataclasses.Field, text: str):
