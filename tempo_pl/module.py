@@ -337,7 +337,7 @@ class TempoModule(LightningModule):
                 self.rl_step, kept_groups, target, drawn_batches,
             )
         if common == 0 or not kept:
-            empty = _empty_rollout(batch)
+            empty = Rollout.empty(batch.select([]))
             return empty, torch.zeros(0), metrics
         rollout = Rollout.concat(kept, self.tokenizer.pad_token_id)
         scores = torch.cat(kept_scores)
@@ -774,12 +774,3 @@ def _keep_rows(rollout: Rollout, stats: ForwardStats, reward: RewardOutput):
     groups_in_order = rollout.group_ids[rows]
     kept = rollout._take(rows, rollout.prompt_batch, groups_in_order)
     return kept, _select_stats(stats, rows), RewardOutput(reward.scores[rows], reward.metrics, None)
-
-
-def _empty_rollout(batch: PromptBatch) -> Rollout:
-    z = torch.zeros(0, 0, dtype=torch.long)
-    return Rollout(
-        prompt_ids=z, prompt_mask=z, response_ids=z, response_mask=z.float(), texts=[],
-        group_ids=torch.zeros(0, dtype=torch.long), is_labeled=torch.zeros(0, dtype=torch.bool),
-        truncated=torch.zeros(0, dtype=torch.bool), prompt_batch=batch.select([]),
-    )

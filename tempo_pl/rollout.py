@@ -133,7 +133,7 @@ class HFGenerateEngine:
         prompt_batch = prompts.select(kept)
         extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
         if not kept:
-            return _empty_rollout(prompt_batch, extra)
+            return Rollout.empty(prompt_batch, extra)
         device = _device_of(model)
         step = self.micro_batch_size or len(token_ids)
         pieces = []
@@ -282,19 +282,3 @@ def _only_generation_config(model: nn.Module, config: GenerationConfig) -> Itera
         yield
     finally:
         target.generation_config = saved
-
-
-def _empty_rollout(prompt_batch: PromptBatch, extra: dict) -> Rollout:
-    empty = torch.zeros(0, 0, dtype=torch.long)
-    return Rollout(
-        prompt_ids=empty,
-        prompt_mask=empty.clone(),
-        response_ids=empty.clone(),
-        response_mask=torch.zeros(0, 0),
-        texts=[],
-        group_ids=torch.zeros(0, dtype=torch.long),
-        is_labeled=torch.zeros(0, dtype=torch.bool),
-        truncated=torch.zeros(0, dtype=torch.bool),
-        prompt_batch=prompt_batch,
-        extra=extra,
-    )

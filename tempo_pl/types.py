@@ -80,6 +80,17 @@ class Rollout:
     sampling_logprobs: Optional[Tensor] = None  # (N, R) log-probs the sampler drew with, if the engine keeps them
     extra: dict = field(default_factory=dict)
 
+    @staticmethod
+    def empty(prompt_batch: PromptBatch, extra: Optional[dict] = None) -> "Rollout":
+        """A rollout with no rows (every prompt dropped, or no group kept), carrying ``prompt_batch`` for logging."""
+        nothing = torch.zeros(0, 0, dtype=torch.long)
+        return Rollout(
+            prompt_ids=nothing, prompt_mask=nothing.clone(), response_ids=nothing.clone(),
+            response_mask=torch.zeros(0, 0), texts=[], group_ids=torch.zeros(0, dtype=torch.long),
+            is_labeled=torch.zeros(0, dtype=torch.bool), truncated=torch.zeros(0, dtype=torch.bool),
+            prompt_batch=prompt_batch, extra=dict(extra or {}),
+        )
+
     @property
     def num_rows(self) -> int:
         return self.response_ids.shape[0]
