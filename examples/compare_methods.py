@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tempo_pl.compare import main
+from tempo_pl.pipelines.compare import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_METHODS = [

@@ -20,8 +20,8 @@ jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 PIPELINES = {
-    "compare": "tempo_pl.compare",  # same start, seed and budget for several methods, then a table and a plot
-    "demo": "tempo_pl.demo",  # the offline demo: warm start, zero-RL, TEMPO and baselines, summary
+    "compare": "tempo_pl.pipelines.compare",  # same start, seed and budget for several methods, then a table and a plot
+    "demo": "tempo_pl.pipelines.demo",  # the offline demo: warm start, zero-RL, TEMPO and baselines, summary
     "export": "tempo_pl.export",  # a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/critic folders
 }
 

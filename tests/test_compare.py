@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempo_pl import compare
-from tempo_pl.compare import CompareConfig, Method, MethodResult
+from tempo_pl.pipelines import compare
+from tempo_pl.pipelines.compare import CompareConfig, Method, MethodResult
 
 torch.set_num_threads(1)
 

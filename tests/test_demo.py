@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_pl import demo
-from tempo_pl.demo import DemoConfig, STAGES, TEST_TIME_METHODS
+from tempo_pl.pipelines import demo
+from tempo_pl.pipelines.demo import DemoConfig, STAGES, TEST_TIME_METHODS
 
 SUMMARY_KEYS = {
     "k", "steps", "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final",

@@ -10,7 +10,7 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 3. ``tempo``, ``ttrl``, ``frozen_critic``: test-time training on D_U (4-step chains, a shift from D_L) from the same
    actor, seed and number of RL steps, each evaluated on D_U and on a held-out set before training and every few
    steps (by default all three at once);
-4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.compare`) and ``summary.json``.
+4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.compare`) and ``summary.json``.
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
 ``<out>/logs/<stage>.log``, and ``<out>/<stage>/done.json`` (time and command) is written last: a stage whose
@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 """The stage configs, beside the package in a source checkout (``pip install -e .``)."""
 
 TEST_TIME_METHODS = ("tempo", "ttrl", "frozen_critic")
@@ -169,7 +169,7 @@ class StageProgress(Callback):
     Example::
 
         tempo-pl fit --config configs/demo/sft.yaml \\
-            '--trainer.callbacks+={"class_path": "tempo_pl.demo.StageProgress", "init_args": {"path": "p.json"}}'
+            '--trainer.callbacks+={"class_path": "tempo_pl.pipelines.demo.StageProgress", "init_args": {"path": "p.json"}}'
     """
 
     def __init__(self, path: str) -> None:
@@ -238,7 +238,7 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
     out = cfg.out
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(out), "name": "", "version": stage.name, "default_hp_metric": False}}
-    progress = {"class_path": "tempo_pl.demo.StageProgress",
+    progress = {"class_path": "tempo_pl.pipelines.demo.StageProgress",
                 "init_args": {"path": str(stage_dir(out, stage.name) / PROGRESS_FILE)}}
     args = ["fit", f"--config={path}", f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false",
             f"--trainer.callbacks+={json.dumps(progress)}"]
@@ -494,7 +494,7 @@ def method_summary(log_dir: Path, wall_seconds: float) -> dict:
     first (RL step 0) and last evaluation, the same two numbers on the held-out set at the last one, the RL steps;
     for a run with a critic also its within-question AUROC on D_U at both ends (null where no question of D_U had
     both right and wrong samples): whether the critic could rank the samples of one question at all."""
-    from tempo_pl.compare import read_scalars
+    from tempo_pl.pipelines.compare import read_scalars
 
     curves = read_scalars(log_dir)
     k = _k_of(curves, EVAL_SET, log_dir)
@@ -556,7 +556,7 @@ def _stage_records(out: Path) -> dict[str, dict]:
 
 def write_report(cfg: DemoConfig) -> dict:
     """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out``; return the summary."""
-    from tempo_pl import compare
+    from tempo_pl.pipelines import compare
 
     out = cfg.out
     log_dirs = {name: stage_dir(out, name) for name in TEST_TIME_METHODS}
