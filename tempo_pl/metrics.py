@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from tempo_pl.rewards.grading import (
     cluster_answers,
     extract_answer,
 )
+from tempo_pl.rewards.group_answers import answer_entropy, answered_cluster_sizes, majority_cluster
 
 __all__ = [
     "CALIBRATION_BINS",
@@ -141,35 +141,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)  # exact integers, one correctly rounded division
 
 
-def _answered_clusters(record: QuestionResult, clusters: Sequence[int]) -> Counter:
-    return Counter(cid for cid, answer in zip(clusters, record.answers) if answer is not None)
-
-
 def majority_correct(record: QuestionResult, clusters: Sequence[int]) -> bool:
     """Whether the majority answer of a question is correct.
 
     The majority is the cluster with the most responses among those that state an answer; a tie goes to the
-    cluster that appeared first (the lowest id). The cluster is correct when its first response is (members are
-    equivalent answers, so they share a verdict). False when no response states an answer.
+    cluster that appeared first (:func:`~tempo_pl.rewards.group_answers.majority_cluster`, the vote TTRL's
+    reward takes). The cluster is correct when its first response is (members are equivalent answers, so they
+    share a verdict). False when no response states an answer.
     """
-    counts = _answered_clusters(record, clusters)
-    if not counts:
-        return False
-    top = max(counts.values())
-    winner = min(cid for cid, count in counts.items() if count == top)
-    return bool(record.correct[list(clusters).index(winner)])
-
-
-def answer_entropy(counts: Sequence[int]) -> float:
-    """Shannon entropy in nats of a distribution given by counts (0 for an empty or one-answer distribution).
-
-    Example::
-
-        >>> round(answer_entropy([2, 2]), 6)  # ln 2
-        0.693147
-    """
-    total = sum(counts)
-    return -sum(c / total * math.log(c / total) for c in counts if c > 0) if total else 0.0
+    winner, _ = majority_cluster(clusters, record.answers)
+    return winner is not None and bool(record.correct[list(clusters).index(winner)])
 
 
 def critic_calibration(values: torch.Tensor, correct: torch.Tensor) -> dict[str, float]:
@@ -302,7 +283,7 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
         return sum(xs) / len(xs)
 
     clusters = [r.clusters if r.clusters is not None else cluster_answers(r.answers) for r in records]
-    counts = [_answered_clusters(r, c) for r, c in zip(records, clusters)]
+    counts = [answered_cluster_sizes(c, r.answers) for r, c in zip(records, clusters)]
     summary = {f"mean@{n}": mean(r.num_correct / n for r in records)}
     for k in sorted(set(ks)):
         if k <= n:

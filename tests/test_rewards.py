@@ -365,7 +365,7 @@ def test_grader_options_reach_the_grader(monkeypatch):
         seen.append(("grade", processes, timeout))
         return [False] * len(responses)
 
-    monkeypatch.setattr("tempo_pl.rewards.self_rewards.cluster_answers", fake_cluster_answers)
+    monkeypatch.setattr("tempo_pl.rewards.group_answers.cluster_answers", fake_cluster_answers)
     monkeypatch.setattr("tempo_pl.rewards.telemetry.grade_many", fake_grade_many)
     rollout = make_rollout([TIE])
     MajorityVote(timeout=0.25)(rollout, make_stats(rollout))

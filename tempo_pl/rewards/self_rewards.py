@@ -7,54 +7,21 @@ baselines. All of them see whole groups: the n samples of one prompt, found thro
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource
-from tempo_pl.rewards.grading import cluster_answers, extract_answer
+from tempo_pl.rewards.group_answers import (
+    answer_clusters,
+    answer_entropy,
+    cluster_sizes,
+    extracted_answers,
+    majority_cluster,
+    rows_by_group,
+)
 from tempo_pl.types import ForwardStats, Rollout
-
-
-def group_rows(rollout: Rollout) -> dict[int, list[int]]:
-    """Row indices of each prompt group, keyed by group id, rows in rollout order."""
-    groups: dict[int, list[int]] = {}
-    for row, group in enumerate(rollout.group_ids.tolist()):
-        groups.setdefault(group, []).append(row)
-    return groups
-
-
-def extracted_answers(texts: list[str]) -> list[Optional[str]]:
-    """The final answer of each response; ``None`` when there is none (an empty answer counts as none)."""
-    answers = [extract_answer(text) for text in texts]
-    return [a if a is not None and a.strip() else None for a in answers]
-
-
-def answer_clusters(answers: list[Optional[str]], timeout: float) -> list[int]:
-    """Equivalence-cluster id per answer; every missing answer is a singleton cluster of its own."""
-    clusters = cluster_answers(answers, timeout=timeout)
-    # The grader already makes missing answers singletons; relabelling them with ids no real cluster uses keeps
-    # the rewards correct even if a grader version grouped the Nones together.
-    return [-1 - k if a is None else c for k, (a, c) in enumerate(zip(answers, clusters))]
-
-
-def majority_cluster(clusters: list[int], answers: list[Optional[str]]) -> tuple[Optional[int], int]:
-    """The cluster with the most votes among rows that have an answer, and its vote count.
-
-    Ties go to the cluster whose first member appears first, so the result depends only on row order.
-    Returns ``(None, 0)`` when no row has an answer.
-    """
-    counts: dict[int, int] = {}  # insertion order is order of first appearance
-    for cluster, answer in zip(clusters, answers):
-        if answer is not None:
-            counts[cluster] = counts.get(cluster, 0) + 1
-    best: Optional[int] = None
-    for cluster, count in counts.items():
-        if best is None or count > counts[best]:  # strict: an equal count never displaces an earlier cluster
-            best = cluster
-    return best, (counts[best] if best is not None else 0)
 
 
 def _check_group_sizes(groups: dict[int, list[int]], needed: int, key: str, source: str) -> None:
@@ -101,7 +68,7 @@ class MajorityVote(RewardSource):
         self.timeout = float(timeout)
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
-        groups = group_rows(rollout)
+        groups = rows_by_group(rollout)
         for key, needed in (("n_votes", self.n_votes), ("n_train", self.n_train)):
             if needed is not None:
                 _check_group_sizes(groups, needed, key, "MajorityVote")
@@ -155,15 +122,13 @@ class SemanticCluster(RewardSource):
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
         entropies = []
-        for rows in group_rows(rollout).values():
+        for rows in rows_by_group(rollout).values():
             clusters = answer_clusters(extracted_answers([rollout.texts[r] for r in rows]), self.timeout)
-            sizes: dict[int, int] = {}
-            for cluster in clusters:
-                sizes[cluster] = sizes.get(cluster, 0) + 1
+            sizes = cluster_sizes(clusters)
             n = len(rows)
             for row, cluster in zip(rows, clusters):
                 scores[row] = sizes[cluster] / n
-            entropies.append(-sum(s / n * math.log(s / n) for s in sizes.values()))
+            entropies.append(answer_entropy(list(sizes.values())))
         metrics = {"semantic_entropy": sum(entropies) / len(entropies) if entropies else 0.0}
         return RewardOutput(scores=scores.to(rollout.response_mask.device), metrics=metrics)
 

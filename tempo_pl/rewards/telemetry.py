@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from tempo_pl.rewards.grading import grade_many, is_equivalent
-from tempo_pl.rewards.self_rewards import answer_clusters, extracted_answers, group_rows, majority_cluster
+from tempo_pl.rewards.group_answers import answer_clusters, extracted_answers, majority_cluster, rows_by_group
 from tempo_pl.types import Rollout
 
 
@@ -62,7 +62,7 @@ def pseudo_label_metrics(
         raise ValueError(f"keep_rows has shape {tuple(keep_rows.shape)}, expected ({rollout.num_rows},)")
 
     labels_right, rows, golds = [], [], []
-    for group, members in group_rows(rollout).items():
+    for group, members in rows_by_group(rollout).items():
         gold = heldout_answers[group]
         if gold is None:
             continue
