@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempo_pl.pipelines import compare
+from tempo_pl.pipelines import compare, launcher
 from tempo_pl.pipelines.compare import CompareConfig, Method, MethodResult
 
 torch.set_num_threads(1)
@@ -101,13 +101,15 @@ def test_fit_args_give_every_method_the_same_seed_budget_and_start(tmp_path):
 
 def test_subprocess_launcher_runs_the_cli_and_reports_failures(tmp_path, monkeypatch):
     calls = []
+    real_popen = subprocess.Popen
 
-    def fake_run(cmd, stdout=None, stderr=None, check=False):
+    def fake_popen(cmd, **kwargs):
+        # records the command, then starts a stand-in child that prints and exits as a failing second run would
         calls.append(cmd)
-        stdout.write("training output\n")
-        return subprocess.CompletedProcess(cmd, 0 if len(calls) == 1 else 3)
+        code = 0 if len(calls) == 1 else 3
+        return real_popen([sys.executable, "-c", f"print('training output'); raise SystemExit({code})"], **kwargs)
 
-    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    monkeypatch.setattr(launcher.subprocess, "Popen", fake_popen)
     log = tmp_path / "logs" / "m.log"
     compare.launch(["fit", "--config=x.yaml"], "subprocess", log)
     assert calls == [[sys.executable, "-m", "tempo_pl", "fit", "--config=x.yaml"]]

@@ -25,19 +25,18 @@ import csv
 import json
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
 
+from tempo_pl.pipelines.launcher import LAUNCHERS, launch
+
 Curves = dict[str, list[tuple[int, float]]]
 """Scalar tag -> [(RL step, value)], steps ascending."""
 
 ORACLE_TAG = "train/oracle_upper_bound"
-LAUNCHERS = ("subprocess", "inprocess")
 
 
 @dataclass(frozen=True)
@@ -177,29 +176,6 @@ def fit_args(
     if critic is not None and method.has_critic:
         args.append(f"--model.init_args.critic={json.dumps({'config': None, 'name_or_path': str(critic)})}")
     return args + list(overrides)
-
-
-def launch(args: list[str], launcher: str, log_file: Optional[Path] = None) -> None:
-    """Run ``tempo-pl <args>``: in a child Python (its output to ``log_file``) or in this process."""
-    if launcher == "inprocess":
-        from unittest import mock
-
-        from tempo_pl.cli import main as cli_main
-
-        # LightningCLI warns when args are given while sys.argv holds this command's own arguments
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            cli_main(args)
-        return
-    cmd = [sys.executable, "-m", "tempo_pl", *args]
-    if log_file is None:
-        result = subprocess.run(cmd, check=False)
-    else:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("w") as out:
-            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        where = f"; its output is in {log_file}" if log_file is not None else ""
-        raise RuntimeError(f"compare: `{' '.join(cmd)}` failed with exit code {result.returncode}{where}")
 
 
 def run_method(

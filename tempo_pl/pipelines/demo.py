@@ -26,9 +26,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -38,6 +35,8 @@ from typing import Optional, Sequence
 
 import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 """The stage configs, beside the package in a source checkout (``pip install -e .``)."""
@@ -53,7 +52,6 @@ HELDOUT_SET = "heldout"
 
 DONE_FILE = "done.json"
 PROGRESS_FILE = "progress.json"
-LAUNCHERS = ("subprocess", "inprocess")
 
 
 @dataclass(frozen=True)
@@ -268,12 +266,11 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
 
 
 class _Runner:
-    """Launches stages, records their time, and stops every child it started on an interrupt."""
+    """Launches stages and records their time; stops every child it started on an interrupt."""
 
     def __init__(self, cfg: DemoConfig) -> None:
         self.cfg = cfg
-        self.children: dict[int, subprocess.Popen] = {}
-        self.lock = threading.Lock()
+        self.children = Children()
 
     def run(self, stage: Stage, threads: int) -> dict:
         out_dir = stage_dir(self.cfg.out, stage.name)
@@ -282,62 +279,17 @@ class _Runner:
         out_dir.mkdir(parents=True)
         args = fit_args(stage, self.cfg)
         log_file = self.cfg.out / "logs" / f"{stage.name}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        if self.cfg.launcher == "inprocess":
-            cpu = self._run_inprocess(args)
-        else:
-            cpu = self._run_subprocess(args, log_file, threads)
+        # the demo downloads nothing: offline, so that no hub lookup waits to time out
+        cpu = launch(args, self.cfg.launcher, log_file, threads=threads, offline=True, children=self.children)
         record = {"stage": stage.name, "wall_seconds": round(time.time() - started, 2),
-                  "cpu_seconds": None if cpu is None else round(cpu, 2), "started": started, "ended": time.time(),
+                  "cpu_seconds": round(cpu, 2), "started": started, "ended": time.time(),
                   "threads": threads, "launcher": self.cfg.launcher, "command": ["tempo-pl", *args]}
         (out_dir / DONE_FILE).write_text(json.dumps(record, indent=2) + "\n")  # last: the stage's completion mark
         return record
 
-    def _run_inprocess(self, args: list[str]) -> float:
-        from unittest import mock
-
-        from tempo_pl.cli import main as cli_main
-
-        cpu = time.process_time()
-        # LightningCLI warns when args are given while sys.argv holds the demo's own arguments
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            cli_main(args)
-        return time.process_time() - cpu
-
-    def _run_subprocess(self, args: list[str], log_file: Path, threads: int) -> Optional[float]:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-        env.setdefault("HF_HUB_OFFLINE", "1")  # the demo downloads nothing: no hub lookups to time out
-        env.setdefault("HF_DATASETS_OFFLINE", "1")
-        cmd = [sys.executable, "-m", "tempo_pl", *args]
-        with log_file.open("w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            with self.lock:
-                self.children[proc.pid] = proc
-            try:
-                # wait4 rather than wait: it also returns the child's CPU time, the stage's cost on any machine
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-            finally:
-                with self.lock:
-                    self.children.pop(proc.pid, None)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"demo: `{' '.join(cmd)}` failed with exit code {proc.returncode}; its output is in {log_file}"
-            )
-        return usage.ru_utime + usage.ru_stime
-
     def stop_children(self) -> None:
-        with self.lock:
-            children = list(self.children.values())
-        for proc in children:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()  # Lightning finishes the current step on SIGTERM; an RL step is worth no more waiting
+        self.children.stop()
 
 
 class _Display:
