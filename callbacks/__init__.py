@@ -3,6 +3,6 @@
 from .em_schedule import EMSchedule, plan_for_step
 from .hf_export import HFExport
 from .rollout_logger import RolloutSampleLogger
-from .telemetry import BaselineTelemetry
+from .baseline_telemetry import BaselineTelemetry
 
 __all__ = ["BaselineTelemetry", "EMSchedule", "HFExport", "RolloutSampleLogger", "plan_for_step"]

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from tempo_pl.callbacks.hf_export import HFExport
-from tempo_pl.callbacks.telemetry import BaselineTelemetry, default_reward_threshold
+from tempo_pl.callbacks.baseline_telemetry import BaselineTelemetry, default_reward_threshold
 from tempo_pl.rewards import CriticValue, MajorityVote, SelfCertainty, SemanticCluster, Verifier
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout, StepPlan
 

@@ -366,7 +366,7 @@ def test_grader_options_reach_the_grader(monkeypatch):
         return [False] * len(responses)
 
     monkeypatch.setattr("tempo_pl.rewards.group_answers.cluster_answers", fake_cluster_answers)
-    monkeypatch.setattr("tempo_pl.rewards.telemetry.grade_many", fake_grade_many)
+    monkeypatch.setattr("tempo_pl.rewards.pseudo_labels.grade_many", fake_grade_many)
     rollout = make_rollout([TIE])
     MajorityVote(timeout=0.25)(rollout, make_stats(rollout))
     SemanticCluster(timeout=0.5)(rollout, make_stats(rollout))

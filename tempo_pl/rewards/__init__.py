@@ -1,10 +1,10 @@
 """Reward sources: ground truth (Verifier), TEMPO's critic value, and the label-free TTRL / EMPO / Intuitor
-baselines, plus the telemetry that measures how far a label-free reward is from the truth."""
+baselines, plus the pseudo-label metrics that measure how far a label-free reward is from the truth."""
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.self_rewards import MajorityVote, SelfCertainty, SemanticCluster
-from tempo_pl.rewards.telemetry import pseudo_label_metrics
+from tempo_pl.rewards.pseudo_labels import pseudo_label_metrics
 from tempo_pl.rewards.verifier import Verifier
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""How far a label-free reward is from the truth (spec 8: the baselines' pseudo-label metrics).
+"""Pseudo-label metrics: how far a label-free reward is from the truth.
 
 Evaluation only: these functions read held-back gold answers the training path never sees, and their results
 are logged, never fed back into a reward or an advantage.
