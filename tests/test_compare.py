@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempo_pl.pipelines import compare, launcher
-from tempo_pl.pipelines.compare import CompareConfig, Method, MethodResult
+from tempo_pl.pipelines import compare, launcher, report
+from tempo_pl.pipelines.compare import CompareConfig, Method
+from tempo_pl.pipelines.report import MethodResult
 
 torch.set_num_threads(1)
 
@@ -123,10 +124,10 @@ def test_subprocess_launcher_runs_the_cli_and_reports_failures(tmp_path, monkeyp
 
 def test_summarize_start_final_best():
     # start = first point, final = last point, best = the highest (the earliest of equal highs)
-    s = compare.summarize([(0, 0.25), (2, 0.5), (4, 0.5), (6, 0.375)])
+    s = report.summarize([(0, 0.25), (2, 0.5), (4, 0.5), (6, 0.375)])
     assert s == {"start": 0.25, "final": 0.375, "best": 0.5, "best_step": 2.0}
     with pytest.raises(ValueError, match="empty curve"):
-        compare.summarize([])
+        report.summarize([])
 
 
 def write_run(log_dir: Path, points: dict[str, list[tuple[int, float]]]) -> Path:
@@ -156,15 +157,15 @@ def two_runs(tmp_path: Path) -> dict[str, Path]:
         "val/heldout/pass@4": [(0, 0.5), (2, 1.0), (4, 1.0)],
         "val/heldout/maj@4": [(0, 0.25), (2, 0.75), (4, 0.75)],
         "val/heldout/distinct_answers": [(0, 3.0), (2, 1.5), (4, 1.0)],
-        compare.ORACLE_TAG: [(1, 1.0)],
+        report.ORACLE_TAG: [(1, 1.0)],
     })
     return {"a": a, "b": b}
 
 
 def test_collect_reads_event_files_and_picks_the_shared_eval_set(tmp_path):
     runs = two_runs(tmp_path)
-    assert compare.read_scalars(runs["b"])["val/heldout/mean@4"] == [(0, 0.25), (2, 0.625), (4, 0.75)]
-    eval_set, results = compare.collect(runs, None)
+    assert report.read_scalars(runs["b"])["val/heldout/mean@4"] == [(0, 0.25), (2, 0.625), (4, 0.75)]
+    eval_set, results = report.collect(runs, None)
     assert eval_set == "heldout"  # "other" was logged by run a only
     a, b = results
     assert (a.name, a.oracle, b.name, b.oracle, b.label) == ("a", False, "b", True, "b (oracle)")
@@ -172,14 +173,14 @@ def test_collect_reads_event_files_and_picks_the_shared_eval_set(tmp_path):
     assert list(a.curves) == ["mean@4", "pass@4", "maj@4", "distinct_answers"]
     assert a.curves["pass@4"] == [(0, 0.5), (2, 1.0), (4, 0.75)]
     with pytest.raises(ValueError, match=r"--eval-set 'other' was not logged by every run; shared sets: \['heldout'\]"):
-        compare.collect(runs, "other")
+        report.collect(runs, "other")
     with pytest.raises(FileNotFoundError, match="no TensorBoard event file"):
-        compare.read_scalars(tmp_path)
+        report.read_scalars(tmp_path)
 
 
 def test_tables_hold_start_final_best_per_method(tmp_path):
-    _, results = compare.collect(two_runs(tmp_path), None)
-    csv_path, md_path, curves_path = compare.write_tables(results, tmp_path / "out", "heldout", seed=3)
+    _, results = report.collect(two_runs(tmp_path), None)
+    csv_path, md_path, curves_path = report.write_tables(results, tmp_path / "out", "heldout", seed=3)
     rows = list(csv.reader(csv_path.open()))
     assert rows[0][:6] == ["method", "oracle", "last_step", "mean@4 start", "mean@4 final", "mean@4 best"]
     table = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
@@ -204,7 +205,7 @@ def test_plot_draws_mean_and_pass_per_method(tmp_path):
         MethodResult("tempo", False, {"mean@4": [(0, 0.25), (2, 0.5)], "pass@4": [(0, 0.5), (2, 0.75)]}),
         MethodResult("oracle", True, {"mean@4": [(0, 0.25), (2, 0.75)], "pass@4": [(0, 0.5), (2, 1.0)]}),
     ]
-    fig = compare.plot_curves(results, tmp_path / "p.png", title="heldout")
+    fig = report.plot_curves(results, tmp_path / "p.png", title="heldout")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mean_ax, pass_ax = fig.axes
     assert mean_ax.get_title() == "mean@4" and pass_ax.get_title() == "pass@4"
@@ -250,7 +251,7 @@ def test_compare_runs_methods_from_the_stage1_export(tmp_path):
             f"heldout_step00000{i}.jsonl" for i in range(3)]  # before training and after each RL step
         lines = (run / "eval" / "heldout_step000000.jsonl").read_text().splitlines()
         responses[name] = [json.loads(line)["responses"] for line in lines]
-        tags = compare.read_scalars(run)
+        tags = report.read_scalars(run)
         assert [s for s, _ in tags["val/heldout/mean@2"]] == [0, 1, 2]
     # same start point and seed: the evaluation before training samples the same responses for every method
     assert responses["tempo"] == responses["ttrl"] == responses["frozen_critic"]

@@ -10,7 +10,7 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 3. ``tempo``, ``ttrl``, ``frozen_critic``: test-time training on D_U (4-step chains, a shift from D_L) from the same
    actor, seed and number of RL steps, each evaluated on D_U and on a held-out set before training and every few
    steps (by default all three at once);
-4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.compare`) and ``summary.json``.
+4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.report`) and ``summary.json``.
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
 ``<out>/logs/<stage>.log``, and ``<out>/<stage>/done.json`` (time and command) is written last: a stage whose
@@ -37,6 +37,7 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
+from tempo_pl.pipelines.report import collect, plot_curves, read_scalars, write_tables
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 """The stage configs, beside the package in a source checkout (``pip install -e .``)."""
@@ -446,8 +447,6 @@ def method_summary(log_dir: Path, wall_seconds: float) -> dict:
     first (RL step 0) and last evaluation, the same two numbers on the held-out set at the last one, the RL steps;
     for a run with a critic also its within-question AUROC on D_U at both ends (null where no question of D_U had
     both right and wrong samples): whether the critic could rank the samples of one question at all."""
-    from tempo_pl.pipelines.compare import read_scalars
-
     curves = read_scalars(log_dir)
     k = _k_of(curves, EVAL_SET, log_dir)
     mean = _curve(curves, f"val/{EVAL_SET}/mean@{k}", log_dir)
@@ -508,18 +507,16 @@ def _stage_records(out: Path) -> dict[str, dict]:
 
 def write_report(cfg: DemoConfig) -> dict:
     """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out``; return the summary."""
-    from tempo_pl.pipelines import compare
-
     out = cfg.out
     log_dirs = {name: stage_dir(out, name) for name in TEST_TIME_METHODS}
-    eval_set, results = compare.collect(log_dirs, EVAL_SET)
-    compare.write_tables(results, out, eval_set, seed=_seed(cfg))
+    eval_set, results = collect(log_dirs, EVAL_SET)
+    write_tables(results, out, eval_set, seed=_seed(cfg))
     records = _stage_records(out)
     methods = {name: method_summary(log_dirs[name], records[name]["wall_seconds"]) for name in TEST_TIME_METHODS}
     start_cost = sum(records[name]["wall_seconds"] for name in ("sft", "zero_rl") if name in records)
     summary = {"methods": {"base": base_summary(methods["tempo"], round(start_cost, 2)), **methods}}
     steps = methods["tempo"]["steps"]
-    compare.plot_curves(
+    plot_curves(
         results, out / "comparison.png",
         title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}: {steps} RL steps "
               "from the zero-RL policy, same seed",

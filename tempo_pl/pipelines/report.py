@@ -1,0 +1,184 @@
+"""What the pipelines read back from runs and write about them: every scalar of a TensorBoard run, the evaluation
+curves a comparison shows, the start / final / best of a curve, the comparison tables (``comparison.csv``,
+``comparison.md``, ``curves.csv``) and the plot of mean@n and pass@k against the RL step.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+Curves = dict[str, list[tuple[int, float]]]
+"""Scalar tag -> [(RL step, value)], steps ascending."""
+
+ORACLE_TAG = "train/oracle_upper_bound"
+"""Logged only by runs that read D_U's answers: their rows are marked as an upper bound, not test-time training."""
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_scalars(log_dir: Path) -> Curves:
+    """Every scalar of a TensorBoard run directory (all its event files), as ``{tag: [(step, value), ...]}``; a
+    step logged twice keeps its last value."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    if not any(Path(log_dir).glob("events.out.tfevents.*")):
+        raise FileNotFoundError(f"no TensorBoard event file in {log_dir}")
+    acc = EventAccumulator(str(log_dir), size_guidance={SCALARS: 0})
+    acc.Reload()
+    curves: Curves = {}
+    for tag in acc.Tags()["scalars"]:
+        by_step = {int(e.step): float(e.value) for e in acc.Scalars(tag)}
+        curves[tag] = sorted(by_step.items())
+    return curves
+
+
+def eval_sets(curves: Curves) -> list[str]:
+    """Names of the evaluation sets with a ``val/<set>/mean@n`` curve."""
+    return sorted({m.group(1) for tag in curves if (m := re.fullmatch(r"val/(.+)/mean@\d+", tag))})
+
+
+def _largest(curves: Curves, prefix: str, family: str) -> Optional[str]:
+    pattern = re.escape(prefix + family) + r"@(\d+)"
+    found = [(int(m.group(1)), tag) for tag in curves if (m := re.fullmatch(pattern, tag))]
+    return max(found)[1] if found else None
+
+
+def table_metrics(curves: Curves, eval_set: str) -> dict[str, str]:
+    """The tags of the table's metrics on ``eval_set``: ``mean@n``, the largest ``pass@k``, ``maj@n`` and
+    ``distinct_answers``, keyed by their short name (those a run did not log are left out)."""
+    prefix = f"val/{eval_set}/"
+    tags = {}
+    for family in ("mean", "pass", "maj"):
+        tag = _largest(curves, prefix, family)
+        if tag is not None:
+            tags[tag[len(prefix):]] = tag
+    if prefix + "distinct_answers" in curves:
+        tags["distinct_answers"] = prefix + "distinct_answers"
+    return tags
+
+
+def summarize(points: list[tuple[int, float]]) -> dict[str, float]:
+    """Start (first step), final (last step) and best (largest value) of one curve, and the step of the best
+    (the earliest on ties)."""
+    if not points:
+        raise ValueError("summarize: empty curve")
+    best_step, best = max(points, key=lambda p: (p[1], -p[0]))
+    return {"start": points[0][1], "final": points[-1][1], "best": best, "best_step": float(best_step)}
+
+
+@dataclass
+class MethodResult:
+    name: str
+    oracle: bool
+    curves: Curves
+    """The evaluation curves of the table's metrics, keyed by short name (``mean@4``, ``pass@4``, ...)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (oracle)" if self.oracle else self.name
+
+
+def collect(log_dirs: dict[str, Path], eval_set: Optional[str]) -> tuple[str, list[MethodResult]]:
+    """Read every run and pick the evaluation set the table and plot show."""
+    all_curves = {name: read_scalars(path) for name, path in log_dirs.items()}
+    common = sorted(set.intersection(*(set(eval_sets(c)) for c in all_curves.values())))
+    if eval_set is None:
+        if not common:
+            raise RuntimeError(f"compare: the runs share no evaluation set with a mean@n curve ({sorted(log_dirs)})")
+        eval_set = common[0]
+    elif eval_set not in common:
+        raise ValueError(f"compare: --eval-set {eval_set!r} was not logged by every run; shared sets: {common}")
+    results = []
+    for name, curves in all_curves.items():
+        tags = table_metrics(curves, eval_set)
+        results.append(MethodResult(name, ORACLE_TAG in curves, {short: curves[tag] for short, tag in tags.items()}))
+    return eval_set, results
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def table_rows(results: Sequence[MethodResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison: per method, start / final / best of every metric."""
+    metrics = list(dict.fromkeys(m for r in results for m in r.curves))
+    header = ["method", "oracle", "last_step"] + [f"{m} {part}" for m in metrics for part in ("start", "final", "best")]
+    rows = []
+    for r in results:
+        last = max((p[-1][0] for p in r.curves.values() if p), default=0)
+        row = [r.label, "yes" if r.oracle else "no", str(last)]
+        for m in metrics:
+            if r.curves.get(m):
+                s = summarize(r.curves[m])
+                row += [f"{s['start']:.4f}", f"{s['final']:.4f}", f"{s['best']:.4f}"]
+            else:
+                row += ["", "", ""]
+        rows.append(row)
+    return header, rows
+
+
+def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, seed: int) -> tuple[Path, Path, Path]:
+    """Write ``comparison.csv``, ``comparison.md`` and ``curves.csv`` (every point) into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    header, rows = table_rows(results)
+    csv_path, md_path, curves_path = output / "comparison.csv", output / "comparison.md", output / "curves.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    lines = [
+        f"Evaluation set `{eval_set}`, seed {seed}; start = before training (RL step 0), final = last evaluation, "
+        "best = highest evaluation. Rows marked (oracle) read D_U answers: an upper bound, not test-time training.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    with curves_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "oracle", "metric", "rl_step", "value"])
+        for r in results:
+            for metric, points in r.curves.items():
+                writer.writerows([r.name, int(r.oracle), metric, step, value] for step, value in points)
+    return csv_path, md_path, curves_path
+
+
+def plot_curves(results: Sequence[MethodResult], path: Path, title: str = ""):
+    """Plot ``mean@n`` and the largest ``pass@k`` of every method against the RL step into ``path`` (PNG);
+    oracle runs are dashed. Returns the matplotlib figure (closed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    families = ("mean", "pass")
+    markers = "osD^vP*X"
+    fig, axes = plt.subplots(1, len(families), figsize=(11, 4.2), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        names = sorted({m for r in results for m in r.curves if m.startswith(family + "@")})
+        for i, r in enumerate(results):
+            for metric in names:
+                if r.curves.get(metric):
+                    steps, values = zip(*r.curves[metric])
+                    ax.plot(steps, values, marker=markers[i % len(markers)], markersize=5, alpha=0.85,
+                            linestyle="--" if r.oracle else "-", label=r.label)
+        ax.set_title(" / ".join(names) or family)
+        ax.set_ylim(-0.03, 1.03)  # both are rates: a common scale keeps methods and runs comparable by eye
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("accuracy" if family == "mean" else "pass rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
