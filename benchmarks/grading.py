@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tempo_pl.rewards import grading  # noqa: E402
+from tempo_pl.rewards import grading, grading_pool  # noqa: E402
 
 REPEATS = 3
 
@@ -70,7 +70,7 @@ def small_batches(responses, golds, processes: int, timeout: float) -> None:
                 grading.shutdown_workers()
                 grading.start_workers(workers)
                 start = time.perf_counter()
-                grading._run_pairs(batch, timeout, workers)
+                grading_pool.run_pairs(batch, timeout, workers)
                 best = min(best, time.perf_counter() - start)
             times.append(best)
         print(f"{size:>6} {times[0]:>10.3f} {times[1]:>11.3f}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tempo_pl.rewards import grading
+from tempo_pl.rewards import grading, grading_pool
 from tempo_pl.rewards.grading import (
     are_equivalent,
     cluster_answers,
@@ -266,7 +266,7 @@ def test_argument_validation():
 
 
 def test_default_processes_shares_cpus_between_local_ranks(monkeypatch):
-    cpus = len(grading.os.sched_getaffinity(0))
+    cpus = len(grading_pool.os.sched_getaffinity(0))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert grading.default_processes() == cpus
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus * 4))
@@ -313,12 +313,12 @@ def test_pathological_inputs_are_wrong_within_the_bound(warm_worker, name):
 
 def test_a_worker_stuck_past_the_deadline_is_killed_and_replaced(warm_worker, monkeypatch):
     # let the worker's own alarm fire only after the caller's deadline, so the caller has to kill it
-    monkeypatch.setattr(grading, "_SOFT_DEADLINE_SHARE", 20.0)
+    monkeypatch.setattr(grading_pool, "_SOFT_DEADLINE_SHARE", 20.0)
     start = time.monotonic()
     assert is_equivalent("(10^{7})!", "5", timeout=TIMEOUT) is False
     elapsed = time.monotonic() - start
     assert TIMEOUT <= elapsed < TIMEOUT + MARGIN  # it did wait for the deadline, and no longer
-    monkeypatch.setattr(grading, "_SOFT_DEADLINE_SHARE", 0.8)
+    monkeypatch.setattr(grading_pool, "_SOFT_DEADLINE_SHARE", 0.8)
     assert is_equivalent("\\sqrt{8}", "2\\sqrt{2}") is True  # the replacement works
 
 
