@@ -10,8 +10,9 @@ from tempo_pl.types import ForwardStats, Rollout
 class CriticValue(RewardSource):
     """Scores each response by the critic's last-token value, V(x, y_<T): TEMPO's M-step reward on D_U.
 
-    The critic regresses +1/-1 outcomes on D_L, so the value estimates 2 P(correct) - 1 (spec 11.3). Labels are
-    never read; the loop computes ``ForwardStats.values`` before scoring because ``needs_values`` is True.
+    The critic regresses +1/-1 outcomes on D_L, so the value estimates 2 P(correct) - 1 (docs/algorithm.md,
+    "Rewards"). Labels are never read; the loop computes ``ForwardStats.values`` before scoring because
+    ``needs_values`` is True.
 
     Example::
 
@@ -29,7 +30,7 @@ class CriticValue(RewardSource):
             raise ValueError(
                 "CriticValue needs ForwardStats.values; the run must have a critic (needs_values is True)"
             )
-        # V(x, y_<T): the state before the last token (spec 4.2), unclamped (spec 5 step 1)
+        # V(x, y_<T): the value of the state before the last token, unclamped (docs/algorithm.md, "Rewards")
         scores = last_token_value(stats.values.float(), rollout.response_mask.to(stats.values.device).float())
         mean = scores.mean().item() if scores.numel() else 0.0
         return RewardOutput(scores=scores, metrics={"value_last_mean": mean})

@@ -1,4 +1,4 @@
-"""Label-free rewards of the prior test-time-training methods (spec 2.5): TTRL, EMPO and Intuitor.
+"""Label-free rewards of the prior test-time-training methods: TTRL, EMPO and Intuitor (docs/algorithm.md, "Rewards").
 
 Each replaces P(correct | x, y) with a functional of the policy itself (its own votes, its own answer
 distribution, its own certainty) and never reads ``PromptBatch.answers``: they are TEMPO's "incomplete EM"

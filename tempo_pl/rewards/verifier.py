@@ -15,10 +15,10 @@ class Verifier(RewardSource):
     """Scores a response ``correct_score`` if the grader finds its answer equivalent to the gold, else
     ``incorrect_score``.
 
-    This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1 (spec 7:
-    ``physics.py``); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on labeled rows only,
-    or on unlabeled rows when the config explicitly enables the oracle; a row without a gold answer is an error,
-    never a silent "wrong".
+    This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1
+    (docs/algorithm.md, "Rewards"); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on
+    labeled rows only, or on unlabeled rows when the config explicitly enables the oracle; a row without a gold
+    answer is an error, never a silent "wrong".
 
     Args:
         correct_score: score of a response graded correct.
