@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from tempo_pl.models import ModelSpec, build_policy, build_tokenizer  # noqa: E402
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec  # noqa: E402
+from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, encode_prompts  # noqa: E402
 from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config  # noqa: E402
 from tempo_pl.types import PromptBatch  # noqa: E402
 
@@ -61,14 +61,10 @@ def main() -> None:
     model = build_policy(spec).to(device).eval()
     batch = _prompts(args.prompts)
     sampling = SamplingSpec(n=args.n, max_new_tokens=args.new_tokens, max_prompt_length=512)
-    engine = HFGenerateEngine(tokenizer, sampling, seed=1000)
+    engine = HFGenerateEngine(tokenizer, sampling)
 
     # the bare baseline gets its inputs ready-made: templating and tokenization are the engine's overhead
-    chats = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in batch.prompts
-    ]
-    enc = tokenizer(chats, add_special_tokens=False, padding=True, return_tensors="pt")
+    enc = tokenizer.pad({"input_ids": encode_prompts(tokenizer, batch.prompts)}, return_tensors="pt")
     input_ids = enc["input_ids"].repeat_interleave(args.n, 0).to(device)
     attention_mask = enc["attention_mask"].repeat_interleave(args.n, 0).to(device)
     bare_kwargs = dict(
@@ -77,7 +73,7 @@ def main() -> None:
     )
 
     def bare(call: int) -> tuple[float, torch.Tensor]:
-        torch.manual_seed(1000 + call)  # the engine's seed for its call number `call`
+        torch.manual_seed(1000 + call)  # the same seed as the engine's call of the same number
         _sync(device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -86,7 +82,7 @@ def main() -> None:
         return time.perf_counter() - start, out[:, input_ids.shape[1] :]
 
     def ours(call: int):
-        engine.calls = call
+        torch.manual_seed(1000 + call)
         _sync(device)
         start = time.perf_counter()
         rollout = engine.generate(model, batch)

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import nn
 
-from tempo_pl.export import CRITIC, POLICY, merged_models
-
-
-def plain_models(policy: nn.Module, critic: Optional[nn.Module]) -> tuple[nn.Module, Optional[nn.Module]]:
-    """Standalone Hugging Face models of the live policy and critic, LoRA merged, leaving the live models as they
-    are: adapters are merged into copies (:func:`tempo_pl.export.merged_models` merges in place)."""
-    from peft import PeftModel
-
-    models = {POLICY: policy, **({CRITIC: critic} if critic is not None else {})}
-    copies = {k: copy.deepcopy(m) if isinstance(m, PeftModel) else m for k, m in models.items()}
-    return merged_models(copies)
+from tempo_pl.export import CRITIC, POLICY, save_hf_folders
 
 
 class HFExport(Callback):
@@ -71,19 +59,15 @@ class HFExport(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         root = self._root(trainer)
-        written = {POLICY: str(root / POLICY)}
+        models = {POLICY: pl_module.policy}
         critic = getattr(pl_module, "critic", None)
         if self.save_critic and critic is not None:
-            written[CRITIC] = str(root / CRITIC)
+            models[CRITIC] = critic
+        written = {name: str(root / name) for name in models}
         if trainer.is_global_zero:
             root.mkdir(parents=True, exist_ok=True)
-            tokenizer = getattr(pl_module, "tokenizer", None)
-            policy, critic = plain_models(pl_module.policy, critic if "critic" in written else None)
-            for name, model in ((POLICY, policy), (CRITIC, critic)):
-                if model is not None:
-                    model.save_pretrained(written[name])
-                    if tokenizer is not None:
-                        tokenizer.save_pretrained(written[name])
+            # merged into copies: the live models keep their adapters
+            save_hf_folders(models, root, getattr(pl_module, "tokenizer", None))
             info = {"rl_steps": int(getattr(pl_module, "rl_step", 0)), **written}
             (root / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         trainer.strategy.barrier("hf_export")

@@ -27,6 +27,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from tempo_pl.lora import save_merged
+
 #: the file Lightning writes beside the shards of a distributed checkpoint (hyper-parameters, loops, callbacks)
 SHARDED_METADATA = "meta.pt"
 #: attribute names of the models in TempoModule, i.e. the state-dict prefixes of a checkpoint
@@ -57,16 +59,20 @@ def export_hf(
     tokenizer = build_tokenizer(policy_spec)
     models = rebuild_models(policy_spec, critic_spec, shared_base=bool(hparams.get("shared_base", False)))
     load_trained_weights(models, checkpoint)
-    policy, critic = merged_models(models)
+    if not save_critic:
+        models.pop(CRITIC, None)
+    # the rebuilt models serve this export only: merging in place spares a copy of each
+    return save_hf_folders(models, out_dir, tokenizer, in_place=True)
 
-    written = {POLICY: out_dir / POLICY}
-    policy.save_pretrained(written[POLICY])
-    tokenizer.save_pretrained(written[POLICY])
-    if save_critic and critic is not None:
-        written[CRITIC] = out_dir / CRITIC
-        critic.save_pretrained(written[CRITIC])
-        tokenizer.save_pretrained(written[CRITIC])
-    return written
+
+def save_hf_folders(
+    models: dict[str, nn.Module], out_dir: Union[str, Path], tokenizer=None, in_place: bool = False
+) -> dict[str, Path]:
+    """Write each model, LoRA merged (:func:`tempo_pl.lora.save_merged`), with the tokenizer to ``<out_dir>/<key>``.
+
+    Returns the folder of each key. With ``in_place=False`` the models keep their adapters.
+    """
+    return {name: save_merged(model, Path(out_dir) / name, tokenizer, in_place) for name, model in models.items()}
 
 
 def read_hyperparameters(checkpoint: Path) -> dict[str, Any]:
@@ -169,21 +175,6 @@ def _checkpoint_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
         }
     state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, Tensor)}
-
-
-def merged_models(models: dict[str, nn.Module]) -> tuple[nn.Module, Optional[nn.Module]]:
-    """Plain Hugging Face models (LoRA merged) of the policy and the critic."""
-    policy, critic = models[POLICY], models.get(CRITIC)
-    merge = getattr(policy, "merged_model", None)
-    if callable(merge):  # shared-base views build their own standalone models
-        return policy.merged_model(), None if critic is None else critic.merged_model()
-    return _merge_lora(policy), None if critic is None else _merge_lora(critic)
-
-
-def _merge_lora(model: nn.Module) -> nn.Module:
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -2,8 +2,8 @@
 
 The policy is a causal LM. The critic is the same kind of backbone with a scalar ``score`` head on every token, kept
 in the ``AutoModelForTokenClassification(num_labels=1)`` format, so a critic trained by verl loads as is and ours
-loads in verl. Nothing here knows Lightning: ``TempoModule.configure_model`` calls the builders, the training step
-calls the forward helpers.
+loads in verl. Adapters, 4-bit bases and merging are in :mod:`tempo_pl.lora`. Nothing here knows Lightning:
+``TempoModule.configure_model`` calls the builders, the training step calls the forward helpers.
 
 Example::
 
@@ -19,11 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -33,7 +29,6 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
-    BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -42,6 +37,7 @@ from transformers.modeling_layers import GenericForTokenClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
 
 from tempo_pl.algorithms.token_stats import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
+from tempo_pl.lora import bnb_config, disable_bnb_avx512bf16, is_loaded_quantized, lora_config, quantize_via_disk
 from tempo_pl.tiny import resolve_tokenizer
 from tempo_pl.types import Rollout
 
@@ -165,7 +161,7 @@ class CriticSpec(ModelSpec):
 
 
 @contextlib.contextmanager
-def _seeded(seed: Optional[int]) -> Iterator[None]:
+def seeded(seed: Optional[int]) -> Iterator[None]:
     """Seed the CPU and current-accelerator RNG for the block, restoring the global state afterwards."""
     if seed is None:
         yield
@@ -188,17 +184,8 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _bnb_config(spec: ModelSpec, skip_modules: Optional[list[str]]) -> BitsAndBytesConfig:
-    dtype = DTYPES[spec.dtype]
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-        # storage in the compute dtype lets FSDP2 shard the packed weights with the rest of the parameters
-        bnb_4bit_quant_storage=dtype,
-        llm_int8_skip_modules=skip_modules,
-    )
+def _bnb_config(spec: ModelSpec, skip_modules: Optional[list[str]]):
+    return bnb_config(DTYPES[spec.dtype], skip_modules)
 
 
 def _config_from_dict(config: dict, overrides: dict) -> PretrainedConfig:
@@ -216,7 +203,7 @@ def _load_kwargs(spec: ModelSpec) -> dict:
     return {"dtype": DTYPES[spec.dtype], "attn_implementation": spec.attn_implementation}
 
 
-def _token_classification_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+def token_classification_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The architecture's ``*ForTokenClassification`` class; for one that has none (OLMo2/3, Gemma3, ...), build the
     same generic class transformers builds for Qwen3/Llama and register it with ``AutoModelForTokenClassification``,
     so the state dict is ``model.* + score.weight + score.bias`` and saved critics load back through the auto class."""
@@ -234,19 +221,7 @@ def _token_classification_class(config: PretrainedConfig) -> type[PreTrainedMode
 
 
 def _quantize_via_disk(model: PreTrainedModel, auto_cls, spec: ModelSpec, skip_modules: Optional[list[str]]):
-    """bitsandbytes quantizes at load time only: save the random model and load it back in 4-bit.
-
-    Every rank writes its own copy: ``save_pretrained`` writes nothing on ranks other than 0 once torch.distributed
-    is initialised, so the files are written directly (the config, and the weights with shared tensors stored once).
-    """
-    from safetensors.torch import save_model
-
-    with tempfile.TemporaryDirectory(prefix="tempo_pl_4bit_") as tmp:
-        model.config.to_json_file(os.path.join(tmp, "config.json"))
-        save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        return auto_cls.from_pretrained(
-            tmp, quantization_config=_bnb_config(spec, skip_modules), **_load_kwargs(spec)
-        )
+    return quantize_via_disk(model, auto_cls, _bnb_config(spec, skip_modules), **_load_kwargs(spec))
 
 
 def _finish(model: PreTrainedModel, spec: ModelSpec, task_type: str, modules_to_save: Optional[list[str]]) -> nn.Module:
@@ -256,18 +231,9 @@ def _finish(model: PreTrainedModel, spec: ModelSpec, task_type: str, modules_to_
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
     if spec.lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = spec.lora
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type=task_type,
-            modules_to_save=modules_to_save,
-        )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora_config(spec.lora, task_type, modules_to_save))
     if spec.load_in_4bit:
         # the value pass and the old-log-prob pass are eval-mode no-grad forwards too, not only generate
         disable_bnb_avx512bf16(model)
@@ -281,7 +247,7 @@ def build_policy(spec: ModelSpec) -> nn.Module:
 
         policy = build_policy(ModelSpec(name_or_path="Qwen/Qwen3-8B", dtype="bfloat16", lora=LoraSpec()))
     """
-    with _seeded(spec.seed):
+    with seeded(spec.seed):
         if spec.config is not None:
             config = _config_from_dict(spec.config, {})
             model = AutoModelForCausalLM.from_config(config, **_load_kwargs(spec))
@@ -301,11 +267,12 @@ def build_policy(spec: ModelSpec) -> nn.Module:
 
 
 #: config overrides of every critic: one output, and no dropout before the head (values must be deterministic)
-_CRITIC_OVERRIDES = {"num_labels": 1, "classifier_dropout": 0.0}
+CRITIC_OVERRIDES = {"num_labels": 1, "classifier_dropout": 0.0}
 _HEAD = "score"
 
 
-def _init_head(head: nn.Linear, std: float) -> None:
+def init_value_head(head: nn.Linear, std: float) -> None:
+    """Zero bias, and a zero (``std == 0``) or normal(0, std) weight: a fresh head's values start at or near 0."""
     with torch.no_grad():
         if std == 0.0:
             head.weight.zero_()
@@ -317,8 +284,8 @@ def _init_head(head: nn.Linear, std: float) -> None:
 
 def _critic_from_pretrained(path: str, spec: CriticSpec) -> tuple[PreTrainedModel, bool]:
     """Load a critic (or a causal LM, then the head is fresh); returns the model and whether its head is fresh."""
-    config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **_CRITIC_OVERRIDES)
-    cls = _token_classification_class(config)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **CRITIC_OVERRIDES)
+    cls = token_classification_class(config)
     if _initialising_on_meta():
         return cls._from_config(config, **_load_kwargs(spec)), False
     kwargs = _load_kwargs(spec)
@@ -345,7 +312,7 @@ def build_critic(spec: CriticSpec, policy_spec: Optional[ModelSpec] = None) -> n
         critic = build_critic(CriticSpec(init_from_policy=True), policy_spec)
         critic = build_critic(CriticSpec(name_or_path="ckpt/critic"))
     """
-    with _seeded(spec.seed):
+    with seeded(spec.seed):
         if spec.name_or_path is not None:
             model, fresh_head = _critic_from_pretrained(spec.name_or_path, spec)
         elif spec.config is not None or (policy_spec is not None and policy_spec.config is not None):
@@ -356,70 +323,24 @@ def build_critic(spec: CriticSpec, policy_spec: Optional[ModelSpec] = None) -> n
         else:
             raise ValueError("build_critic: CriticSpec.init_from_policy needs the policy_spec")
         if fresh_head:
-            _init_head(getattr(model, _HEAD), spec.head_init_std)
-        if spec.load_in_4bit and spec.name_or_path is None and not _is_loaded_quantized(model):
+            init_value_head(getattr(model, _HEAD), spec.head_init_std)
+        if spec.load_in_4bit and spec.name_or_path is None and not is_loaded_quantized(model):
             model = _quantize_via_disk(model, AutoModelForTokenClassification, spec, skip_modules=[_HEAD])
         return _finish(model, spec, task_type="TOKEN_CLS", modules_to_save=[_HEAD])
-
-
-def _is_loaded_quantized(model: PreTrainedModel) -> bool:
-    return getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None
 
 
 def _critic_from_config(spec: CriticSpec, policy_spec: Optional[ModelSpec]) -> PreTrainedModel:
     """A critic from a config dict: its own ``config``, or the policy's, with the policy's backbone copied in."""
     source = spec.config if spec.config is not None else policy_spec.config
-    config = _config_from_dict(source, _CRITIC_OVERRIDES)
-    cls = _token_classification_class(config)
+    config = _config_from_dict(source, CRITIC_OVERRIDES)
+    cls = token_classification_class(config)
     model = cls._from_config(config, **_load_kwargs(spec))
     if spec.config is None:
         # Rebuild the policy's weights exactly as build_policy does (same config and seed), then take its backbone.
-        with _seeded(policy_spec.seed):
+        with seeded(policy_spec.seed):
             policy = AutoModelForCausalLM.from_config(_config_from_dict(source, {}), **_load_kwargs(spec))
         model.base_model.load_state_dict(policy.base_model.state_dict())
     return model
-
-
-def save_critic(critic: nn.Module, path: str, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> None:
-    """Save in the ``AutoModelForTokenClassification(num_labels=1)`` format; LoRA adapters are merged into a copy
-    (the live critic is untouched). ``build_critic(CriticSpec(name_or_path=path))`` loads it back."""
-    from peft import PeftModel
-
-    model = critic
-    if isinstance(critic, PeftModel):
-        model = copy.deepcopy(critic).merge_and_unload()
-    model.save_pretrained(path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-
-
-def disable_bnb_avx512bf16(model: nn.Module) -> int:
-    """Keep every bitsandbytes 4-bit layer on the kernel that has a backward pass; returns how many were changed.
-
-    On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight for a faster inference kernel at the first eval-mode
-    no-grad forward (e.g. ``generate``). That kernel has no autograd: after it, LoRA gradients are silently wrong or
-    None. Setting ``support_avx512bf16_for_cpu = False`` prevents the repacking; a weight already repacked is
-    converted back (its absmax keeps the bfloat16 rounding of the repacking).
-    """
-    if "bitsandbytes" not in sys.modules:  # no 4-bit layer can exist; do not pay for the import
-        return 0
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-    changed = 0
-    for module in model.modules():
-        if not isinstance(module, bnb.nn.Linear4bit):
-            continue
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-        weight = module.weight
-        # a weight sharded by FSDP2 is a plain DTensor without a state; the flag above keeps its gathered copies
-        # from being repacked, and a weight can only have been repacked before sharding, with its state
-        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-            module.quant_state = weight.quant_state
-    return changed
 
 
 # ------------------------------------------------------------------------------------------------ forward helpers
@@ -442,13 +363,19 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _hf_model(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)  # peft
-    return get_base() if callable(get_base) else model
+def hf_model(model: nn.Module) -> PreTrainedModel:
+    """The Hugging Face ``PreTrainedModel`` inside a model: itself, a peft model's base, or a shared-base view's."""
+    if isinstance(model, PreTrainedModel):
+        return model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else None
+    if isinstance(base, PreTrainedModel):
+        return base
+    raise TypeError(f"cannot find the Hugging Face model inside {type(model).__name__}")
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(_hf_model(model).forward).parameters
+    return argument in inspect.signature(hf_model(model).forward).parameters
 
 
 def policy_response_stats(
@@ -503,7 +430,7 @@ def critic_response_values(
     """V(x, y_<t) for every response index t, (N, R) float32, times the response mask.
 
     The value at response index t is the head's read-out of the hidden state at position P-1+t, the token before
-    y_t (spec 4.2): the value of the state before emitting y_t.
+    y_t: the value of the state before emitting y_t (docs/algorithm.md, "Advantages").
     """
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import pad
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from tempo_pl.models import _hf_model, disable_bnb_avx512bf16
+from tempo_pl.lora import disable_bnb_avx512bf16
+from tempo_pl.models import hf_model
 from tempo_pl.types import PromptBatch, Rollout
 
 OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt framed as a user message by the tokenizer's chat template, generation prompt
+    included: what the policy is asked. The SFT warm start encodes its prompts here too, so it teaches the policy to
+    answer exactly what the rollouts will ask."""
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 class RolloutEngine(Protocol):
@@ -76,14 +88,13 @@ class HFGenerateEngine:
     Row ``g * n + k`` of the rollout is sample k of prompt g. Responses are right-padded with the pad token;
     ``response_mask`` covers every token up to and including the first EOS (all tokens when there is none, and then
     ``truncated`` is set). The model is put in eval mode under ``torch.no_grad`` and its train/eval mode restored.
-    Sampling uses only this spec: the model's own ``generation_config`` (e.g. Qwen3's top_k=20) is ignored.
+    Sampling uses only this spec: the model's own ``generation_config`` (e.g. Qwen3's top_k=20) is ignored. Samples
+    are drawn from the global RNG: seed it (Lightning's ``seed_everything``) for reproducible rollouts.
 
     Args:
         tokenizer: the policy's tokenizer; its chat template frames each prompt as a user message.
         sampling: temperature, top-p/top-k, lengths, overlong-prompt policy.
         micro_batch_size: prompts per ``generate`` call (each with its n samples); None = the whole batch at once.
-        seed: call i samples with the seed ``seed + i`` (the global RNG is left untouched), so a fixed seed gives
-            identical rollouts; None samples from the global RNG. Give each data-parallel rank its own seed.
 
     After every call ``last_dropped`` holds the number of prompts dropped as overlong (``"drop"`` mode) and
     ``last_truncated`` the number cut from the left; the rollout's ``extra`` carries both (``num_dropped``,
@@ -91,7 +102,7 @@ class HFGenerateEngine:
 
     Example::
 
-        engine = HFGenerateEngine(tokenizer, SamplingSpec(n=4, max_new_tokens=256), seed=0)
+        engine = HFGenerateEngine(tokenizer, SamplingSpec(n=4, max_new_tokens=256))
         rollout = engine.generate(policy, prompt_batch, n=4)
     """
 
@@ -100,7 +111,6 @@ class HFGenerateEngine:
         tokenizer: PreTrainedTokenizerBase,
         sampling: SamplingSpec,
         micro_batch_size: Optional[int] = None,
-        seed: Optional[int] = None,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("HFGenerateEngine needs a tokenizer with a pad token (build_tokenizer sets one)")
@@ -111,17 +121,8 @@ class HFGenerateEngine:
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.micro_batch_size = micro_batch_size
-        self.seed = seed
-        self.calls = 0
         self.last_dropped = 0
         self.last_truncated = 0
-
-    def state_dict(self) -> dict:
-        """The call counter, so a resumed run continues the seed sequence."""
-        return {"calls": self.calls}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.calls = int(state["calls"])
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None) -> Rollout:
@@ -137,26 +138,19 @@ class HFGenerateEngine:
         device = _device_of(model)
         step = self.micro_batch_size or len(token_ids)
         pieces = []
-        with self._rng(device), _eval_no_grad(model):
+        with _eval_no_grad(model):
             disable_bnb_avx512bf16(model)
             config = self._generation_config(model)
             with _only_generation_config(model, config):
                 for start in range(0, len(token_ids), step):
                     pieces.append(self._generate_chunk(model, token_ids[start : start + step], n, config, device))
-        self.calls += 1
         return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _encode_prompts(self, prompts: PromptBatch) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
         spec = self.sampling
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts.prompts
-        ]
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        encoded = encode_prompts(self.tokenizer, prompts.prompts)
         token_ids, kept, dropped, truncated = [], [], 0, 0
         for i, ids in enumerate(encoded):
             if len(ids) > spec.max_prompt_length:
@@ -172,7 +166,7 @@ class HFGenerateEngine:
 
     def _stop_ids(self, model: nn.Module) -> list[int]:
         ids = [self.tokenizer.eos_token_id]
-        model_eos = getattr(_hf_model(model).generation_config, "eos_token_id", None)
+        model_eos = getattr(hf_model(model).generation_config, "eos_token_id", None)
         for token in [model_eos] if isinstance(model_eos, int) else (model_eos or []):
             if token not in ids:
                 ids.append(token)
@@ -245,15 +239,6 @@ class HFGenerateEngine:
             extra=extra,
         )
 
-    @contextlib.contextmanager
-    def _rng(self, device: torch.device) -> Iterator[None]:
-        if self.seed is None:
-            yield
-            return
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed + self.calls)
-            yield
-
 
 def _device_of(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
@@ -275,7 +260,7 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
 def _only_generation_config(model: nn.Module, config: GenerationConfig) -> Iterator[None]:
     """``generate`` fills every field a passed config leaves unset from the model's own generation_config (hub
     sampling defaults, suppressed tokens, repetition penalty ...); swap it for the duration of the call."""
-    target = _hf_model(model)
+    target = hf_model(model)
     saved = target.generation_config
     target.generation_config = config
     try:

@@ -1,9 +1,10 @@
 """Supervised warm start: fine-tune the policy on D_L's worked solutions before any RL.
 
 The conversation is built exactly as the rollout engine builds it, so that what SFT teaches is what RL samples:
-user = the prompt template applied to the problem, rendered with the tokenizer's chat template and a generation
-prompt; assistant = the worked solution followed by the tokenizer's eos. The loss covers the assistant tokens only.
-At the end of fit the policy and tokenizer are saved as a Hugging Face directory that the next stage loads with
+user = the prompt template applied to the problem, encoded by the engine's own
+:func:`~tempo_pl.rollout.encode_prompts` (chat template and generation prompt); assistant = the worked solution
+followed by the tokenizer's eos. The loss covers the assistant tokens only. At the end of fit the policy (LoRA
+merged) and tokenizer are saved as a Hugging Face directory that the next stage loads with
 ``ModelSpec(name_or_path=<save_dir>)``.
 
 Example::
@@ -13,9 +14,7 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import math
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -27,17 +26,12 @@ from transformers import PreTrainedTokenizerBase
 
 from tempo_pl.data.sources import DataError, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
+from tempo_pl.lora import save_merged
 from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
+from tempo_pl.rollout import encode_prompts
 
 IGNORE_INDEX = -100
 """Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a user message with the chat template and generation prompt, as the rollout engine encodes it."""
-    messages = [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
@@ -61,8 +55,8 @@ def collate_sft(
         raise ValueError("collate_sft got an empty batch")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences, labels = [], []
-    for prompt, completion in zip(prompts, completions):
-        prompt_ids, completion_ids = encode_prompt(tokenizer, prompt), encode_completion(tokenizer, completion)
+    for prompt_ids, completion in zip(encode_prompts(tokenizer, prompts), completions):
+        completion_ids = encode_completion(tokenizer, completion)
         sequences.append(prompt_ids + completion_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
     width = max(len(ids) for ids in sequences)
@@ -179,19 +173,8 @@ class SFTModule(LightningModule):
 
     def on_train_end(self) -> None:
         if self.save_dir is not None and self.trainer.is_global_zero:
-            save_policy(self.policy, self.tokenizer, self.save_dir)
+            save_merged(self.policy, self.save_dir, self.tokenizer)  # LoRA merged into a copy
             rank_zero_info(f"SFT policy saved to {self.save_dir} (load it with ModelSpec(name_or_path=...))")
-
-
-def save_policy(policy: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str) -> Path:
-    """Save a policy (LoRA adapters merged into a copy; the live model is untouched) and its tokenizer."""
-    from peft import PeftModel
-
-    model = copy.deepcopy(policy).merge_and_unload() if isinstance(policy, PeftModel) else policy
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 class SFTDataModule(LightningDataModule):
@@ -277,75 +260,3 @@ class SFTDataModule(LightningDataModule):
 
 def _collate_strings(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"prompts": [p for p, _ in pairs], "completions": [c for _, c in pairs]}
-
-
-@torch.no_grad()
-def sample_accuracy(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[dict],
-    k: int = 4,
-    temperature: float = 1.0,
-    max_new_tokens: int = 128,
-    prompt_template: str = "boxed",
-    batch_size: int = 64,
-    seed: int = 0,
-) -> float:
-    """mean@k: the fraction of ``k`` sampled responses per row that grade correct against ``row["answer"]``.
-
-    A tuning aid (the loop's evaluation lives elsewhere): plain ``generate`` with the same chat template as the
-    rollout, top-k/top-p off, graded by :func:`tempo_pl.rewards.grading.grade_many`.
-
-    Args:
-        model: a causal LM.
-        tokenizer: its tokenizer (left padding is set for the call).
-        rows: dicts with ``problem`` and ``answer``.
-        k: samples per row.
-        temperature: sampling temperature; 0 = greedy (then the ``k`` samples are identical).
-        max_new_tokens: response budget; a truncated response usually lacks its ``\\boxed{}`` and grades wrong.
-        prompt_template: as for :class:`SFTDataModule`.
-        batch_size: prompts per ``generate`` call (each expanded to ``k`` sequences).
-        seed: seeds the sampling (the global RNG state is restored afterwards).
-    """
-    from tempo_pl.rewards.grading import grade_many
-
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if not rows:
-        raise ValueError("sample_accuracy got no rows")
-    template = resolve_template(prompt_template)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    responses, golds = [], []
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                encoded = [encode_prompt(tokenizer, apply_template(template, row["problem"])) for row in chunk]
-                width = max(len(ids) for ids in encoded)
-                input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
-                attention_mask = torch.tensor(
-                    [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
-                )
-                sampled = temperature > 0
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    do_sample=sampled,
-                    temperature=temperature if sampled else 1.0,
-                    top_k=0,
-                    top_p=1.0,
-                    num_return_sequences=k,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=pad_id,
-                )
-                responses += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-                golds += [str(row["answer"]) for row in chunk for _ in range(k)]
-    finally:
-        model.train(was_training)
-    correct = grade_many(responses, golds)
-    return sum(correct) / len(correct)

@@ -50,7 +50,8 @@ def build_shared_actor_critic(policy_spec, critic_spec) -> tuple["PolicyView", "
         policy_spec: a :class:`~tempo_pl.models.ModelSpec` with ``lora`` set (a shared base is frozen).
         critic_spec: a :class:`~tempo_pl.models.CriticSpec` that names no weights of its own.
     """
-    from tempo_pl.models import _init_head, _seeded, build_policy
+    from tempo_pl.lora import disable_bnb_avx512bf16, lora_config
+    from tempo_pl.models import build_policy, init_value_head, seeded
 
     if policy_spec.lora is None:
         raise ValueError("shared base: policy.lora is required, the base the policy and the critic share is frozen")
@@ -62,28 +63,17 @@ def build_shared_actor_critic(policy_spec, critic_spec) -> tuple["PolicyView", "
             f"unset (got name_or_path={critic_spec.name_or_path!r}, config set: {critic_spec.config is not None})"
         )
     model = build_policy(policy_spec)
-    with _seeded(critic_spec.seed):
-        model.add_adapter(CRITIC_ADAPTER, _lora_config(critic_spec.lora or policy_spec.lora))
+    with seeded(critic_spec.seed):
+        model.add_adapter(CRITIC_ADAPTER, lora_config(critic_spec.lora or policy_spec.lora, task_type="CAUSAL_LM"))
         hidden = model.get_base_model().config.hidden_size
         head = nn.Linear(hidden, 1)
-        _init_head(head, critic_spec.head_init_std)
+        init_value_head(head, critic_spec.head_init_std)
     # add_adapter leaves the new adapter frozen and inactive; both adapters train, each through its own view
     for param in adapter_parameters(model, POLICY_ADAPTER) + adapter_parameters(model, CRITIC_ADAPTER):
         param.requires_grad_(True)
     if policy_spec.load_in_4bit:
-        from tempo_pl.models import disable_bnb_avx512bf16
-
         disable_bnb_avx512bf16(model)
     return PolicyView(model), CriticView(model, head)
-
-
-def _lora_config(lora):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
 
 
 def _adapter_key(name: str) -> str:
@@ -110,6 +100,16 @@ def activate_adapter(model: nn.Module, adapter: str) -> None:
                 raise KeyError(f"adapter {adapter!r} is not on {type(module).__name__}")
             module._active_adapter = [adapter]
     model.base_model.active_adapter = adapter
+
+
+def merged_adapter(model: nn.Module, adapter: str) -> nn.Module:
+    """A standalone Hugging Face causal LM: a copy of the shared base with ``adapter`` merged, the other dropped."""
+    merged = copy.deepcopy(model)
+    for other in (POLICY_ADAPTER, CRITIC_ADAPTER):
+        if other != adapter:
+            merged.delete_adapter(other)
+    activate_adapter(merged, adapter)
+    return merged.merge_and_unload()
 
 
 class PolicyView(nn.Module):
@@ -153,10 +153,7 @@ class PolicyView(nn.Module):
 
     def merged_model(self) -> nn.Module:
         """A standalone Hugging Face causal LM: a copy of the base with the policy adapter merged."""
-        model = copy.deepcopy(self.model)
-        model.delete_adapter(CRITIC_ADAPTER)
-        activate_adapter(model, POLICY_ADAPTER)
-        return model.merge_and_unload()
+        return merged_adapter(self.model, POLICY_ADAPTER)
 
 
 class CriticView(nn.Module):
@@ -216,16 +213,13 @@ class CriticView(nn.Module):
     def merged_model(self) -> nn.Module:
         """A standalone ``*ForTokenClassification`` model (num_labels=1): the base with the critic adapter merged,
         and this head as its ``score``; it loads with ``AutoModelForTokenClassification``."""
-        from tempo_pl.models import _CRITIC_OVERRIDES, _token_classification_class
+        from tempo_pl.models import CRITIC_OVERRIDES, token_classification_class
 
-        shared = copy.deepcopy(self._shared)
-        shared.delete_adapter(POLICY_ADAPTER)
-        activate_adapter(shared, CRITIC_ADAPTER)
-        causal_lm = shared.merge_and_unload()
+        causal_lm = merged_adapter(self._shared, CRITIC_ADAPTER)
         config = copy.deepcopy(causal_lm.config)
-        for key, value in _CRITIC_OVERRIDES.items():
+        for key, value in CRITIC_OVERRIDES.items():
             setattr(config, key, value)
-        cls = _token_classification_class(config)
+        cls = token_classification_class(config)
         critic = cls._from_config(config, dtype=causal_lm.dtype)
         critic.base_model.load_state_dict(causal_lm.base_model.state_dict())
         with torch.no_grad():

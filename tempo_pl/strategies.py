@@ -36,7 +36,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from tempo_pl.models import DTYPES
+from tempo_pl.models import DTYPES, hf_model
 
 #: attributes of a TempoModule that hold models to shard, in this order
 MODEL_ATTRIBUTES = ("policy", "critic", "reference")
@@ -184,7 +184,7 @@ def shard_model(model: nn.Module, mesh, recipe: FSDP2Recipe) -> nn.Module:
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    hf = hf_root(model)
+    hf = hf_model(model)
     device = _mesh_device(mesh)
     rank0_full_state = _rank0_full_state(model, mesh) if recipe.rank0_init else None
     kwargs = dict(
@@ -205,19 +205,6 @@ def shard_model(model: nn.Module, mesh, recipe: FSDP2Recipe) -> nn.Module:
     if rank0_full_state is not None:
         _materialise_from_rank0(model, rank0_full_state, device)
     return model
-
-
-def hf_root(model: nn.Module) -> nn.Module:
-    """The Hugging Face ``PreTrainedModel`` inside a model: itself, a peft model's base, or a shared-base view's."""
-    from transformers import PreTrainedModel
-
-    if isinstance(model, PreTrainedModel):
-        return model
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else None
-    if isinstance(base, PreTrainedModel):
-        return base
-    raise TypeError(f"cannot find the Hugging Face model inside {type(model).__name__}")
 
 
 def decoder_layers(hf: nn.Module) -> list[nn.Module]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tempo_pl.models import build_critic, build_policy, critic_response_values, policy_response_stats, sequence_inputs
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, encode_prompts
 from tempo_pl.types import PromptBatch
 
 EOS, PAD = 3, 0
@@ -34,12 +34,6 @@ def _with_token_bias(policy, token: int, bias: float):
     return policy
 
 
-def _template_ids(tokenizer, text: str) -> list[int]:
-    message = [{"role": "user", "content": text}]
-    chat = tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-    return tokenizer(chat, add_special_tokens=False).input_ids
-
-
 @pytest.fixture
 def policy(tiny_policy_spec):
     return build_policy(tiny_policy_spec)
@@ -62,6 +56,21 @@ def test_sampling_spec_rejects_bad_values(kwargs, message):
         SamplingSpec(**kwargs)
 
 
+def test_encode_prompts_frames_each_prompt_as_a_user_message(tiny_tokenizer):
+    def chars(text: str) -> list[int]:  # the char tokenizer: printable ASCII from " " (id 4) on, newline = 99
+        return [99 if c == "\n" else ord(c) - 32 + 4 for c in text]
+
+    im_start, im_end = 2, EOS
+
+    def framed(prompt: str) -> list[int]:
+        return [im_start] + chars(f"user\n{prompt}") + [im_end] + chars("\n") + [im_start] + chars("assistant\n")
+
+    prompts = ["ab", "Start with 7.\nAdd 5."]
+    assert encode_prompts(tiny_tokenizer, prompts) == [framed(p) for p in prompts]
+    assert len(framed("y")) == 20  # the budget the truncation test below cuts to
+    assert encode_prompts(tiny_tokenizer, []) == []
+
+
 def test_engine_rejects_bad_options(tiny_tokenizer):
     with pytest.raises(ValueError, match="micro_batch_size"):
         HFGenerateEngine(tiny_tokenizer, SamplingSpec(), micro_batch_size=0)
@@ -69,9 +78,10 @@ def test_engine_rejects_bad_options(tiny_tokenizer):
 
 def test_rollout_layout_groups_and_prompt_encoding(policy, tiny_tokenizer):
     batch = _prompts("1+1?", "what is 12*3?")
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=3, max_new_tokens=5), seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=3, max_new_tokens=5))
+    torch.manual_seed(0)
     r = engine.generate(policy, batch)
-    short, long = _template_ids(tiny_tokenizer, "1+1?"), _template_ids(tiny_tokenizer, "what is 12*3?")
+    short, long = encode_prompts(tiny_tokenizer, ["1+1?", "what is 12*3?"])
     P = len(long)
     assert r.num_rows == 6 and r.n_per_prompt == 3 and r.prompt_batch is not batch
     assert r.prompt_batch.ids == ["p0", "p1"]
@@ -91,7 +101,8 @@ def test_rollout_layout_groups_and_prompt_encoding(policy, tiny_tokenizer):
 
 def test_response_mask_holds_eos_and_excludes_padding(tiny_policy_spec, tiny_tokenizer):
     policy = _with_token_bias(build_policy(tiny_policy_spec), EOS, 3.0)  # P(EOS) about e^3 / (99 + e^3) = 0.17
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=12), seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=12))
+    torch.manual_seed(0)
     r = engine.generate(policy, _prompts("a", "bb", "ccc", "dddd"))
     finished = truncated = 0
     for row in range(r.num_rows):
@@ -115,7 +126,8 @@ def test_generation_stops_at_the_models_extra_eos_ids(tiny_policy_spec, tiny_tok
     a = tiny_tokenizer.convert_tokens_to_ids("a")
     policy = _with_token_bias(build_policy(tiny_policy_spec), a, 4.0)
     policy.generation_config.eos_token_id = [EOS, a]  # e.g. Qwen3's <|im_end|> and <|endoftext|>
-    r = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=10), seed=0).generate(policy, _prompts("q"))
+    torch.manual_seed(0)
+    r = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=10)).generate(policy, _prompts("q"))
     ends = [row.index(a) for row in r.response_ids.tolist() if a in row]
     assert ends, "the biased token was never sampled"
     for row, end in enumerate(ends):
@@ -125,13 +137,14 @@ def test_generation_stops_at_the_models_extra_eos_ids(tiny_policy_spec, tiny_tok
 def test_overlong_prompt_is_cut_from_the_left(policy, tiny_tokenizer):
     # "y" in the template is 20 ids: <|im_start|> "user\n"(5) "y" <|im_end|> "\n" <|im_start|> "assistant\n"(10)
     spec = SamplingSpec(n=2, max_new_tokens=3, max_prompt_length=20, overlong_prompt="truncate_left")
-    engine = HFGenerateEngine(tiny_tokenizer, spec, seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, spec)
+    torch.manual_seed(0)
     r = engine.generate(policy, _prompts("x" * 30, "y"))
-    full = _template_ids(tiny_tokenizer, "x" * 30)
-    assert len(full) == 49 and len(_template_ids(tiny_tokenizer, "y")) == 20
+    full, short = encode_prompts(tiny_tokenizer, ["x" * 30, "y"])
+    assert len(full) == 49 and len(short) == 20
     assert r.prompt_ids.shape[1] == 20
     assert r.prompt_ids[0].tolist() == full[-20:]  # keeps the end: "...<|im_end|>\n<|im_start|>assistant\n"
-    assert r.prompt_ids[2].tolist() == _template_ids(tiny_tokenizer, "y")
+    assert r.prompt_ids[2].tolist() == short
     assert tiny_tokenizer.decode(r.prompt_ids[0]).endswith("<|im_start|>assistant\n")
     assert len(r.prompt_batch) == 2
     assert engine.last_truncated == 1 and engine.last_dropped == 0
@@ -140,7 +153,8 @@ def test_overlong_prompt_is_cut_from_the_left(policy, tiny_tokenizer):
 
 def test_overlong_prompt_is_dropped_and_counted(policy, tiny_tokenizer):
     spec = SamplingSpec(n=2, max_new_tokens=3, max_prompt_length=30, overlong_prompt="drop")
-    engine = HFGenerateEngine(tiny_tokenizer, spec, seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, spec)
+    torch.manual_seed(0)
     r = engine.generate(policy, _prompts("x" * 30, "short", "z" * 40, labeled=(True, False, True)))
     assert r.prompt_batch.ids == ["p1"] and r.prompt_batch.is_labeled == [False]
     assert r.num_rows == 2 and r.group_ids.tolist() == [0, 0] and r.is_labeled.tolist() == [False, False]
@@ -156,26 +170,7 @@ def test_all_prompts_dropped_gives_an_empty_rollout(policy, tiny_tokenizer):
     assert engine.generate(policy, _prompts()).num_rows == 0  # an empty batch too
 
 
-def test_fixed_seed_gives_identical_rollouts_and_leaves_the_global_rng(policy, tiny_tokenizer):
-    spec = SamplingSpec(n=3, max_new_tokens=8)
-    batch = _prompts("1+1?", "2+2?")
-    first, second = HFGenerateEngine(tiny_tokenizer, spec, seed=5), HFGenerateEngine(tiny_tokenizer, spec, seed=5)
-    torch.manual_seed(99)
-    expected_global = torch.rand(2)
-    torch.manual_seed(99)
-    a1 = first.generate(policy, batch)
-    assert torch.equal(torch.rand(2), expected_global)  # the seeded engine used its own RNG stream
-    b1 = second.generate(policy, batch)
-    assert torch.equal(a1.response_ids, b1.response_ids) and a1.texts == b1.texts
-    state = first.state_dict()
-    a2 = first.generate(policy, batch)
-    assert not torch.equal(a1.response_ids, a2.response_ids)  # the next call draws fresh samples
-    resumed = HFGenerateEngine(tiny_tokenizer, spec, seed=5)  # a restarted run, restored after call 1
-    resumed.load_state_dict(state)
-    assert state == {"calls": 1} and torch.equal(resumed.generate(policy, batch).response_ids, a2.response_ids)
-
-
-def test_without_a_seed_the_global_rng_decides(policy, tiny_tokenizer):
+def test_the_global_rng_decides_the_samples(policy, tiny_tokenizer):
     engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=8))
     torch.manual_seed(3)
     a = engine.generate(policy, _prompts("q"))
@@ -201,15 +196,17 @@ def test_top_k_1_and_low_temperature_equal_greedy(policy, tiny_tokenizer):
     # greedy picks the argmax of the logits at P-1+t, as the forward helpers read them
     assert torch.equal(_logits_at_response(policy, greedy).argmax(-1)[valid], greedy.response_ids[valid])
     assert torch.equal(greedy.response_ids[0], greedy.response_ids[1])
-    top1 = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, top_k=1, max_new_tokens=8), seed=1)
-    top1 = top1.generate(policy, batch)
-    cold = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, temperature=1e-4, max_new_tokens=8), seed=1)
+    torch.manual_seed(1)
+    top1 = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, top_k=1, max_new_tokens=8)).generate(policy, batch)
+    cold = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, temperature=1e-4, max_new_tokens=8))
     assert torch.equal(top1.response_ids, greedy.response_ids)
+    torch.manual_seed(1)
     assert torch.equal(cold.generate(policy, batch).response_ids, greedy.response_ids)
 
 
 def test_top_k_2_samples_only_the_two_best_tokens(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=8, top_k=2, max_new_tokens=10), seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=8, top_k=2, max_new_tokens=10))
+    torch.manual_seed(0)
     r = engine.generate(policy, _prompts("1+1?"))
     logits = _logits_at_response(policy, r)
     ranks = (logits > logits.gather(-1, r.response_ids[..., None])).sum(-1)  # tokens scoring above the drawn one
@@ -222,7 +219,8 @@ def test_the_models_own_generation_config_is_ignored_and_restored(policy, tiny_t
     policy.generation_config.do_sample = True
     policy.generation_config.top_k = 1  # a hub default like Qwen3's top_k=20 must not leak into sampling
     batch = _prompts("1+1?")
-    sampled = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=8), seed=0).generate(policy, batch)
+    torch.manual_seed(0)
+    sampled = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=8)).generate(policy, batch)
     greedy = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, temperature=0, max_new_tokens=8))
     greedy = greedy.generate(policy, batch)
     assert not torch.equal(sampled.response_ids, greedy.response_ids)
@@ -230,7 +228,7 @@ def test_the_models_own_generation_config_is_ignored_and_restored(policy, tiny_t
 
 
 def test_generation_restores_train_mode_and_tracks_no_gradients(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=4), seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=4))
     policy.train()
     r = engine.generate(policy, _prompts("q"))
     assert policy.training and not r.response_ids.requires_grad
@@ -252,7 +250,8 @@ def test_micro_batches_give_the_same_rollout_as_one_batch(policy, tiny_tokenizer
 def test_a_rollout_feeds_the_forward_helpers(tiny_policy_spec, tiny_critic_spec, tiny_tokenizer):
     policy = _with_token_bias(build_policy(tiny_policy_spec), EOS, 3.0)
     critic = build_critic(tiny_critic_spec, tiny_policy_spec)
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=8), seed=0)
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=8))
+    torch.manual_seed(0)
     r = engine.generate(policy, _prompts("a", "b"))
     ids, mask, pos = sequence_inputs(r)
     with torch.no_grad():

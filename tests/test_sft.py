@@ -1,5 +1,5 @@
-"""The SFT warm start: batch building, loss, schedule, data module, a short fit that saves a loadable policy,
-the demo config, and the sampled-accuracy helper."""
+"""The SFT warm start: batch building, loss, schedule, data module, a short fit that saves a loadable policy, and
+the demo config."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from tempo_pl.sft import (
     SFTModule,
     collate_sft,
     completion_loss,
-    encode_prompt,
-    sample_accuracy,
     warmup_cosine,
 )
 
@@ -43,20 +41,6 @@ def test_collate_masks_the_prompt_and_right_pads(tiny_tokenizer) -> None:
         [IGNORE_INDEX] * len(prompt_ab) + char_ids("12") + [IM_END],
         [IGNORE_INDEX] * len(prompt_a) + char_ids("3") + [IM_END, IGNORE_INDEX, IGNORE_INDEX],
     ]
-
-
-def test_prompt_encoding_is_the_rollout_engines(tiny_tokenizer, tiny_policy_spec) -> None:
-    from tempo_pl.models import build_policy
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
-    from tempo_pl.types import PromptBatch
-
-    prompts = ["Start with 7. Add 5.", "x"]
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=1, max_new_tokens=1), seed=0)
-    batch = PromptBatch(ids=["a", "b"], prompts=prompts, answers=[None, None], is_labeled=[False, False])
-    rollout = engine.generate(build_policy(tiny_policy_spec), batch)
-    for row, prompt in enumerate(prompts):
-        sampled_prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()].tolist()
-        assert sampled_prompt == encode_prompt(tiny_tokenizer, prompt)
 
 
 def test_completion_loss_by_hand() -> None:
@@ -130,6 +114,7 @@ def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, t
     from lightning.pytorch import Trainer
 
     from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.rollout import encode_prompts
 
     save_dir = tmp_path / "policy"
     module = SFTModule(tiny_policy_spec, learning_rate=3e-3, warmup_steps=2, save_dir=str(save_dir))
@@ -156,15 +141,15 @@ def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, t
     reloaded_spec = ModelSpec(name_or_path=str(save_dir))
     reloaded, tokenizer = build_policy(reloaded_spec), build_tokenizer(reloaded_spec)
     assert probe_loss(reloaded) == pytest.approx(after, abs=1e-5)
-    assert encode_prompt(tokenizer, "Start with 1.") == encode_prompt(module.tokenizer, "Start with 1.")
+    assert encode_prompts(tokenizer, ["Start with 1."]) == encode_prompts(module.tokenizer, ["Start with 1."])
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<pad>"
 
 
 def test_lora_policy_is_saved_merged(tmp_path: Path, tiny_policy_spec) -> None:
     from dataclasses import replace
 
+    from tempo_pl.lora import save_merged
     from tempo_pl.models import LoraSpec, ModelSpec, build_policy
-    from tempo_pl.sft import save_policy
 
     module = SFTModule(replace(tiny_policy_spec, lora=LoraSpec(r=2, alpha=4)))
     module.configure_model()
@@ -174,7 +159,7 @@ def test_lora_policy_is_saved_merged(tmp_path: Path, tiny_policy_spec) -> None:
                 parameter.fill_(0.05)
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = module.policy(input_ids=ids).logits
-    save_policy(module.policy, module.tokenizer, str(tmp_path / "merged"))
+    save_merged(module.policy, tmp_path / "merged", module.tokenizer)
     reloaded = build_policy(ModelSpec(name_or_path=str(tmp_path / "merged")))
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
     torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
@@ -191,42 +176,3 @@ def test_demo_config_builds_the_sft_module_and_data(tmp_path: Path) -> None:
     assert cli.model.learning_rate == 1e-3 and cli.trainer.max_steps == 600
     assert cli.datamodule.path.startswith("synthetic:labeled") and cli.datamodule.prompt_template == "{problem}"
     assert cli.model.save_dir == str(tmp_path / "policy")
-
-
-def scripted_qwen3(tokenizer):
-    """A tiny Qwen3 whose every reply is ``\\boxed{5}`` then eos, whatever the prompt.
-
-    The real ``generate``, KV cache and padding machinery runs; only the choice of token is scripted: after each
-    character of the script (the prompt ends with a newline) the next one gets logit +1e4 and all others -1e4.
-    """
-    from transformers import AutoConfig, Qwen3ForCausalLM
-
-    from tempo_pl.tiny import tiny_qwen3_config
-
-    script = [tokenizer.convert_tokens_to_ids(c) for c in ["\n", *"\\boxed{5}"]] + [tokenizer.eos_token_id]
-    following = dict(zip(script[:-1], script[1:]))
-
-    class Scripted(Qwen3ForCausalLM):
-        def forward(self, input_ids=None, **kwargs):
-            out = super().forward(input_ids=input_ids, **kwargs)
-            forced = [following.get(t, tokenizer.eos_token_id) for t in input_ids[:, -1].tolist()]
-            last = torch.full_like(out.logits[:, -1], -1e4)
-            last[torch.arange(len(forced)), forced] = 1e4
-            out.logits[:, -1] = last
-            return out
-
-    config = tiny_qwen3_config(vocab_size=len(tokenizer))
-    return Scripted(AutoConfig.for_model(config.pop("model_type"), **config))
-
-
-def test_sample_accuracy_counts_correct_samples(tiny_tokenizer) -> None:
-    torch.manual_seed(0)
-    model = scripted_qwen3(tiny_tokenizer).train()
-    # prompts of different lengths exercise the left padding; 3 of the 4 golds are the scripted answer
-    rows = [{"problem": "Start with 5.", "answer": "5"}, {"problem": "Start with 2. Add 3.", "answer": "5"},
-            {"problem": "x", "answer": "6"}, {"problem": "Start with 1. Add 4, add 0.", "answer": "5"}]
-    assert sample_accuracy(model, tiny_tokenizer, rows, k=2, temperature=1.0, max_new_tokens=16, batch_size=3) == 0.75
-    assert sample_accuracy(model, tiny_tokenizer, rows, k=1, temperature=0.0, max_new_tokens=16) == 0.75
-    # "\boxe" is cut before the answer closes: nothing to grade
-    assert sample_accuracy(model, tiny_tokenizer, rows, k=1, max_new_tokens=5) == 0.0
-    assert model.training  # the train/eval mode is restored

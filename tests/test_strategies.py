@@ -248,7 +248,8 @@ def generation_gathers(module, prompts) -> dict[str, int]:
     """
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.strategies import gathered_for_generation, hf_root
+    from tempo_pl.models import hf_model
+    from tempo_pl.strategies import gathered_for_generation
 
     fsdp_modules = [m for m in module.policy.modules() if isinstance(m, FSDPModule)]
     forwards = 0
@@ -267,7 +268,7 @@ def generation_gathers(module, prompts) -> dict[str, int]:
             for _ in range(3):
                 module.policy(input_ids=ids)
 
-    hook = hf_root(module.policy).register_forward_pre_hook(count_forward)
+    hook = hf_model(module.policy).register_forward_pre_hook(count_forward)
     counts = {"fsdp_modules": len(fsdp_modules)}
     for name, fn in (("generate", generate), ("three_forwards", three_forwards)):
         for m in fsdp_modules:  # start from sharded parameters, as after an optimizer step
@@ -455,20 +456,20 @@ def test_strategy_is_data_parallel_only() -> None:
         FSDP2Strategy(data_parallel_size=0)
 
 
-def test_decoder_layers_and_hf_root(tiny_policy_spec) -> None:
+def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
     from dataclasses import replace
 
-    from tempo_pl.models import LoraSpec, build_policy
-    from tempo_pl.strategies import decoder_layers, hf_root
+    from tempo_pl.models import LoraSpec, build_policy, hf_model
+    from tempo_pl.strategies import decoder_layers
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=2)))
-    hf = hf_root(policy)
-    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    hf = hf_model(policy)
+    assert type(hf).__name__ == "Qwen3ForCausalLM" and hf_model(hf) is hf
     assert [type(m).__name__ for m in decoder_layers(hf)] == ["Qwen3DecoderLayer"] * 2
     with pytest.raises(ValueError, match="_no_split_modules"):
         decoder_layers(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="Hugging Face model"):
-        hf_root(torch.nn.Linear(2, 2))
+        hf_model(torch.nn.Linear(2, 2))
 
 
 def test_four_bit_weights_need_param_dtype_of_their_storage(tiny_policy_spec) -> None:
