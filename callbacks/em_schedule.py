@@ -46,7 +46,8 @@ class EMSchedule(Callback):
 
     Before every training step it computes the plan, sets ``trainer.datamodule.streams.source`` (so the step's
     ``next(dataloader_iter)`` draws from D_L, D_U or both, and the idle stream does not advance) and calls
-    ``pl_module.set_step_plan(plan)``. It counts RL steps itself (``trainer.global_step`` counts optimizer steps).
+    ``pl_module.set_step_plan(plan)``. The step index is the module's ``rl_step`` (RL steps completed), the one
+    counter that logs, eval files and checkpoints read (``trainer.global_step`` counts optimizer steps).
 
     Modes:
 
@@ -97,8 +98,6 @@ class EMSchedule(Callback):
         self.e_steps = e_steps
         self.m_steps = m_steps
         self.critic_warmup_steps = critic_warmup_steps
-        self.rl_step = 0
-        """RL steps completed (the index of the next step)."""
         self.phase_counts = {phase: 0 for phase in PHASE_CODES}
         """Completed steps per phase."""
         self.current_plan: Optional[StepPlan] = None
@@ -118,9 +117,11 @@ class EMSchedule(Callback):
         }
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and not callable(getattr(pl_module, "set_step_plan", None)):
+        if stage == "fit" and not (callable(getattr(pl_module, "set_step_plan", None))
+                                   and isinstance(getattr(pl_module, "rl_step", None), int)):
             raise TypeError(
-                f"EMSchedule needs a LightningModule with set_step_plan(plan); got {type(pl_module).__name__}"
+                "EMSchedule needs a LightningModule with set_step_plan(plan) and an int rl_step; got "
+                f"{type(pl_module).__name__}"
             )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -131,7 +132,7 @@ class EMSchedule(Callback):
         self._streams_state = streams.state_dict()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.current_plan = self.plan(self.rl_step)
+        self.current_plan = self.plan(pl_module.rl_step)
         _streams_of(trainer).source = self.current_plan.source
         pl_module.set_step_plan(self.current_plan)
 
@@ -139,7 +140,6 @@ class EMSchedule(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.phase_counts[self.current_plan.phase] += 1
-        self.rl_step += 1
         # Snapshot here, not at save time: a checkpoint written mid-step (e.g. on an exception) must hold the
         # positions after the last completed step, not the prompts a half-done step already drew.
         self._streams_state = _streams_of(trainer).state_dict()
@@ -147,7 +147,6 @@ class EMSchedule(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             **self._config,
-            "rl_step": self.rl_step,
             "phase_counts": dict(self.phase_counts),
             "streams": self._streams_state,
         }
@@ -164,7 +163,6 @@ class EMSchedule(Callback):
                 f"EMSchedule: the checkpoint was made with another schedule ({changed}); resuming would change the "
                 "phase of every remaining step"
             )
-        self.rl_step = int(state_dict["rl_step"])
         self.phase_counts = {phase: int(state_dict["phase_counts"].get(phase, 0)) for phase in PHASE_CODES}
         self._streams_state = state_dict.get("streams")
         self._pending_streams_state = self._streams_state

@@ -26,8 +26,8 @@ class LengthPenalizedTempo(TempoModule):
             raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
         self.length_penalty = length_penalty
 
-    def score(self, rollout, stats, labeled_scores) -> RewardOutput:
-        out = super().score(rollout, stats, labeled_scores)
+    def score(self, rollout, stats) -> RewardOutput:
+        out = super().score(rollout, stats)
         unlabeled = ~rollout.is_labeled
         penalty = self.length_penalty * rollout.response_mask.sum(-1).float() * unlabeled.float()
         out.scores = out.scores - penalty.to(out.scores.device)

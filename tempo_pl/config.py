@@ -9,16 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-ADVANTAGE_ESTIMATORS = ("em_token", "em", "gae", "grpo", "rloo")
-POLICY_LOSSES = ("gspo", "ppo")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-VALUE_CLIP_MODES = ("sequence", "token", "none")
-KL_KINDS = ("kl", "abs", "mse", "low_var_kl")
-
-
-def _check_choice(group: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{group}.{name} must be one of {list(choices)}, got {value!r}")
+from tempo_pl.algorithms.checks import check_choice
+from tempo_pl.algorithms.losses import AGG_MODES, KL_KINDS, VALUE_CLIP_MODES
+from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
 
 
 @dataclass
@@ -27,7 +20,9 @@ class AlgorithmConfig:
 
     advantage: str = "em_token"
     """Advantage estimator: ``em_token`` (TEMPO: critic terminal value minus token values, globally whitened), ``em``
-    (sequence-level, group-normalised), ``gae`` (PPO with a critic), ``grpo`` or ``rloo`` (critic-free baselines)."""
+    (sequence-level, group-normalised), ``gae`` (PPO with a critic), ``grpo`` or ``rloo`` (critic-free baselines), or
+    any estimator registered with ``tempo_pl.algorithms.register_advantage`` (``module:name`` imports ``module``
+    first)."""
     whiten_advantages: bool = True
     """Globally whiten token advantages for ``em_token`` and ``gae`` (the reference always does)."""
     gamma: float = 1.0
@@ -37,7 +32,8 @@ class AlgorithmConfig:
     grpo_norm_by_std: bool = True
     """Divide group-centred scores by the group standard deviation (``grpo`` only)."""
     policy_loss: str = "gspo"
-    """``gspo`` (sequence-level importance ratio, the reference) or ``ppo`` (token-level ratio)."""
+    """``gspo`` (sequence-level importance ratio, the reference), ``ppo`` (token-level ratio), or any loss registered
+    with ``tempo_pl.algorithms.register_policy_loss`` (``module:name`` imports ``module`` first)."""
     clip_low: float = 3e-4
     """Lower clip range epsilon_low of the importance ratio."""
     clip_high: float = 5e-4
@@ -56,11 +52,11 @@ class AlgorithmConfig:
     """Weight of an entropy bonus in the policy loss (0 = off)."""
 
     def __post_init__(self) -> None:
-        _check_choice("algorithm", "advantage", self.advantage, ADVANTAGE_ESTIMATORS)
-        _check_choice("algorithm", "policy_loss", self.policy_loss, POLICY_LOSSES)
-        _check_choice("algorithm", "loss_agg_mode", self.loss_agg_mode, AGG_MODES)
-        _check_choice("algorithm", "value_clip_mode", self.value_clip_mode, VALUE_CLIP_MODES)
-        _check_choice("algorithm", "kl_kind", self.kl_kind, KL_KINDS)
+        advantage_estimator(self.advantage)
+        policy_loss_fn(self.policy_loss)
+        check_choice("algorithm.loss_agg_mode", self.loss_agg_mode, AGG_MODES)
+        check_choice("algorithm.value_clip_mode", self.value_clip_mode, VALUE_CLIP_MODES)
+        check_choice("algorithm.kl_kind", self.kl_kind, KL_KINDS)
         for name in ("clip_low", "clip_high", "cliprange_value", "kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"algorithm.{name} must be >= 0, got {getattr(self, name)}")
@@ -73,7 +69,7 @@ class AlgorithmConfig:
 
     @property
     def needs_critic(self) -> bool:
-        return self.advantage in ("em_token", "em", "gae")
+        return advantage_estimator(self.advantage).needs_critic
 
 
 @dataclass
@@ -133,3 +129,21 @@ class EvalConfig:
         bad = [j for j in self.pass_ks if j < 1 or j > self.k]
         if bad:
             raise ValueError(f"evaluation.pass_ks must lie in 1..k={self.k}, got {bad}")
+
+
+def check_module_options(policy, critic, algorithm: AlgorithmConfig, unlabeled_reward, shared_base: bool) -> None:
+    """Cross-option checks of :class:`~tempo_pl.module.TempoModule`: errors that name the key to change."""
+    if shared_base and (critic is None or policy.lora is None or critic.lora is None):
+        raise ValueError("shared_base=true needs a critic and `lora` on both policy and critic specs")
+    if algorithm.needs_critic and critic is None:
+        raise ValueError(f"algorithm.advantage={algorithm.advantage!r} needs a critic: set model.init_args.critic")
+    if unlabeled_reward is None:
+        return
+    if unlabeled_reward.needs_values and critic is None:
+        raise ValueError(f"unlabeled_reward {type(unlabeled_reward).__name__} reads critic values: set critic")
+    if unlabeled_reward.reads_answers:
+        raise ValueError(
+            f"unlabeled_reward {type(unlabeled_reward).__name__} reads ground truth, which unlabeled rows do not "
+            "carry. For the oracle upper bound set data.init_args.expose_unlabeled_answers: true instead: D_U rows "
+            "then come labeled and the labeled_reward verifier scores them"
+        )

@@ -118,6 +118,10 @@ class Rollout:
         return self._take(rows, self.prompt_batch.select(groups),
                           torch.arange(len(groups), device=self.group_ids.device).repeat_interleave(self.n_per_prompt))
 
+    def select_rows(self, rows: Tensor) -> "Rollout":
+        """Keep the listed rows; prompts and group ids stay as they are (a group may lose some of its rows)."""
+        return self._take(rows, self.prompt_batch, self.group_ids[rows])
+
     def _take(self, rows: Tensor, prompt_batch: PromptBatch, group_ids: Tensor) -> "Rollout":
         idx = rows.tolist()
         return Rollout(
@@ -136,7 +140,10 @@ class Rollout:
 
     @staticmethod
     def concat(rollouts: list["Rollout"], pad_token_id: int) -> "Rollout":
-        """Concatenate rollouts, re-padding prompts (left) and responses (right) to a common width."""
+        """Concatenate rollouts, re-padding prompts (left) and responses (right) to a common width.
+
+        ``extra`` keeps the per-row tensors (first dimension = rows) that every part has; other entries are dropped.
+        """
         from torch.nn.functional import pad
 
         if len(rollouts) == 1:
@@ -166,6 +173,8 @@ class Rollout:
             truncated=torch.cat([r.truncated for r in rollouts]),
             prompt_batch=PromptBatch.concat([r.prompt_batch for r in rollouts]),
             sampling_logprobs=None if any(x is None for x in logps) else torch.cat([rpad(x, rr, 0.0) for x in logps]),
+            extra={key: torch.cat([r.extra[key] for r in rollouts]) for key in rollouts[0].extra
+                   if all(isinstance(r.extra.get(key), Tensor) and r.extra[key].dim() == 1 for r in rollouts)},
         )
 
 
@@ -178,6 +187,20 @@ class ForwardStats:
     values: Optional[Tensor] = None  # (N, R) critic V(x, y_<t), masked; None when the run has no critic
     self_certainty: Optional[Tensor] = None  # (N, R) KL(Uniform || pi) per token, when a reward asks for it
     ref_logprobs: Optional[Tensor] = None  # (N, R) reference log-probs, when KL to a reference is on
+
+    @staticmethod
+    def zeros(rollout: Rollout) -> "ForwardStats":
+        """Placeholder statistics for a reward source that reads none of them (the verifier during filtering)."""
+        empty = torch.zeros_like(rollout.response_mask, dtype=torch.float)
+        return ForwardStats(old_logprobs=empty, entropy=empty)
+
+    def select(self, rows: Tensor) -> "ForwardStats":
+        """The statistics of the listed rows."""
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return ForwardStats(
+            old_logprobs=self.old_logprobs[rows], entropy=self.entropy[rows], values=pick(self.values),
+            self_certainty=pick(self.self_certainty), ref_logprobs=pick(self.ref_logprobs),
+        )
 
 
 PHASE_CODES = {"E": 0, "M": 1, "EM": 2, "RL": 3}
@@ -202,3 +225,15 @@ class StepPlan:
             raise ValueError(f"StepPlan.phase must be one of {sorted(PHASE_CODES)}, got {self.phase!r}")
         if self.source not in ("labeled", "unlabeled", "mixed"):
             raise ValueError(f"StepPlan.source must be 'labeled', 'unlabeled' or 'mixed', got {self.source!r}")
+
+
+@dataclass
+class StepRecord:
+    """What the last RL step did, for callbacks (sample logging, baseline telemetry) to read in
+    ``on_train_batch_end``: the rollout actually trained on, its per-row scores, and the logged metrics."""
+
+    rl_step: int
+    plan: StepPlan
+    rollout: Rollout
+    scores: Tensor
+    metrics: dict[str, float]

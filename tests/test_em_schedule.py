@@ -64,6 +64,7 @@ class PlanRecorder(LightningModule):
     def __init__(self):
         super().__init__()
         self.plans = []
+        self.rl_step = 0
 
     def set_step_plan(self, plan):
         self.plans.append(plan)
@@ -85,6 +86,7 @@ def run_steps(schedule, trainer, module, steps, draws_per_step=1):
     for _ in range(steps):
         schedule.on_train_batch_start(trainer, module, None, 0)
         drawn.append([next(trainer.datamodule.streams).ids for _ in range(draws_per_step)])
+        module.rl_step += 1  # TempoModule counts the step at the end of training_step, before the batch-end hooks
         schedule.on_train_batch_end(trainer, module, None, None, 0)
     return drawn
 
@@ -99,7 +101,7 @@ def test_callback_switches_the_stream_and_sets_the_plan():
     streams = trainer.datamodule.streams
     # 1 labeled batch and 2 unlabeled batches of 3: the idle stream never moved while the other was drawn.
     assert streams.labeled.offset == 3 and streams.unlabeled.offset == 6
-    assert schedule.rl_step == 3 and schedule.phase_counts == {"E": 1, "M": 2, "EM": 0, "RL": 0}
+    assert module.rl_step == 3 and schedule.phase_counts == {"E": 1, "M": 2, "EM": 0, "RL": 0}
 
 
 def test_state_round_trip_resumes_mid_phase_with_the_same_plans_and_prompts():
@@ -112,13 +114,14 @@ def test_state_round_trip_resumes_mid_phase_with_the_same_plans_and_prompts():
     uninterrupted, trainer_a, module_a = fresh()
     run_steps(uninterrupted, trainer_a, module_a, steps=4, draws_per_step=2)  # E E E M: stops inside the M phase
     state = copy.deepcopy(uninterrupted.state_dict())
-    assert state["rl_step"] == 4 and state["phase_counts"] == {"E": 3, "M": 1, "EM": 0, "RL": 0}
+    assert module_a.rl_step == 4 and state["phase_counts"] == {"E": 3, "M": 1, "EM": 0, "RL": 0}
     # 3 E-steps x 2 draws x 3 rows = 18 labeled rows = 3 epochs of 6; 1 M-step x 2 draws x 3 = 6 unlabeled rows.
     assert state["streams"]["labeled"]["epoch"] == 2 and state["streams"]["labeled"]["offset"] == 6
     assert state["streams"]["unlabeled"]["epoch"] == 0 and state["streams"]["unlabeled"]["offset"] == 6
 
     resumed = EMSchedule("alternate", e_steps=2, m_steps=3, critic_warmup_steps=1)
     trainer_b, module_b = make_trainer(), PlanRecorder()
+    module_b.rl_step = module_a.rl_step  # the module's own checkpoint state
     resumed.load_state_dict(state)
     resumed.on_train_start(trainer_b, module_b)  # the streams exist only now: the saved positions are applied here
     assert trainer_b.datamodule.streams.state_dict()["unlabeled"] == state["streams"]["unlabeled"]
@@ -138,7 +141,7 @@ def test_checkpoint_holds_positions_after_the_last_completed_step():
     next(trainer.datamodule.streams)
     state = schedule.state_dict()
     assert trainer.datamodule.streams.unlabeled.offset == 6
-    assert state["streams"]["unlabeled"]["offset"] == 3 and state["rl_step"] == 1
+    assert state["streams"]["unlabeled"]["offset"] == 3 and module.rl_step == 1
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Advantage estimators, policy/value losses and per-token statistics, as pure tensor functions.
+"""Advantage estimators, policy/value losses and per-token statistics, as pure tensor functions, and the registries
+that let YAML name an estimator or a policy loss.
 
 No Lightning and no models live here, so each function can be checked by hand on small tensors.
 """
@@ -26,6 +27,15 @@ from tempo_pl.algorithms.losses import (
     ppo_clip_policy_loss,
     value_loss,
 )
+from tempo_pl.algorithms.registry import (
+    AdvantageBatch,
+    advantage_estimator,
+    advantage_names,
+    policy_loss_fn,
+    policy_loss_names,
+    register_advantage,
+    register_policy_loss,
+)
 from tempo_pl.algorithms.token_stats import (
     entropy_from_logits,
     explained_variance,
@@ -34,6 +44,13 @@ from tempo_pl.algorithms.token_stats import (
 )
 
 __all__ = [
+    "AdvantageBatch",
+    "advantage_estimator",
+    "advantage_names",
+    "policy_loss_fn",
+    "policy_loss_names",
+    "register_advantage",
+    "register_policy_loss",
     "AGG_MODES",
     "KL_KINDS",
     "VALUE_CLIP_MODES",

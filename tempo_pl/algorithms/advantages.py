@@ -31,6 +31,8 @@ import math
 import torch
 from torch import Tensor
 
+from tempo_pl.algorithms.checks import check_rows, check_same_shape
+
 __all__ = [
     "masked_sum",
     "masked_mean",
@@ -44,19 +46,6 @@ __all__ = [
     "grpo_advantage",
     "rloo_advantage",
 ]
-
-
-def _check_same_shape(**tensors: Tensor) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"shape mismatch: {shapes}")
-
-
-def _check_rows(rows: Tensor, name: str, mask: Tensor) -> None:
-    if rows.dim() != 1 or rows.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"{name} must have shape ({mask.shape[0]},) to match mask {tuple(mask.shape)}, got {tuple(rows.shape)}"
-        )
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -75,7 +64,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
     Returns 0 where there is nothing to average (a fully masked row, an empty batch); the gradient there is 0 too.
     """
-    _check_same_shape(x=x, mask=mask)
+    check_same_shape(x=x, mask=mask)
     total = masked_sum(x, mask, dim)
     count = mask.sum() if dim is None else mask.sum(dim)
     # a safe denominator rather than where(count > 0, total / count, 0): the latter back-propagates 0 * inf = NaN
@@ -90,7 +79,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     fewer than two valid entries the unbiased variance is undefined; it is reported as 0 instead of raising, so that a
     batch with one valid token whitens to 0 rather than failing a training step.
     """
-    _check_same_shape(x=x, mask=mask)
+    check_same_shape(x=x, mask=mask)
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     if not unbiased:
@@ -131,7 +120,7 @@ def last_token_value(values: Tensor, mask: Tensor) -> Tensor:
 
     With the one-token shift of the critic (value at t is V(x, y_<t)) this is the read-out just before the final token.
     """
-    _check_same_shape(values=values, mask=mask)
+    check_same_shape(values=values, mask=mask)
     picked = values.gather(-1, last_valid_index(mask).unsqueeze(-1)).squeeze(-1)
     has_tokens = (mask != 0).any(dim=-1)
     return torch.where(has_tokens, picked, torch.zeros_like(picked))
@@ -152,8 +141,8 @@ def em_token_advantage(outcomes: Tensor, values: Tensor, mask: Tensor, whiten: b
     Returns:
         ``adv`` (N, R), zero on padding, and ``returns`` = ``z`` broadcast over valid tokens (the critic's targets).
     """
-    _check_same_shape(values=values, mask=mask)
-    _check_rows(outcomes, "outcomes", mask)
+    check_same_shape(values=values, mask=mask)
+    check_rows(outcomes, "outcomes", mask)
     valid = mask != 0
     raw = torch.where(valid, outcomes.unsqueeze(-1) - values, torch.zeros_like(values)) * mask
     adv = masked_whiten(raw, mask) * mask if whiten else raw
@@ -201,8 +190,8 @@ def grpo_advantage(
     The std is unbiased (``torch.std``). A group of one row uses mean 0 and std 1, verl's convention: its score passes
     through unchanged (up to ``1 / (1 + eps)``). Returns ``(adv, adv)``.
     """
-    _check_rows(scores, "scores", mask)
-    _check_rows(group_ids, "group_ids", mask)
+    check_rows(scores, "scores", mask)
+    check_rows(group_ids, "group_ids", mask)
     mean, std, count = _group_mean_std_count(scores, group_ids)
     single = count == 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
@@ -218,8 +207,8 @@ def rloo_advantage(scores: Tensor, mask: Tensor, group_ids: Tensor) -> tuple[Ten
 
     A group of one has no other rows to compare with, so its advantage is 0. Returns ``(adv, adv)``.
     """
-    _check_rows(scores, "scores", mask)
-    _check_rows(group_ids, "group_ids", mask)
+    check_rows(scores, "scores", mask)
+    check_rows(group_ids, "group_ids", mask)
     mean, _, count = _group_mean_std_count(scores, group_ids)
     # mean of the others = (n * mean - s) / (n - 1), so s - that = n / (n - 1) * (s - mean)
     per_row = torch.where(count > 1, count / (count - 1).clamp(min=1) * (scores - mean), torch.zeros_like(scores))
@@ -251,9 +240,9 @@ def em_advantage(
         ``adv``: GRPO group normalisation of the scores, broadcast to valid tokens. ``returns``: the outcome on labeled
         rows, the critic's own values on unlabeled rows (so an unlabeled row asks the critic for no change).
     """
-    _check_same_shape(values=values, mask=mask)
-    _check_rows(outcomes, "outcomes", mask)
-    _check_rows(is_labeled, "is_labeled", mask)
+    check_same_shape(values=values, mask=mask)
+    check_rows(outcomes, "outcomes", mask)
+    check_rows(is_labeled, "is_labeled", mask)
     labeled = is_labeled.bool()
     scores = outcomes if not clamp_unlabeled else torch.where(labeled, outcomes, outcomes.clamp(-1.0, 1.0))
     adv, _ = grpo_advantage(scores, mask, group_ids, norm_by_std=True, eps=eps)
@@ -281,8 +270,8 @@ def gae_advantage(
     Returns:
         ``adv`` (whitened if asked, zero on padding) and ``returns`` = raw GAE advantage + values (the critic targets).
     """
-    _check_same_shape(values=values, mask=mask)
-    _check_rows(scores, "scores", mask)
+    check_same_shape(values=values, mask=mask)
+    check_rows(scores, "scores", mask)
     valid = mask != 0
     values = torch.where(valid, values, torch.zeros_like(values))
     has_tokens = valid.any(dim=-1)

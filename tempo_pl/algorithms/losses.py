@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tempo_pl.algorithms.advantages import _check_same_shape, masked_mean, masked_sum
+from tempo_pl.algorithms.advantages import masked_mean, masked_sum
+from tempo_pl.algorithms.checks import check_choice, check_same_shape
 
 __all__ = [
     "AGG_MODES",
@@ -30,6 +31,7 @@ __all__ = [
     "ppo_clip_policy_loss",
     "value_loss",
     "kl_penalty",
+    "add_policy_regularizers",
 ]
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
@@ -40,11 +42,6 @@ KL_KINDS = ("kl", "abs", "mse", "low_var_kl")
 _MAX_LOG_RATIO = 10.0
 # token-level PPO ratios are clamped further out (verl's stability clamp); beyond it the ratio is clipped anyway
 _PPO_LOG_RATIO_BOUND = 20.0
-
-
-def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def _check_clip(clip_low: float, clip_high: float) -> None:
@@ -67,8 +64,8 @@ def aggregate_loss(loss_mat: Tensor, mask: Tensor, mode: str) -> Tensor:
     Rows without a valid token are left out of the sequence means. When nothing is valid the result is a
     differentiable 0 with a zero gradient.
     """
-    _check_choice(mode, AGG_MODES, "mode")
-    _check_same_shape(loss_mat=loss_mat, mask=mask)
+    check_choice("mode", mode, AGG_MODES)
+    check_same_shape(loss_mat=loss_mat, mask=mask)
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     row_has_tokens = ((mask != 0).any(dim=-1)).to(loss_mat.dtype)
@@ -123,7 +120,7 @@ def gspo_policy_loss(
 
         >>> loss, m = gspo_policy_loss(logp, old_logp, adv, mask, clip_low=3e-4, clip_high=5e-4)
     """
-    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_low, clip_high)
     seq_log_ratio = masked_mean(logprobs - old_logprobs, mask, dim=-1)
     log_ratio = logprobs - logprobs.detach() + seq_log_ratio.detach().unsqueeze(-1)
@@ -161,7 +158,7 @@ def ppo_clip_policy_loss(
 
         >>> loss, m = ppo_clip_policy_loss(logp, old_logp, adv, mask, clip_low=0.2, clip_high=0.28)
     """
-    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_low, clip_high)
     ratio = torch.exp((logprobs - old_logprobs).clamp(-_PPO_LOG_RATIO_BOUND, _PPO_LOG_RATIO_BOUND))
     return _pessimistic_clip_loss(ratio, advantages, mask, clip_low, clip_high, agg_mode, logprobs, old_logprobs)
@@ -199,8 +196,8 @@ def value_loss(
 
         >>> loss, m = value_loss(v, v_old, returns, mask * is_labeled[:, None].float(), cliprange=0.1)
     """
-    _check_choice(clip_mode, VALUE_CLIP_MODES, "clip_mode")
-    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    check_choice("clip_mode", clip_mode, VALUE_CLIP_MODES)
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     if cliprange < 0:
         raise ValueError(f"cliprange must be >= 0, got {cliprange}")
     unclipped = (values - returns) ** 2
@@ -230,8 +227,8 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "low_var_kl")
     ``"mse"`` k2 = ``0.5 * (logp - ref)^2``; ``"low_var_kl"`` k3 = ``exp(ref - logp) - (ref - logp) - 1``, with the
     log-ratio clamped to [-20, 20] and the result to [-10, 10] so one outlier token cannot dominate.
     """
-    _check_choice(kind, KL_KINDS, "kind")
-    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    check_choice("kind", kind, KL_KINDS)
+    check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
     diff = logprobs - ref_logprobs
     if kind == "kl":
         return diff
@@ -241,3 +238,37 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "low_var_kl")
         return 0.5 * diff**2
     log_ratio = (-diff).clamp(-_PPO_LOG_RATIO_BOUND, _PPO_LOG_RATIO_BOUND)
     return (torch.exp(log_ratio) - log_ratio - 1).clamp(-10.0, 10.0)
+
+
+def add_policy_regularizers(
+    loss: Tensor,
+    metrics: dict[str, Tensor],
+    mask: Tensor,
+    config,
+    entropy: Tensor | None = None,
+    logprobs: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The policy objective: ``loss - entropy_coef * entropy + kl_coef * KL(pi || ref)``, each term aggregated with
+    ``config.loss_agg_mode``.
+
+    Args:
+        loss: the clipped policy-gradient loss; ``metrics`` its metrics (``pg_loss`` is added).
+        mask: response mask of the micro-batch.
+        config: reads ``entropy_coef``, ``kl_coef``, ``kl_kind`` and ``loss_agg_mode`` (an ``AlgorithmConfig``).
+        entropy: per-token entropy of the micro-batch (needed when ``entropy_coef > 0``).
+        logprobs: per-token log-probs of the micro-batch; ``ref_logprobs`` the reference's, of the whole batch,
+            indexed by ``rows`` (needed when ``kl_coef > 0``).
+    """
+    metrics = {**metrics, "pg_loss": loss.detach()}
+    if config.entropy_coef > 0:
+        bonus = aggregate_loss(entropy, mask, config.loss_agg_mode)
+        loss = loss - config.entropy_coef * bonus
+        metrics["entropy_bonus"] = bonus.detach()
+    if config.kl_coef > 0:
+        ref = ref_logprobs if rows is None else ref_logprobs[rows]
+        kl = aggregate_loss(kl_penalty(logprobs, ref, kind=config.kl_kind), mask, config.loss_agg_mode)
+        loss = loss + config.kl_coef * kl
+        metrics["kl_ref"] = kl.detach()
+    return loss, metrics

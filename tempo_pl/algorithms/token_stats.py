@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from tempo_pl.algorithms.advantages import _check_same_shape, masked_var
+from tempo_pl.algorithms.advantages import masked_var
+from tempo_pl.algorithms.checks import check_same_shape
 
 __all__ = ["logprobs_from_logits", "entropy_from_logits", "self_certainty_from_logits", "explained_variance"]
 
@@ -91,7 +92,7 @@ def explained_variance(y_pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     this returns 0, "explains nothing beyond a constant", rather than NaN or -inf, so a batch whose labeled rows are
     all correct logs a neutral value instead of poisoning a running mean.
     """
-    _check_same_shape(y_pred=y_pred, y=y, mask=mask)
+    check_same_shape(y_pred=y_pred, y=y, mask=mask)
     var_y = masked_var(y, mask)
     var_residual = masked_var(y - y_pred, mask)
     safe_var_y = torch.where(var_y > 0, var_y, torch.ones_like(var_y))

@@ -1,0 +1,106 @@
+"""Evaluation during fit and ``tempo-pl validate``: k samples per question, graded per question, summarised per
+eval set (mean@k, pass@j, maj@k, diversity, critic calibration), written as per-question JSONL.
+
+:class:`Evaluation` holds one validation epoch's records; the module's validation hooks only feed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from tempo_pl.algorithms.advantages import last_token_value
+from tempo_pl.config import EvalConfig
+from tempo_pl.metrics import score_questions, summarize_questions, write_question_jsonl
+from tempo_pl.minibatch import index_chunks, row_inputs
+from tempo_pl.models import critic_response_values
+from tempo_pl.rollout import SamplingSpec
+from tempo_pl.types import Rollout
+
+
+def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
+    """The training rollout's sampling with evaluation's k, temperature, top-p and (when set) response budget."""
+    return dataclasses.replace(
+        training, n=config.k, temperature=config.temperature, top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens or training.max_new_tokens,
+    )
+
+
+@torch.no_grad()
+def last_token_values(critic: torch.nn.Module, rollout: Rollout, batch_rows: int, device: torch.device) -> Tensor:
+    """The critic's value at each response's last token, (N,), computed ``batch_rows`` rows at a time."""
+    inputs = row_inputs(rollout, device)
+    values = []
+    for rows in index_chunks(rollout.num_rows, batch_rows):
+        ids, attn, _, resp_mask = inputs(rows)
+        per_token = critic_response_values(critic, ids, attn, resp_mask)
+        values.append(last_token_value(per_token.float(), resp_mask.float()))
+    return torch.cat(values)
+
+
+class Evaluation:
+    """The per-question records of one validation epoch, per eval set (dataloader index).
+
+    Args:
+        config: the run's evaluation options.
+    """
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
+        self.records: dict[int, list] = {}
+
+    def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
+            batch_rows: int = 16, device: Optional[torch.device] = None) -> None:
+        """Grade a rollout of k samples per question and keep its records, with the critic's last-token value of
+        each sample (``batch_rows`` rows per forward pass) when there is a critic."""
+        values_last = None
+        if critic is not None and rollout.num_rows:
+            values_last = last_token_values(critic, rollout, batch_rows, device or torch.device("cpu"))
+        groups = [rollout.group_rows([g]).tolist() for g in range(len(rollout.prompt_batch))]
+        records = score_questions(
+            rollout.prompt_batch.ids,
+            rollout.prompt_batch.answers,
+            [[rollout.texts[i] for i in rows] for rows in groups],
+            values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
+        )
+        self.records.setdefault(dataloader_idx, []).extend(records)
+
+    def finish(
+        self,
+        set_names: list[str],
+        gather: Callable[[list], list],
+        jsonl_dir: Optional[Path],
+        rl_step: int,
+    ) -> dict[str, float]:
+        """``val/<set>/<metric>`` of every eval set; writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when
+        given). ``gather`` collects the records of every rank (identity on one process)."""
+        metrics: dict[str, float] = {}
+        for idx, records in sorted(self.records.items()):
+            records = gather(records)
+            name = set_names[idx] if idx < len(set_names) else f"set{idx}"
+            summary = summarize_questions(records, ks=list(self.config.pass_ks))
+            metrics.update({f"val/{name}/{k}": float(v) for k, v in summary.items()})
+            if jsonl_dir is not None:
+                write_question_jsonl(jsonl_dir / f"{name}_step{rl_step:06d}.jsonl", records)
+        self.records = {}
+        return metrics
+
+
+def gather_records(records: list) -> list:
+    """The records of every rank, in rank order (identity without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return records
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, records)
+    return [r for part in gathered for r in part]
+
+
+def eval_dir(trainer) -> Path:
+    """``<log_dir>/eval``, created; every rank must call it (``trainer.log_dir`` broadcasts from rank 0)."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

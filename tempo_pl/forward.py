@@ -1,0 +1,55 @@
+"""The no-grad pass over a rollout that every RL step makes before its updates: the policy's old log-probs and
+entropy, the critic's values, and (when asked) self-certainty and the reference policy's log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from tempo_pl.minibatch import index_chunks, row_inputs
+from tempo_pl.models import critic_response_values, policy_response_stats
+from tempo_pl.types import ForwardStats, Rollout
+
+
+@torch.no_grad()
+def rollout_stats(
+    rollout: Rollout,
+    policy: nn.Module,
+    critic: Optional[nn.Module],
+    device: torch.device,
+    batch_rows: int,
+    temperature: float,
+    with_self_certainty: bool = False,
+    reference: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
+) -> ForwardStats:
+    """Statistics of every row, ``batch_rows`` rows per forward pass, with the models in eval mode (restored to
+    train mode after). ``reference()`` enters a context that yields the reference model (KL); None skips it."""
+    parts: dict[str, list] = {"logprobs": [], "entropy": [], "self_certainty": [], "values": [], "ref": []}
+    policy.eval()
+    if critic is not None:
+        critic.eval()
+    inputs = row_inputs(rollout, device)
+    for rows in index_chunks(rollout.num_rows, batch_rows):
+        ids, attn, resp_ids, resp_mask = inputs(rows)
+        out = policy_response_stats(policy, ids, attn, resp_ids, resp_mask, temperature=temperature,
+                                    with_entropy=True, with_self_certainty=with_self_certainty)
+        parts["logprobs"].append(out["logprobs"])
+        parts["entropy"].append(out["entropy"])
+        if with_self_certainty:
+            parts["self_certainty"].append(out["self_certainty"])
+        if critic is not None:
+            parts["values"].append(critic_response_values(critic, ids, attn, resp_mask))
+        if reference is not None:
+            with reference() as ref_model:
+                ref = policy_response_stats(ref_model, ids, attn, resp_ids, resp_mask, temperature=temperature,
+                                            with_entropy=False)
+            parts["ref"].append(ref["logprobs"])
+    policy.train()
+    if critic is not None:
+        critic.train()
+    cat = lambda k: torch.cat(parts[k]).float() if parts[k] else None  # noqa: E731
+    return ForwardStats(old_logprobs=cat("logprobs"), entropy=cat("entropy"), values=cat("values"),
+                        self_certainty=cat("self_certainty"), ref_logprobs=cat("ref"))

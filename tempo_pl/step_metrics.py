@@ -1,0 +1,69 @@
+"""What one RL step logs beyond its losses: scores, values, returns and advantages split by labeled/unlabeled rows,
+response lengths, and stage timings."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+from torch import Tensor
+
+from tempo_pl.algorithms.advantages import masked_mean
+from tempo_pl.algorithms.losses import aggregate_loss
+from tempo_pl.algorithms.token_stats import explained_variance
+from tempo_pl.rewards.base import RewardOutput
+from tempo_pl.types import ForwardStats, Rollout
+
+
+def step_metrics(
+    rollout: Rollout, stats: ForwardStats, reward: RewardOutput, adv: Tensor, returns: Tensor
+) -> dict[str, float]:
+    """Per-step statistics of the rows trained on (names without the ``train/`` prefix)."""
+    mask = rollout.response_mask.float()
+    lengths = mask.sum(-1)
+    lab = rollout.is_labeled
+    m: dict[str, float] = dict(reward.metrics)
+    for name, rows in (("labeled", lab), ("unlabeled", ~lab)):
+        if rows.any():
+            m[f"score/{name}_mean"] = float(reward.scores[rows].mean())
+            if stats.values is not None:
+                m[f"values/{name}_mean"] = float(masked_mean(stats.values[rows], mask[rows]))
+                m[f"values/{name}_explained_variance"] = float(
+                    explained_variance(stats.values[rows], returns[rows], mask[rows])
+                )
+            m[f"returns/{name}_mean"] = float(masked_mean(returns[rows], mask[rows]))
+    m["response/labeled_fraction"] = float(lab.float().mean())
+    m["advantages/mean"] = float(masked_mean(adv, mask))
+    m["advantages/max"] = float(adv[mask.bool()].max()) if mask.any() else 0.0
+    m["advantages/min"] = float(adv[mask.bool()].min()) if mask.any() else 0.0
+    if stats.values is not None:
+        m["values/mean"] = float(masked_mean(stats.values, mask))
+        m["values/explained_variance"] = float(explained_variance(stats.values, returns, mask))
+    m["returns/mean"] = float(masked_mean(returns, mask))
+    m["policy/entropy"] = float(aggregate_loss(stats.entropy, mask, "seq-mean-token-mean"))
+    m["response/length_mean"] = float(lengths.mean())
+    m["response/length_max"] = float(lengths.max())
+    m["response/clip_fraction"] = float(rollout.truncated.float().mean())
+    m["response/prompts"] = float(len(rollout.prompt_batch))
+    return m
+
+
+def throughput(rollout: Rollout, timings: dict[str, float]) -> dict[str, float]:
+    """Tokens per second of the whole step and generated tokens per second of generation."""
+    generated = float(rollout.response_mask.sum())
+    total = generated + float(rollout.prompt_mask.sum())
+    return {
+        "perf/tokens_per_s": total / max(timings["time/step_s"], 1e-9),
+        "perf/generated_tokens_per_s": generated / max(timings["time/generation_s"], 1e-9),
+    }
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str, profiler) -> Iterator[None]:
+    """Times a stage into ``timings["time/<stage>_s"]`` and reports it to the trainer's profiler as
+    ``tempo/<stage>`` (``trainer.profiler: simple`` prints them)."""
+    start = time.perf_counter()
+    with profiler.profile(f"tempo/{stage}"):
+        yield
+    timings[f"time/{stage}_s"] = time.perf_counter() - start
