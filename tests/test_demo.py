@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_pl.pipelines import demo
-from tempo_pl.pipelines.demo import DemoConfig, STAGES, TEST_TIME_METHODS
+from tempo_pl.pipelines import demo, demo_stages, demo_summary
+from tempo_pl.pipelines.demo import DemoConfig
+from tempo_pl.pipelines.demo_stages import STAGES, TEST_TIME_METHODS
 
 SUMMARY_KEYS = {
     "k", "steps", "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final",
@@ -73,7 +74,7 @@ def test_command_line_parsing(tmp_path):
 
 
 def test_test_time_runs_form_one_parallel_group():
-    groups = [[s.name for s in g] for g in demo._groups(STAGES)]
+    groups = [[s.name for s in g] for g in demo_stages.parallel_groups(STAGES)]
     assert groups == [["sft"], ["zero_rl"], list(TEST_TIME_METHODS), ["report"]]
 
 
@@ -147,7 +148,7 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
         data = c["data"]["init_args"]
         # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
         assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
-        assert [s["name"] for s in data["eval_sets"]] == [demo.EVAL_SET, demo.HELDOUT_SET], name
+        assert [s["name"] for s in data["eval_sets"]] == [demo_summary.EVAL_SET, demo_summary.HELDOUT_SET], name
         assert data["batch_size"] == cfgs["tempo"]["data"]["init_args"]["batch_size"], name
         assert data["prompt_template"] == "plain", name
     # the frozen critic is TEMPO with a critic learning rate of 0, nothing else
@@ -215,13 +216,13 @@ def test_method_and_base_summary_read_start_and_final(tmp_path):
         10: {"val/unlabeled/mean@4": 0.75, "val/unlabeled/pass@4": 0.875, "train/rl_step": 9.0,
              "val/heldout/mean@4": 0.375, "val/heldout/pass@4": 0.625},
     })
-    m = demo.method_summary(run, wall_seconds=12.5)
+    m = demo_summary.method_summary(run, wall_seconds=12.5)
     assert SUMMARY_KEYS <= set(m)
     assert (m["k"], m["steps"], m["wall_seconds"]) == (4, 10, 12.5)
     assert (m["mean_at_k_start"], m["mean_at_k_final"]) == (0.25, 0.75)
     assert (m["pass_at_k_start"], m["pass_at_k_final"]) == (0.5, 0.875)
     assert (m["heldout_mean_at_k_final"], m["heldout_pass_at_k_final"]) == (0.375, 0.625)
-    base = demo.base_summary(m, wall_seconds=100.0)
+    base = demo_summary.base_summary(m, wall_seconds=100.0)
     # the base row is the start point: step 0, start = final = the run's step-0 evaluation
     assert (base["steps"], base["mean_at_k_final"], base["pass_at_k_final"]) == (0, 0.25, 0.5)
     assert (base["heldout_mean_at_k_final"], base["heldout_pass_at_k_final"]) == (0.125, 0.375)
@@ -235,7 +236,7 @@ def test_method_summary_reports_the_critics_within_question_ranking(tmp_path):
              "val/heldout/pass@4": 0.2}
     _write_curves(run, {0: {**curve, "val/unlabeled/critic_within_question_auroc": 0.5},
                         4: {**curve, "val/unlabeled/critic_within_question_auroc": float("nan")}})
-    m = demo.method_summary(run, wall_seconds=1.0)
+    m = demo_summary.method_summary(run, wall_seconds=1.0)
     # NaN (no question with both verdicts) becomes null: summary.json stays valid JSON
     assert (m["critic_within_question_auroc_start"], m["critic_within_question_auroc_final"]) == (0.5, None)
     json.loads(json.dumps(m, allow_nan=False))
@@ -245,7 +246,7 @@ def test_method_summary_names_a_missing_curve(tmp_path):
     run = tmp_path / "ttrl"
     _write_curves(run, {0: {"val/unlabeled/mean@4": 0.25, "val/heldout/mean@4": 0.1, "val/heldout/pass@4": 0.2}})
     with pytest.raises(RuntimeError, match=r"pass@4.*pass_ks"):
-        demo.method_summary(run, wall_seconds=1.0)
+        demo_summary.method_summary(run, wall_seconds=1.0)
 
 
 def test_report_needs_its_inputs(tmp_path):

@@ -42,7 +42,9 @@ def eval_sets(curves: Curves) -> list[str]:
     return sorted({m.group(1) for tag in curves if (m := re.fullmatch(r"val/(.+)/mean@\d+", tag))})
 
 
-def _largest(curves: Curves, prefix: str, family: str) -> Optional[str]:
+def largest_k_tag(curves: Curves, prefix: str, family: str) -> Optional[str]:
+    """The ``<prefix><family>@<k>`` tag with the largest k (``val/heldout/pass@8`` rather than ``pass@4``); None when
+    there is none."""
     pattern = re.escape(prefix + family) + r"@(\d+)"
     found = [(int(m.group(1)), tag) for tag in curves if (m := re.fullmatch(pattern, tag))]
     return max(found)[1] if found else None
@@ -54,7 +56,7 @@ def table_metrics(curves: Curves, eval_set: str) -> dict[str, str]:
     prefix = f"val/{eval_set}/"
     tags = {}
     for family in ("mean", "pass", "maj"):
-        tag = _largest(curves, prefix, family)
+        tag = largest_k_tag(curves, prefix, family)
         if tag is not None:
             tags[tag[len(prefix):]] = tag
     if prefix + "distinct_answers" in curves:

@@ -1,0 +1,150 @@
+"""The demo's report stage: ``summary.json`` (per test-time run mean@k and pass@k on D_U at the start and the end,
+the same on the held-out set, the critic's ranking, the stages' time) beside the comparison tables and plot of
+:mod:`tempo_pl.pipelines.report`, and the table printed at the end of ``tempo-pl demo``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from tempo_pl.pipelines.demo_stages import TEST_TIME_METHODS, stage_dir, stage_records
+from tempo_pl.pipelines.report import Curves, collect, largest_k_tag, plot_curves, read_scalars, write_tables
+
+if TYPE_CHECKING:
+    from tempo_pl.pipelines.demo import DemoConfig
+
+EVAL_SET = "unlabeled"
+"""The evaluation set that is D_U itself (the test-time score); the configs name it so."""
+
+HELDOUT_SET = "heldout"
+"""The evaluation set from D_U's distribution that no run trains on."""
+
+
+def _k_of(curves: Curves, eval_set: str, log_dir: Path) -> int:
+    tag = largest_k_tag(curves, f"val/{eval_set}/", "mean")
+    if tag is None:
+        raise RuntimeError(f"demo: {log_dir} logged no val/{eval_set}/mean@k: its config must evaluate {eval_set!r}")
+    return int(tag.rsplit("@", 1)[1])
+
+
+def _curve(curves: Curves, tag: str, log_dir: Path) -> list[tuple[int, float]]:
+    if not curves.get(tag):
+        hint = " (evaluation.pass_ks must include k)" if "/pass@" in tag else ""
+        raise RuntimeError(f"demo: {log_dir} has no {tag!r} curve{hint}")
+    return curves[tag]
+
+
+def method_summary(log_dir: Path, wall_seconds: float) -> dict:
+    """The ``summary.json`` entry of one test-time run, from its TensorBoard logs: mean@k and pass@k on D_U at the
+    first (RL step 0) and last evaluation, the same two numbers on the held-out set at the last one, the RL steps;
+    for a run with a critic also its within-question AUROC on D_U at both ends (null where no question of D_U had
+    both right and wrong samples): whether the critic could rank the samples of one question at all."""
+    curves = read_scalars(log_dir)
+    k = _k_of(curves, EVAL_SET, log_dir)
+    mean = _curve(curves, f"val/{EVAL_SET}/mean@{k}", log_dir)
+    passk = _curve(curves, f"val/{EVAL_SET}/pass@{k}", log_dir)
+    held_mean = _curve(curves, f"val/{HELDOUT_SET}/mean@{k}", log_dir)
+    held_pass = _curve(curves, f"val/{HELDOUT_SET}/pass@{k}", log_dir)
+    return {
+        "k": k,
+        "steps": mean[-1][0],
+        "mean_at_k_start": mean[0][1],
+        "mean_at_k_final": mean[-1][1],
+        "pass_at_k_start": passk[0][1],
+        "pass_at_k_final": passk[-1][1],
+        "heldout_mean_at_k_start": held_mean[0][1],
+        "heldout_mean_at_k_final": held_mean[-1][1],
+        "heldout_pass_at_k_start": held_pass[0][1],
+        "heldout_pass_at_k_final": held_pass[-1][1],
+        "wall_seconds": wall_seconds,
+        **_critic_ranking(curves),
+    }
+
+
+def _critic_ranking(curves: Curves) -> dict:
+    curve = curves.get(f"val/{EVAL_SET}/critic_within_question_auroc")
+    if not curve:
+        return {}
+    finite = lambda value: value if math.isfinite(value) else None  # noqa: E731  (JSON has no NaN)
+    return {"critic_within_question_auroc_start": finite(curve[0][1]),
+            "critic_within_question_auroc_final": finite(curve[-1][1])}
+
+
+def base_summary(tempo: dict, wall_seconds: float) -> dict:
+    """The zero-RL policy's entry: the TEMPO run's step-0 evaluation (every test-time run starts from the same
+    weights and seed), with 0 steps; its time is what producing it cost (SFT and zero-RL)."""
+    return {
+        "k": tempo["k"],
+        "steps": 0,
+        "mean_at_k_start": tempo["mean_at_k_start"],
+        "mean_at_k_final": tempo["mean_at_k_start"],
+        "pass_at_k_start": tempo["pass_at_k_start"],
+        "pass_at_k_final": tempo["pass_at_k_start"],
+        "heldout_mean_at_k_start": tempo["heldout_mean_at_k_start"],
+        "heldout_mean_at_k_final": tempo["heldout_mean_at_k_start"],
+        "heldout_pass_at_k_start": tempo["heldout_pass_at_k_start"],
+        "heldout_pass_at_k_final": tempo["heldout_pass_at_k_start"],
+        "wall_seconds": wall_seconds,
+    }
+
+
+def write_report(cfg: "DemoConfig") -> dict:
+    """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out``; return the summary."""
+    out = cfg.out
+    log_dirs = {name: stage_dir(out, name) for name in TEST_TIME_METHODS}
+    eval_set, results = collect(log_dirs, EVAL_SET)
+    write_tables(results, out, eval_set, seed=_seed(cfg.config_dir))
+    records = stage_records(out)
+    methods = {name: method_summary(log_dirs[name], records[name]["wall_seconds"]) for name in TEST_TIME_METHODS}
+    start_cost = sum(records[name]["wall_seconds"] for name in ("sft", "zero_rl") if name in records)
+    summary = {"methods": {"base": base_summary(methods["tempo"], round(start_cost, 2)), **methods}}
+    steps = methods["tempo"]["steps"]
+    plot_curves(
+        results, out / "comparison.png",
+        title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}: {steps} RL steps "
+              "from the zero-RL policy, same seed",
+    )
+    spans = [(r["started"], r["ended"]) for r in records.values()]
+    summary["stages"] = {name: {k: r[k] for k in ("wall_seconds", "cpu_seconds", "threads")}
+                         for name, r in records.items()}
+    summary["total_wall_seconds"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 2) if spans else None
+    summary["settings"] = {"steps_scale": cfg.steps_scale, "jobs": cfg.jobs, "cores": os.cpu_count(),
+                           "launcher": cfg.launcher, "eval_set": eval_set, "heldout_set": HELDOUT_SET}
+    path = out / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)  # last, and whole: summary.json marks the report done
+    return summary
+
+
+def _seed(config_dir: Path) -> int:
+    """The test-time runs' shared seed, for the table's caption."""
+    return int((yaml.safe_load((config_dir / "tempo.yaml").read_text()) or {}).get("seed_everything") or 0)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    methods = summary["methods"]
+    k = methods["base"]["k"]
+    table = Table(title=f"D_U mean@{k} / pass@{k} (held-out at the end), from {out}")
+    for column in ("method", "steps", f"mean@{k} start", f"mean@{k} final", f"pass@{k} start", f"pass@{k} final",
+                   f"held-out mean@{k}", f"held-out pass@{k}", "wall s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, m in methods.items():
+        table.add_row(name, str(m["steps"]), *(f"{m[key]:.3f}" for key in (
+            "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final", "heldout_mean_at_k_final",
+            "heldout_pass_at_k_final")), f"{m['wall_seconds']:.0f}")
+    console = Console()
+    console.print(table)
+    total = summary.get("total_wall_seconds")
+    if total is not None:
+        console.print(f"stages took {total:.0f} s from the first start to the last end")
+    console.print(f"plot {out / 'comparison.png'}, table {out / 'comparison.md'}, numbers {out / 'summary.json'}; "
+                  f"curves of every stage: tensorboard --logdir {out}", highlight=False)
