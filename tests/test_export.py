@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _weights import draw_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 IDS = torch.tensor([[7, 23, 41, 5, 66, 12], [40, 41, 42, 43, 44, 45]])
 
 
-def _randomise(model, seed: int, keep=lambda name: "lora_" in name or "score" in name) -> None:
-    """Stand-in for training: draw the trainable tensors (LoRA B and a fresh head start at zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if keep(name):
-                param.copy_(torch.randn(param.shape, generator=gen).to(param.dtype) * 0.05)
+def _randomise(model, seed: int) -> None:
+    """Stand-in for training: draw the adapters and the value head."""
+    draw_parameters(model, seed, keep=lambda name: "lora_" in name or "score" in name)
 
 
 def _write_checkpoint(path: Path, hparams: dict, models: dict) -> Path:

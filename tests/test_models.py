@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _weights import draw_parameters
 
 from tempo_pl.models import (
     CriticSpec,
@@ -448,11 +449,7 @@ def test_critic_value_at_t_reads_the_hidden_state_before_token_t(tiny_policy_spe
 def _qlora(spec: ModelSpec) -> torch.nn.Module:
     policy = build_policy(dataclasses.replace(spec, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True))
     # B = 0 at init would leave every A gradient at 0; give B values so every adapter gets a gradient
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in policy.named_parameters():
-            if ".lora_B." in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    draw_parameters(policy, seed=0, scale=0.1, keep=lambda name: ".lora_B." in name)
     return policy
 
 

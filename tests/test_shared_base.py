@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _weights import draw_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -19,15 +20,6 @@ def _qlora(spec):
     return replace(spec, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True, dtype="bfloat16")
 
 
-def _randomise_adapters(model, seed: int) -> None:
-    """LoRA B starts at zero, which gives A no gradient: draw every adapter weight instead."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
-
-
 @pytest.fixture(scope="module")
 def shared_qlora():
     from tempo_pl.models import CriticSpec, ModelSpec
@@ -36,7 +28,7 @@ def shared_qlora():
 
     spec = _qlora(ModelSpec(config=tiny_qwen3_config(vocab_size=100), tokenizer=BUILTIN_CHAR, seed=0))
     policy, critic = build_shared_actor_critic(spec, CriticSpec(seed=1))
-    _randomise_adapters(policy.model, seed=2)
+    draw_parameters(policy.model, seed=2)
     return spec, policy, critic
 
 
@@ -120,7 +112,7 @@ def test_views_compute_what_a_single_adapter_model_computes(tiny_policy_spec) ->
 
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
     policy, critic = build_shared_actor_critic(spec, CriticSpec(seed=1))
-    _randomise_adapters(policy.model, seed=3)
+    draw_parameters(policy.model, seed=3)
     alone = build_policy(spec)
     with torch.no_grad():
         for name, param in alone.named_parameters():
@@ -180,9 +172,10 @@ def _assert_same_gradients(got: dict, expected: dict, what: str) -> None:
 
 
 def test_after_generate_every_lora_parameter_still_gets_its_gradient(shared_qlora) -> None:
-    """The AVX512-BF16 trap (DESIGN.md): an eval-mode no-grad forward must not leave the 4-bit layers on the
-    inference kernel, whose output has no gradient path through the base weight. Generate through the rollout
-    engine, run the critic's value pass, then both views must get the gradients they got before, none of them 0."""
+    """The AVX512-BF16 trap (``tempo_pl.lora.disable_bnb_avx512bf16``): an eval-mode no-grad forward must not
+    leave the 4-bit layers on the inference kernel, whose output has no gradient path through the base weight.
+    Generate through the rollout engine, run the critic's value pass, then both views must get the gradients they
+    got before, none of them 0."""
     from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
     from tempo_pl.tiny import build_char_tokenizer
     from tempo_pl.types import PromptBatch
@@ -218,7 +211,7 @@ def test_the_gradient_check_catches_the_avx512_trap(shared_qlora) -> None:
 
     spec = shared_qlora[0]
     policy, _ = build_shared_actor_critic(spec, CriticSpec(seed=1))
-    _randomise_adapters(policy.model, seed=2)
+    draw_parameters(policy.model, seed=2)
     expected = _gradients(policy, _policy_loss)
     for layer in policy.modules():
         if isinstance(layer, bnb.nn.Linear4bit):
