@@ -32,7 +32,7 @@ PARTS = ("step_s", "generation_s", "scoring_s", "update_s")
 
 def run(name: str, folder: Path, steps: int, devices: int, accelerator: str) -> dict[str, float]:
     """One fit; returns the median over RL steps 1.. of each of :data:`PARTS` (seconds)."""
-    from tempo_pl.compare import read_scalars
+    from tempo_pl.pipelines.report import read_scalars
 
     args = [
         sys.executable, "-m", "tempo_pl", "fit", "--config", str(CONFIG),

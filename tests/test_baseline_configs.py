@@ -172,7 +172,7 @@ TINY_RUN = (
 
 
 def scalar_tags(log_dir: str) -> set[str]:
-    from tempo_pl.compare import read_scalars
+    from tempo_pl.pipelines.report import read_scalars
 
     return set(read_scalars(Path(log_dir)))
 
