@@ -43,10 +43,16 @@ def _brace_group(text: str, open_at: int) -> Optional[str]:
     return None
 
 
-def extract_boxed(response: str) -> Optional[str]:
+def _last_match(pattern: re.Pattern, text: str) -> Optional[re.Match]:
+    """The last match of ``pattern`` in ``text``: a response states its final answer last."""
     last = None
-    for last in BOXED.finditer(response):
+    for last in pattern.finditer(text):
         pass
+    return last
+
+
+def extract_boxed(response: str) -> Optional[str]:
+    last = _last_match(BOXED, response)
     if last is None:
         return None
     i = last.end()
@@ -60,9 +66,7 @@ def extract_boxed(response: str) -> Optional[str]:
 
 
 def _extract_gsm8k(response: str) -> Optional[str]:
-    last = None
-    for last in _GSM8K.finditer(response):
-        pass
+    last = _last_match(_GSM8K, response)
     # "#### 18." states the same number as "#### 18"
     return None if last is None else last.group(1).strip().rstrip(".").strip()
 

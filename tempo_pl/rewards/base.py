@@ -9,8 +9,9 @@ Only :class:`~tempo_pl.rewards.verifier.Verifier` reads ``PromptBatch.answers``;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from torch import Tensor
 
@@ -39,3 +40,27 @@ class RewardSource(ABC):
     @abstractmethod
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         """Return one score per row of ``rollout``."""
+
+    def required_stat(self, stats: ForwardStats, name: str, hint: str = "") -> Tensor:
+        """``stats.<name>``, which the loop fills because this source sets ``needs_<name>``; an error if missing."""
+        value = getattr(stats, name)
+        if value is None:
+            raise ValueError(
+                f"{type(self).__name__} needs ForwardStats.{name}, which the loop fills when needs_{name} is True"
+                + (f": {hint}" if hint else "")
+            )
+        return value
+
+
+def checked_timeout(owner: str, timeout: float) -> float:
+    """A grading time bound in seconds, validated for the reward source ``owner``."""
+    if not timeout > 0:
+        raise ValueError(f"{owner}: timeout must be > 0 seconds, got {timeout}")
+    return float(timeout)
+
+
+def mean_or_zero(values: Union[Tensor, Sequence[float]]) -> float:
+    """The mean as a float; 0.0 when there is nothing to average (a step may score no rows of a kind)."""
+    if isinstance(values, Tensor):
+        return values.mean().item() if values.numel() else 0.0
+    return sum(values) / len(values) if values else 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tempo_pl.algorithms.advantages import last_token_value
-from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.base import RewardOutput, RewardSource, mean_or_zero
 from tempo_pl.types import ForwardStats, Rollout
 
 
@@ -26,11 +26,7 @@ class CriticValue(RewardSource):
     name = "critic_value"
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
-        if stats.values is None:
-            raise ValueError(
-                "CriticValue needs ForwardStats.values; the run must have a critic (needs_values is True)"
-            )
+        values = self.required_stat(stats, "values", "the run must have a critic")
         # V(x, y_<T): the value of the state before the last token, unclamped (docs/algorithm.md, "Rewards")
-        scores = last_token_value(stats.values.float(), rollout.response_mask.to(stats.values.device).float())
-        mean = scores.mean().item() if scores.numel() else 0.0
-        return RewardOutput(scores=scores, metrics={"value_last_mean": mean})
+        scores = last_token_value(values.float(), rollout.response_mask.to(values.device).float())
+        return RewardOutput(scores=scores, metrics={"value_last_mean": mean_or_zero(scores)})

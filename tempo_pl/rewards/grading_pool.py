@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 from tempo_pl.rewards import grading_worker
 
@@ -148,6 +149,19 @@ class _WorkerPool:
         with self._lock:
             self._idle.extend(workers)
 
+    @contextmanager
+    def borrowed(self, count: int) -> Iterator[list[_Worker]]:
+        """``count`` workers for one call: back to the pool when it returns, killed when it raises (a worker may
+        then be mid-pair or still starting, and nothing else would ever read its answer)."""
+        workers = self.acquire(count)
+        try:
+            yield workers
+        except BaseException:
+            for worker in workers:
+                worker.close()
+            raise
+        self.release(workers)
+
     def shutdown(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
@@ -183,8 +197,7 @@ def start_workers(processes: Optional[int] = None) -> int:
     """
     from multiprocessing.connection import wait
 
-    workers = _POOL.acquire(check_processes(processes))
-    try:
+    with _POOL.borrowed(check_processes(processes)) as workers:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while True:
             starting = [w for w in workers if not w.ready]
@@ -196,11 +209,6 @@ def start_workers(processes: Optional[int] = None) -> int:
                 worker = next(w for w in starting if w.recv_conn is conn)
                 if not worker.alive_and_ready() and not worker.ready:
                     raise _start_failure("a grading worker exited while starting")
-    except BaseException:
-        for worker in workers:
-            worker.close()
-        raise
-    _POOL.release(workers)
     return len(_POOL._idle)
 
 
@@ -233,12 +241,11 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int) -> l
     results = [False] * len(pairs)
     if not pairs:
         return results
-    workers = _POOL.acquire(max(1, min(processes, len(pairs))))
-    for slot, worker in enumerate(workers):
-        worker.slot = slot
-    schedule = _Schedule(len(pairs), len(workers))
-    unanswered = len(pairs)
-    try:
+    with _POOL.borrowed(max(1, min(processes, len(pairs)))) as workers:
+        for slot, worker in enumerate(workers):
+            worker.slot = slot
+        schedule = _Schedule(len(pairs), len(workers))
+        unanswered = len(pairs)
         while unanswered:
             now = time.monotonic()
             for worker in list(workers):
@@ -279,9 +286,4 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int) -> l
                     results[worker.item] = bool(message)
                     worker.done()
                     unanswered -= 1
-    except BaseException:
-        for worker in workers:
-            worker.close()
-        raise
-    _POOL.release(workers)
     return results

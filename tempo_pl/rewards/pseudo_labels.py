@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from tempo_pl.rewards.base import mean_or_zero
 from tempo_pl.rewards.grading import grade_many, is_equivalent
 from tempo_pl.rewards.group_answers import answer_clusters, extracted_answers, majority_cluster, rows_by_group
 from tempo_pl.types import Rollout
@@ -87,6 +88,6 @@ def pseudo_label_metrics(
     rewarded = scores.detach().cpu()[rows] > threshold
     return {
         "label_accuracy": sum(labels_right) / len(labels_right),
-        "reward_accuracy": (rewarded == correct).float().mean().item() if rows else 0.0,
-        "train_accuracy": correct.float().mean().item() if rows else 0.0,
+        "reward_accuracy": mean_or_zero((rewarded == correct).float()),
+        "train_accuracy": mean_or_zero(correct.float()),
     }

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor
 
-from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.algorithms.advantages import masked_mean
+from tempo_pl.rewards.base import RewardOutput, RewardSource, checked_timeout, mean_or_zero
 from tempo_pl.rewards.group_answers import (
     answer_clusters,
     answer_entropy,
@@ -61,11 +61,9 @@ class MajorityVote(RewardSource):
             raise ValueError(f"MajorityVote: n_votes must be >= 1 or None, got {n_votes}")
         if n_train is not None and n_train < 1:
             raise ValueError(f"MajorityVote: n_train must be >= 1 or None, got {n_train}")
-        if not timeout > 0:
-            raise ValueError(f"MajorityVote: timeout must be > 0 seconds, got {timeout}")
+        self.timeout = checked_timeout("MajorityVote", timeout)
         self.n_votes = n_votes
         self.n_train = n_train
-        self.timeout = float(timeout)
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         groups = rows_by_group(rollout)
@@ -87,7 +85,7 @@ class MajorityVote(RewardSource):
                     scores[row] = 1.0
             if keep_rows is not None:
                 keep_rows[rows[: self.n_train]] = True
-        metrics = {"majority_ratio": sum(ratios) / len(ratios) if ratios else 0.0}
+        metrics = {"majority_ratio": mean_or_zero(ratios)}
         return RewardOutput(
             scores=scores.to(device),
             metrics=metrics,
@@ -115,9 +113,7 @@ class SemanticCluster(RewardSource):
     name = "semantic_cluster"
 
     def __init__(self, timeout: float = 2.0) -> None:
-        if not timeout > 0:
-            raise ValueError(f"SemanticCluster: timeout must be > 0 seconds, got {timeout}")
-        self.timeout = float(timeout)
+        self.timeout = checked_timeout("SemanticCluster", timeout)
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
@@ -129,14 +125,8 @@ class SemanticCluster(RewardSource):
             for row, cluster in zip(rows, clusters):
                 scores[row] = sizes[cluster] / n
             entropies.append(answer_entropy(list(sizes.values())))
-        metrics = {"semantic_entropy": sum(entropies) / len(entropies) if entropies else 0.0}
+        metrics = {"semantic_entropy": mean_or_zero(entropies)}
         return RewardOutput(scores=scores.to(rollout.response_mask.device), metrics=metrics)
-
-
-def masked_row_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of each row over its masked-in positions; 0 for a row with none."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
 class SelfCertainty(RewardSource):
@@ -157,15 +147,12 @@ class SelfCertainty(RewardSource):
     name = "self_certainty"
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
-        if stats.self_certainty is None:
+        certainty = self.required_stat(stats, "self_certainty")
+        if certainty.shape != rollout.response_mask.shape:
             raise ValueError(
-                "SelfCertainty needs ForwardStats.self_certainty; the loop fills it when needs_self_certainty is True"
-            )
-        if stats.self_certainty.shape != rollout.response_mask.shape:
-            raise ValueError(
-                f"SelfCertainty: self_certainty has shape {tuple(stats.self_certainty.shape)}, "
+                f"SelfCertainty: self_certainty has shape {tuple(certainty.shape)}, "
                 f"response_mask {tuple(rollout.response_mask.shape)}"
             )
-        scores = masked_row_mean(stats.self_certainty.float(), rollout.response_mask)
-        mean = scores.mean().item() if scores.numel() else 0.0
-        return RewardOutput(scores=scores, metrics={"self_certainty_mean": mean})
+        # a row's mean over its valid tokens only: padding never dilutes a short response
+        scores = masked_mean(certainty.float(), rollout.response_mask, dim=-1)
+        return RewardOutput(scores=scores, metrics={"self_certainty_mean": mean_or_zero(scores)})

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.base import RewardOutput, RewardSource, checked_timeout, mean_or_zero
 from tempo_pl.rewards.grading import grade_many
 from tempo_pl.types import ForwardStats, Rollout
 
@@ -49,13 +49,12 @@ class Verifier(RewardSource):
             raise ValueError(
                 f"Verifier: correct_score ({correct_score}) must be greater than incorrect_score ({incorrect_score})"
             )
-        if not timeout > 0:
-            raise ValueError(f"Verifier: timeout must be > 0 seconds, got {timeout}")
+        timeout = checked_timeout("Verifier", timeout)
         if processes is not None and processes < 1:
             raise ValueError(f"Verifier: processes must be >= 1 or None, got {processes}")
         self.correct_score = float(correct_score)
         self.incorrect_score = float(incorrect_score)
-        self.timeout = float(timeout)
+        self.timeout = timeout
         self.processes = processes
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
@@ -73,5 +72,4 @@ class Verifier(RewardSource):
         scores = torch.where(correct, self.correct_score, self.incorrect_score).to(
             dtype=torch.float32, device=rollout.response_mask.device
         )
-        accuracy = correct.float().mean().item() if len(correct) else 0.0
-        return RewardOutput(scores=scores, metrics={"accuracy": accuracy})
+        return RewardOutput(scores=scores, metrics={"accuracy": mean_or_zero(correct.float())})
