@@ -1,5 +1,5 @@
 """Packaging: `tempo_pl.callbacks` (the repo-root callbacks/ folder) imports from an editable install and a wheel;
-every shipped YAML parses against the CLI."""
+the pipelines ship in the wheel and the core never imports them; every shipped YAML parses against the CLI."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "tempo_pl/callbacks/em_schedule.py" in names
     assert "tempo_pl/module.py" in names
+    assert "tempo_pl/pipelines/demo.py" in names and "tempo_pl/pipelines/report.py" in names
     assert not any(n.startswith("callbacks/") for n in names)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
@@ -44,6 +45,16 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
     assert Path(first).resolve().is_relative_to(site.resolve()), first
+
+
+def test_core_never_imports_the_pipelines() -> None:
+    # the pipelines drive the core through its command line; the other way round, every training run would load the
+    # orchestration (rich, matplotlib, the demo's stage graph) and the two could no longer change apart
+    code = ("import sys, tempo_pl.module, tempo_pl.algorithms, tempo_pl.rewards, tempo_pl.data, tempo_pl.callbacks, "
+            "tempo_pl.cli; print(sorted(m for m in sys.modules if m.startswith('tempo_pl.pipelines')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])

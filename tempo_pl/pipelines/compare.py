@@ -13,9 +13,10 @@ methods with a critic, the same critic): the folders a stage-1 run exports when 
 configs/baselines/zero_rl.yaml`` is given (the paper's pipeline; stage 1 itself starts from ``--policy``, e.g. an SFT
 warm start, when given), else the folders given with ``--policy``/``--critic``, else the model each config builds
 (identical when the configs share the model block, as the shipped ones do). The runner then reads every run's event
-file and writes ``comparison.csv``, ``comparison.md`` (per method: start, final and best of mean@n, pass@k, maj@n
-and distinct answers on one evaluation set), ``curves.csv`` (every evaluation point) and ``comparison.png`` (mean@n
-and pass@k against the RL step). Oracle runs (they read D_U answers) are marked in the table and the plot.
+file and writes, through :mod:`tempo_pl.pipelines.report`, ``comparison.csv``, ``comparison.md`` (per method: start,
+final and best of mean@n, pass@k, maj@n and distinct answers on one evaluation set), ``curves.csv`` (every evaluation
+point) and ``comparison.png`` (mean@n and pass@k against the RL step). Oracle runs (they read D_U answers) are marked
+in the table and the plot.
 """
 
 from __future__ import annotations

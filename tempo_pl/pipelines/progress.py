@@ -68,12 +68,14 @@ class StageDisplay:
 
     Args:
         progress_files: each stage's :class:`StageProgress` file, by stage name, in display order.
+        label: the pipeline's name, the prefix of :meth:`log` lines.
     """
 
-    def __init__(self, progress_files: dict[str, Path]) -> None:
+    def __init__(self, progress_files: dict[str, Path], label: str = "demo") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress_files = progress_files
+        self.label = label
         self.progress = Progress(
             TextColumn("{task.fields[name]:<14}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -96,7 +98,7 @@ class StageDisplay:
         self.progress.stop()
 
     def log(self, message: str) -> None:
-        self.progress.console.print(f"[demo] {message}", highlight=False)
+        self.progress.console.print(f"[{self.label}] {message}", highlight=False)
 
     def start(self, name: str) -> None:
         self.running.add(name)
