@@ -37,14 +37,18 @@ class Children:
     def stop(self) -> None:
         with self._lock:
             children = list(self._running.values())
-        for proc in children:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()  # Lightning finishes the current step on SIGTERM; an RL step is worth no more waiting
+        _stop(children)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for proc in children:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    for proc in children:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()  # Lightning finishes the current step on SIGTERM; an RL step is worth no more waiting
 
 
 def launch(
@@ -106,6 +110,9 @@ def _run_subprocess(args: list[str], log_file: Optional[Path], env: dict[str, st
             # wait4 rather than wait: it also returns the child's CPU time, a run's cost on any machine
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
+        except BaseException:
+            _stop([proc])  # an interrupt in this wait leaves no orphan run behind
+            raise
         finally:
             children.remove(proc)
     if proc.returncode != 0:
