@@ -62,7 +62,7 @@ class BaselineTelemetry(Callback):
         trainer:
           callbacks:
             - class_path: tempo_pl.callbacks.EMSchedule
-              init_args: {mode: frozen}
+              init_args: {mode: unlabeled}
             - class_path: tempo_pl.callbacks.BaselineTelemetry
     """
 

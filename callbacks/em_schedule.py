@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tempo_pl.types import PHASE_CODES, StepPlan
 
-SCHEDULE_MODES = ("alternate", "mixed", "frozen", "labeled")
+SCHEDULE_MODES = ("alternate", "mixed", "unlabeled", "labeled")
 
 E_STEP = StepPlan("E", "labeled", update_critic=True, update_policy=False)
 """Critic recalibration on D_L."""
@@ -34,7 +34,7 @@ def plan_for_step(
         return E_STEP if (rl_step - critic_warmup_steps) % (e_steps + m_steps) < e_steps else M_STEP
     if mode == "mixed":
         return EM_STEP
-    if mode == "frozen":
+    if mode == "unlabeled":
         return M_STEP
     if mode == "labeled":
         return RL_STEP
@@ -54,17 +54,18 @@ class EMSchedule(Callback):
     - ``alternate``: ``e_steps`` E-steps (critic on D_L) then ``m_steps`` M-steps (policy on D_U), repeated: the
       paper's periodic recalibration.
     - ``mixed``: an ``EM`` step every step on one mixed batch, critic then policy: the reference code.
-    - ``frozen``: M-steps only, no recalibration: the "incomplete EM" ablation and the critic-free baselines.
+    - ``unlabeled``: M-steps on D_U only, no recalibration: the "incomplete EM" ablation and the critic-free
+      baselines (TTRL, EMPO, Intuitor).
     - ``labeled``: ``RL`` steps on D_L (critic and policy): zero-RL stage 1.
 
     The schedule's position and both stream positions after the last completed step are saved in checkpoints, so a
     run resumed mid-phase continues with the same plans and the same prompts.
 
     Args:
-        mode: one of ``alternate``, ``mixed``, ``frozen``, ``labeled``.
+        mode: one of ``alternate``, ``mixed``, ``unlabeled``, ``labeled``.
         e_steps: E-steps per cycle (``alternate`` only).
         m_steps: M-steps per cycle (``alternate`` only).
-        critic_warmup_steps: the first steps are E-steps whatever the mode (not with ``frozen``, which has no
+        critic_warmup_steps: the first steps are E-steps whatever the mode (not with ``unlabeled``, which has no
             critic updates).
 
     Example (YAML)::
@@ -89,9 +90,9 @@ class EMSchedule(Callback):
                 f"EMSchedule: e_steps/m_steps only apply to mode='alternate'; mode={mode!r} got e_steps={e_steps}, "
                 f"m_steps={m_steps}"
             )
-        if mode == "frozen" and critic_warmup_steps:
+        if mode == "unlabeled" and critic_warmup_steps:
             raise ValueError(
-                "EMSchedule: critic_warmup_steps needs critic updates, which mode='frozen' never does; "
+                "EMSchedule: critic_warmup_steps needs critic updates, which mode='unlabeled' never does; "
                 "use mode='alternate' or 'mixed', or set critic_warmup_steps=0"
             )
         self.mode = mode

@@ -37,12 +37,12 @@ CONFIGS = {
 }
 # (unlabeled reward, advantage, policy loss, has critic, schedule mode)
 METHODS = {
-    "ttrl": (MajorityVote, "grpo", "gspo", False, "frozen"),
-    "empo": (SemanticCluster, "grpo", "gspo", False, "frozen"),
-    "intuitor": (SelfCertainty, "grpo", "gspo", False, "frozen"),
-    "rlvr_oracle": (type(None), "grpo", "gspo", False, "frozen"),  # its D_U rows come labeled: labeled_reward
+    "ttrl": (MajorityVote, "grpo", "gspo", False, "unlabeled"),
+    "empo": (SemanticCluster, "grpo", "gspo", False, "unlabeled"),
+    "intuitor": (SelfCertainty, "grpo", "gspo", False, "unlabeled"),
+    "rlvr_oracle": (type(None), "grpo", "gspo", False, "unlabeled"),  # its D_U rows come labeled: labeled_reward
     "zero_rl": (CriticValue, "gae", "ppo", True, "labeled"),
-    "frozen_critic": (CriticValue, "em_token", "gspo", True, "frozen"),
+    "frozen_critic": (CriticValue, "em_token", "gspo", True, "unlabeled"),
 }
 # the parts of a config that make the start point and the budget: they must be configs/tiny.yaml's
 SHARED_MODEL_KEYS = ("policy", "sampling", "evaluation", "policy_optimizer")

@@ -34,7 +34,7 @@ def test_plans_of_each_mode():
     rl_plan = StepPlan("RL", "labeled", update_critic=True, update_policy=True)
     assert [EMSchedule("alternate").plan(s) for s in range(2)] == [e_plan, m_plan]
     assert [EMSchedule("mixed").plan(s) for s in range(3)] == [em_plan] * 3
-    assert [EMSchedule("frozen").plan(s) for s in range(3)] == [m_plan] * 3
+    assert [EMSchedule("unlabeled").plan(s) for s in range(3)] == [m_plan] * 3
     assert [EMSchedule("labeled").plan(s) for s in range(3)] == [rl_plan] * 3
     # The warm-up overrides every mode that updates the critic.
     assert [EMSchedule("mixed", critic_warmup_steps=2).plan(s) for s in range(4)] == [e_plan, e_plan, em_plan, em_plan]
@@ -50,7 +50,7 @@ def test_plans_of_each_mode():
         ({"m_steps": 2.0}, "m_steps must be an integer >= 1"),
         ({"critic_warmup_steps": -1}, "critic_warmup_steps must be an integer >= 0"),
         ({"critic_warmup_steps": True}, "critic_warmup_steps must be an integer"),
-        ({"mode": "frozen", "critic_warmup_steps": 2}, "critic_warmup_steps needs critic updates"),
+        ({"mode": "unlabeled", "critic_warmup_steps": 2}, "critic_warmup_steps needs critic updates"),
         ({"mode": "mixed", "e_steps": 2}, "e_steps/m_steps only apply to mode='alternate'"),
         ({"mode": "labeled", "m_steps": 3}, "e_steps/m_steps only apply to mode='alternate'"),
     ],
@@ -133,7 +133,7 @@ def test_state_round_trip_resumes_mid_phase_with_the_same_plans_and_prompts():
 
 
 def test_checkpoint_holds_positions_after_the_last_completed_step():
-    schedule, trainer, module = EMSchedule("frozen"), make_trainer(), PlanRecorder()
+    schedule, trainer, module = EMSchedule("unlabeled"), make_trainer(), PlanRecorder()
     schedule.on_train_start(trainer, module)
     run_steps(schedule, trainer, module, steps=1)
     # A checkpoint written mid-step (say on an exception) after the next step drew its prompts:

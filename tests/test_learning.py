@@ -26,7 +26,7 @@ def test_grpo_steps_raise_an_easy_reward(tmp_path: Path) -> None:
     sys.modules[__name__].SevensReward = SevensReward  # importable by class_path from this test module
 
     def edit(cfg: dict) -> None:
-        schedule(cfg)["init_args"] = {"mode": "frozen"}
+        schedule(cfg)["init_args"] = {"mode": "unlabeled"}
         args = cfg["model"]["init_args"]
         args.pop("critic")
         args["algorithm"] = {"advantage": "grpo", "policy_loss": "ppo", "loss_agg_mode": "token-mean",

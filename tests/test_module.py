@@ -182,7 +182,7 @@ def test_example_subclass_runs(tmp_path: Path) -> None:
     def edit(cfg: dict) -> None:
         cfg["model"]["class_path"] = "length_penalty.LengthPenalizedTempo"
         cfg["model"]["init_args"]["length_penalty"] = 0.01
-        schedule(cfg)["init_args"] = {"mode": "frozen"}
+        schedule(cfg)["init_args"] = {"mode": "unlabeled"}
 
     import sys
 
