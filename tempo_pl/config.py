@@ -1,7 +1,7 @@
 """Typed option groups of :class:`~tempo_pl.module.TempoModule`.
 
 Each dataclass is one YAML mapping under ``model.init_args``; the field docstrings are what ``tempo-pl fit --help``
-prints. Defaults follow the reference scripts (spec section 9) where the reference has a value.
+prints. Defaults follow the reference scripts where the reference has a value (``docs/algorithm.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
 
 @dataclass
 class AlgorithmConfig:
-    """How advantages and losses are computed (spec sections 4.3, 5 and 6)."""
+    """How advantages and losses are computed (``docs/algorithm.md``, "Advantages" and "Losses")."""
 
     advantage: str = "em_token"
     """Advantage estimator: ``em_token`` (TEMPO: critic terminal value minus token values, globally whitened), ``em``
@@ -65,7 +65,7 @@ class AlgorithmConfig:
                 f"algorithm.gamma/lam only apply to advantage='gae', but advantage={self.advantage!r}: remove them"
             )
         if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
-            raise ValueError("algorithm.policy_loss='gspo' requires loss_agg_mode='seq-mean-token-mean' (spec 6)")
+            raise ValueError("algorithm.policy_loss='gspo' requires loss_agg_mode='seq-mean-token-mean' (it averages each row's tokens first)")
 
     @property
     def needs_critic(self) -> bool:
@@ -74,7 +74,7 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainingConfig:
-    """Batching, epochs, clipping and group filtering of one RL step (spec sections 3.2 and 4.4)."""
+    """Batching, epochs, clipping and group filtering of one RL step (``docs/algorithm.md``, "One RL step" and "Group filtering and refill")."""
 
     mini_batch_size: int = 2
     """Prompts per optimizer step (each brings its n responses); the reference uses a quarter of the RL batch."""

@@ -2,9 +2,8 @@
 
 One ``training_step`` is one RL step (``docs/algorithm.md``, "One RL step"), a sequence of overridable stages:
 ``collect_rollout -> forward_stats -> score -> advantages -> update_critic -> update_policy -> step_metrics``.
-The arithmetic lives in :mod:`tempo_pl.algorithms` (estimators and losses named through its registries), the refill
-loop in :mod:`tempo_pl.collection`, mini-batching in :mod:`tempo_pl.minibatch`, evaluation in
-:mod:`tempo_pl.evaluation`.
+The arithmetic lives in :mod:`tempo_pl.algorithms` (estimators and losses named through its registries), the
+stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation`.
 """
 
 from __future__ import annotations
@@ -24,20 +23,20 @@ from typing_extensions import override
 from tempo_pl.algorithms.losses import add_policy_regularizers
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
-from tempo_pl.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
 from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records
-from tempo_pl.forward import rollout_stats
-from tempo_pl.minibatch import MiniBatchPlan, optimize, row_inputs
 from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 from tempo_pl.models import critic_response_values, policy_response_stats
-from tempo_pl.rng_state import capture_rng, restore_rng
-from tempo_pl.scoring import apply_keep_rows, grade_labeled, score_rollout
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
+from tempo_pl.rng_state import capture_rng, restore_rng
 from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
-from tempo_pl.step_metrics import step_metrics, throughput, timed
+from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
+from tempo_pl.stages.forward import rollout_stats
+from tempo_pl.stages.metrics import step_metrics, throughput, timed
+from tempo_pl.stages.minibatch import MiniBatchPlan, optimize, row_inputs
+from tempo_pl.stages.scoring import apply_keep_rows, grade_labeled, score_rollout
 from tempo_pl.types import PHASE_CODES, ForwardStats, PromptBatch, Rollout, StepPlan, StepRecord
 
 log = logging.getLogger(__name__)

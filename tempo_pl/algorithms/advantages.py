@@ -128,7 +128,7 @@ def last_token_value(values: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def em_token_advantage(outcomes: Tensor, values: Tensor, mask: Tensor, whiten: bool = True) -> tuple[Tensor, Tensor]:
-    """TEMPO's ``em_token`` estimator (spec section 5): token advantage ``z - V(x, y_<t)`` with the critic as baseline.
+    """TEMPO's ``em_token`` estimator (``docs/algorithm.md``, "Advantages"): token advantage ``z - V(x, y_<t)`` with the critic as baseline.
 
     Args:
         outcomes: (N,) terminal outcome ``z`` of each row. The caller passes the verifier's +-1 for labeled rows and,
@@ -226,7 +226,7 @@ def em_advantage(
     clamp_unlabeled: bool = True,
     eps: float = 1e-6,
 ) -> tuple[Tensor, Tensor]:
-    """The reference's sequence-level ``em`` estimator (spec section 5, "Other estimators"; the HiPhO script).
+    """The reference's sequence-level ``em`` estimator (``docs/algorithm.md``, "Advantages"; the reference's HiPhO script).
 
     Args:
         outcomes: (N,) as for :func:`em_token_advantage`: +-1 on labeled rows, the critic's last-token value on

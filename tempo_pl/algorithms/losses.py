@@ -1,4 +1,4 @@
-"""Policy and value losses as pure tensor functions (spec sections 4.3 and 6).
+"""Policy and value losses as pure tensor functions (``docs/algorithm.md``, "Losses").
 
 Shapes: (N, R) for log-probs, advantages, values and the response ``mask`` (float, 1 on valid tokens). Each loss
 returns ``(loss, metrics)``: a scalar that back-propagates into ``logprobs`` / ``values`` only, and a dict of detached
@@ -96,7 +96,7 @@ def gspo_policy_loss(
     clip_high: float,
     agg_mode: str = "seq-mean-token-mean",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """GSPO with token-level advantages ("GSPO-token"), the TEMPO actor loss (spec section 6).
+    """GSPO with token-level advantages ("GSPO-token"), the TEMPO actor loss (``docs/algorithm.md``, "Losses").
 
     The sequence ratio ``s_i = exp(mean_t(logp - old_logp))`` (length-normalised, masked) is shared by every token of
     a row; the per-token ratio ``s_i * exp(logp_t - sg[logp_t])`` has the value ``s_i`` and the gradient of token t
@@ -182,7 +182,7 @@ def value_loss(
         mask: (N, R) the tokens to train on. The E-step passes ``response_mask * is_labeled[:, None]`` so only labeled
             rows count.
         cliprange: ``c`` >= 0, how far the critic may move from ``old_values``.
-        clip_mode: ``"sequence"`` (the reference, spec 4.3): shift each whole row by ``clip(D, -c, c) - D`` where
+        clip_mode: ``"sequence"`` (the reference): shift each whole row by ``clip(D, -c, c) - D`` where
             ``D`` is the row's masked mean of ``v - v_old``; the shift is not detached, so once clipped the row's
             mean stops receiving gradient while its shape still trains. ``"token"``: the standard per-token
             ``v_old + clip(v - v_old, -c, c)``. ``"none"``: plain squared error.

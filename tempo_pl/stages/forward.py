@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tempo_pl.minibatch import index_chunks, row_inputs
+from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.models import critic_response_values, policy_response_stats
 from tempo_pl.types import ForwardStats, Rollout
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from tempo_pl.scoring import LABELED_SCORES
+from tempo_pl.stages.scoring import LABELED_SCORES
 from tempo_pl.types import PromptBatch, Rollout
 
 log = logging.getLogger(__name__)
