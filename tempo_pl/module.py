@@ -169,7 +169,7 @@ class TempoModule(LightningModule):
         self.engine = self.build_engine(self.sampling)
 
     def build_engine(self, sampling: SamplingSpec) -> RolloutEngine:
-        """The rollout engine of the training rollouts (and, with evaluation's sampling, of evaluation)."""
+        """The rollout engine of training and evaluation (evaluation passes its own sampling to ``generate``)."""
         return self.engine_factory(self.tokenizer, sampling, self.training_cfg.generation_batch_size)
 
     @override
@@ -228,6 +228,9 @@ class TempoModule(LightningModule):
                     metrics.update(self.update_critic(rollout, stats, returns))
                 if plan.update_policy:
                     metrics.update(self.update_policy(rollout, stats, adv))
+                    sync_weights = getattr(self.engine, "sync_weights", None)
+                    if sync_weights is not None:
+                        sync_weights(self.policy)
         metrics.update(self.step_metrics(rollout, stats, reward, adv, returns))
         self._finish_step(plan, rollout, reward.scores, {**metrics, **timings, **throughput(rollout, timings)})
 
@@ -392,9 +395,9 @@ class TempoModule(LightningModule):
 
     @override
     def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        engine = self.build_engine(eval_sampling(self.evaluation, self.sampling))
         with self.generation_context():
-            rollout = engine.generate(self.policy, batch, self.evaluation.k)
+            rollout = self.engine.generate(self.policy, batch, self.evaluation.k,
+                                           sampling=eval_sampling(self.evaluation, self.sampling))
         self._evaluation.add(dataloader_idx, rollout, self.critic, self.training_cfg.forward_batch_size, self.device)
 
     @override

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -33,10 +33,17 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
+@runtime_checkable
 class RolloutEngine(Protocol):
-    """Anything that samples ``n`` responses per prompt from ``model`` (rows of a prompt consecutive)."""
+    """Anything that samples ``n`` responses per prompt from ``model`` (rows of a prompt consecutive), with its own
+    sampling spec or the one passed (evaluation samples with its own temperature, k and budget).
 
-    def generate(self, model: nn.Module, prompts: PromptBatch, n: int) -> Rollout: ...
+    An engine that serves its own copy of the weights (vLLM) also has ``sync_weights(model)``: the module calls it
+    after every policy update, so the next rollout samples from the updated policy."""
+
+    def generate(
+        self, model: nn.Module, prompts: PromptBatch, n: int, sampling: Optional["SamplingSpec"] = None
+    ) -> Rollout: ...
 
 
 @dataclass
@@ -125,12 +132,16 @@ class HFGenerateEngine:
         self.last_truncated = 0
 
     # ------------------------------------------------------------------------------------------------- public
-    def generate(self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None) -> Rollout:
-        """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``."""
-        n = self.sampling.n if n is None else n
+    def generate(
+        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingSpec] = None
+    ) -> Rollout:
+        """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``, with ``sampling`` in place
+        of the engine's own spec when given."""
+        spec = sampling or self.sampling
+        n = spec.n if n is None else n
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        token_ids, kept = self._encode_prompts(prompts)
+        token_ids, kept = self._encode_prompts(prompts, spec)
         prompt_batch = prompts.select(kept)
         extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
         if not kept:
@@ -140,16 +151,15 @@ class HFGenerateEngine:
         pieces = []
         with _eval_no_grad(model):
             disable_bnb_avx512bf16(model)
-            config = self._generation_config(model)
+            config = self._generation_config(model, spec)
             with _only_generation_config(model, config):
                 for start in range(0, len(token_ids), step):
                     pieces.append(self._generate_chunk(model, token_ids[start : start + step], n, config, device))
         return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _encode_prompts(self, prompts: PromptBatch) -> tuple[list[list[int]], list[int]]:
+    def _encode_prompts(self, prompts: PromptBatch, spec: SamplingSpec) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
-        spec = self.sampling
         encoded = encode_prompts(self.tokenizer, prompts.prompts)
         token_ids, kept, dropped, truncated = [], [], 0, 0
         for i, ids in enumerate(encoded):
@@ -172,8 +182,7 @@ class HFGenerateEngine:
                 ids.append(token)
         return ids
 
-    def _generation_config(self, model: nn.Module) -> GenerationConfig:
-        spec = self.sampling
+    def _generation_config(self, model: nn.Module, spec: SamplingSpec) -> GenerationConfig:
         sample = spec.temperature > 0
         # sampling: explicit neutral values (top_k=0, top_p=1) rather than None, which generate would fill in from
         # its global defaults (top_k=50); greedy: None, since greedy decoding reads none of them

@@ -203,3 +203,41 @@ def test_module_trains_on_the_kept_rows_in_micro_batches_of_one(module, tmp_path
     # mini-batches of 1 prompt = rows // prompts = 1 row once groups differ in size: 3 optimizer steps per model
     assert trainer.global_step == 6
     assert any(not torch.equal(a, b) for a, b in zip(before, module.policy.parameters()))
+
+
+class CountingEngine:
+    """A rollout engine named from YAML: the transformers engine, counting its calls and the sampling they used."""
+
+    calls: list = []
+
+    def __init__(self, tokenizer, sampling, micro_batch_size=None, label: str = "counting") -> None:
+        from tempo_pl.rollout import HFGenerateEngine
+
+        self.inner = HFGenerateEngine(tokenizer, sampling, micro_batch_size)
+        self.label = label
+        self.synced = 0
+
+    def generate(self, model, prompts, n, sampling=None):
+        CountingEngine.calls.append((self.label, n, None if sampling is None else sampling.max_new_tokens))
+        return self.inner.generate(model, prompts, n, sampling=sampling)
+
+    def sync_weights(self, model) -> None:
+        self.synced += 1
+
+
+def test_the_rollout_engine_is_chosen_in_yaml_and_synced_after_policy_updates(tmp_path):
+    from _tiny_run import fit, schedule, tiny_config
+
+    def edit(cfg: dict) -> None:
+        schedule(cfg)["init_args"] = {"mode": "alternate", "e_steps": 1, "m_steps": 1}
+        cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "test_stages.CountingEngine",
+                                                       "init_args": {"label": "from-yaml"}}
+        cfg["trainer"]["limit_val_batches"] = 1
+
+    CountingEngine.calls = []
+    cli = fit(tiny_config(tmp_path, edit, steps=2), tmp_path)
+    assert isinstance(cli.model.engine, CountingEngine) and cli.model.engine.label == "from-yaml"
+    assert cli.model.engine.synced == 1  # an E-step then an M-step: one policy update
+    # two training rollouts (n=4, the engine's own sampling) and evaluation (k=2 and its own 16-token budget)
+    assert CountingEngine.calls[:2] == [("from-yaml", 4, None), ("from-yaml", 4, None)]
+    assert ("from-yaml", 2, 16) in CountingEngine.calls
