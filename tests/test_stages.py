@@ -241,3 +241,19 @@ def test_the_rollout_engine_is_chosen_in_yaml_and_synced_after_policy_updates(tm
     # two training rollouts (n=4, the engine's own sampling) and evaluation (k=2 and its own 16-token budget)
     assert CountingEngine.calls[:2] == [("from-yaml", 4, None), ("from-yaml", 4, None)]
     assert ("from-yaml", 2, 16) in CountingEngine.calls
+
+
+def test_step_metrics_report_the_gap_between_sampler_and_trainer_log_probs():
+    from tempo_pl.stages.metrics import step_metrics
+
+    batch = PromptBatch(ids=["u"], prompts=["u"], answers=[None], is_labeled=[False])
+    rollout = make_rollout(batch, n=2)
+    rollout.response_mask[1, 2] = 0.0
+    rollout.sampling_logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -9.0]])
+    stats = ForwardStats(old_logprobs=torch.tensor([[-1.1, -2.0, -2.5], [-1.0, -1.3, 0.0]]),
+                         entropy=torch.zeros(2, 3))
+    reward = RewardOutput(torch.zeros(2))
+    m = step_metrics(rollout, stats, reward, torch.zeros(2, 3), torch.zeros(2, 3))
+    # gaps on valid tokens: 0.1, 0, 0.5, 0, 0.3 (the masked 9.0 is left out)
+    assert m["rollout/logprob_gap_mean"] == pytest.approx(0.18)
+    assert m["rollout/logprob_gap_max"] == pytest.approx(0.5)

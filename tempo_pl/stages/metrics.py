@@ -46,6 +46,11 @@ def step_metrics(
     m["response/length_max"] = float(lengths.max())
     m["response/clip_fraction"] = float(rollout.truncated.float().mean())
     m["response/prompts"] = float(len(rollout.prompt_batch))
+    if rollout.sampling_logprobs is not None and mask.any():
+        # the sampler's log-probs against the trainer's own: the first thing to look at when an RL run goes wrong
+        gap = (rollout.sampling_logprobs.to(stats.old_logprobs.device) - stats.old_logprobs).abs()[mask.bool()]
+        m["rollout/logprob_gap_mean"] = float(gap.mean())
+        m["rollout/logprob_gap_max"] = float(gap.max())
     return m
 
 
