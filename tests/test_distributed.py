@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 from _tiny_run import rollout_records, schedule, tiny_config, write_config
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_split_prompts_and_keep_groups_whole(tmp_path: Path) -> None:
     def edit(cfg: dict) -> None:
         schedule(cfg)["init_args"] = {"mode": "mixed"}

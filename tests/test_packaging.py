@@ -22,6 +22,7 @@ def test_editable_install_maps_callbacks_folder() -> None:
     assert hasattr(tempo_pl.callbacks, "EMSchedule")
 
 
+@pytest.mark.slow
 def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
@@ -47,6 +48,7 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     assert Path(first).resolve().is_relative_to(site.resolve()), first
 
 
+@pytest.mark.slow
 def test_core_never_imports_the_pipelines() -> None:
     # the pipelines drive the core through its command line; the other way round, every training run would load the
     # orchestration (rich, matplotlib, the demo's stage graph) and the two could no longer change apart

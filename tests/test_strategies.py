@@ -320,6 +320,7 @@ def _loss(record: dict, name: str) -> float:
 # ------------------------------------------------------------------------------------------------ 2-process tests
 
 
+@pytest.mark.slow
 def test_two_process_fsdp2_matches_one_process_losses(two_process_run: Path, one_process_run: Path) -> None:
     single = _records(one_process_run / "straight", 0)
     ranks = [_records(two_process_run / "straight", r) for r in (0, 1)]
@@ -338,6 +339,7 @@ def test_two_process_fsdp2_matches_one_process_losses(two_process_run: Path, one
     assert _loss(single[3], "policy/loss") != pytest.approx(_loss(single[1], "policy/loss"), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_resumes_where_the_straight_run_went(two_process_run: Path) -> None:
     assert (two_process_run / "epoch0").is_dir()  # a DCP folder, one shard file per rank
     assert len(list((two_process_run / "epoch0").glob("*.distcp"))) == 2
@@ -351,6 +353,7 @@ def test_sharded_checkpoint_resumes_where_the_straight_run_went(two_process_run:
                 assert _loss(b, name) == pytest.approx(_loss(a, name), abs=1e-6), f"rank {rank} step {a['rl_step']}"
 
 
+@pytest.mark.slow
 def test_two_process_trained_models_match_one_process(two_process_run: Path, one_process_run: Path) -> None:
     sharded = torch.load(two_process_run / "probe.pt")
     single = torch.load(one_process_run / "probe.pt")
@@ -358,6 +361,7 @@ def test_two_process_trained_models_match_one_process(two_process_run: Path, one
     torch.testing.assert_close(sharded["values"], single["values"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_generation_gathers_parameters_once_per_call(two_process_run: Path) -> None:
     counts = json.loads((two_process_run / "gathers.json").read_text())
     # the FSDP modules of the policy: its 2 decoder layers and the root (embeddings, norm, LM head)
@@ -371,6 +375,7 @@ def test_generation_gathers_parameters_once_per_call(two_process_run: Path) -> N
     assert counts["three_forwards"] == 2 * 3 + 1
 
 
+@pytest.mark.slow
 def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
     result = json.loads((two_process_run / "rank0_init.json").read_text())
     assert result["meta_by_rank"] == [False, True]
@@ -381,6 +386,7 @@ def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
     assert result["critic_values_spread"] > 0.01  # a non-zero head, so the critic comparison compares something
 
 
+@pytest.mark.slow
 def test_qlora_shared_base_trains_every_adapter_on_two_ranks(two_process_run: Path) -> None:
     # policy and critic as two LoRA adapters on one NF4 base, sharded by FSDP2 over 2 ranks, 4 E/M steps: every LoRA
     # tensor of both adapters and the critic's head moved on both ranks (their local shards)
@@ -408,6 +414,7 @@ def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_pat
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
@@ -702,6 +709,7 @@ def test_fsdp2_vs_ddp_benchmark_times_both_strategies() -> None:
     assert result["ratio"] == pytest.approx(result["fsdp2"]["step_s"] / result["ddp"]["step_s"])
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu() -> None:
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke"], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
