@@ -59,3 +59,18 @@ def fit(cfg: dict, tmp_path: Path, ckpt_path: Optional[str] = None, name: str = 
 def rollout_records(folder: Path, rank: int = 0) -> list[dict]:
     path = folder / f"rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_cli(subcommand: str, cfg: dict, tmp_path: Path):
+    """``tempo-pl <subcommand> --config`` on a config written under tmp_path, as a user runs it; returns the run's
+    logger version folder and its TensorBoard scalars (an ``EventAccumulator``, loaded)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tempo_pl.cli import main
+
+    path = write_config(cfg, tmp_path / f"{subcommand}.yaml")
+    main([subcommand, "--config", str(path)])
+    (version,) = list((tmp_path / "runs" / "tiny").glob("version_*"))
+    scalars = EventAccumulator(str(version))
+    scalars.Reload()
+    return version, scalars

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _tiny_run import ROOT, fit, rollout_records, schedule, tiny_config
+from _tiny_run import ROOT, fit, rollout_records, run_cli, schedule, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -115,19 +115,9 @@ REQUIRED_SCALARS = [
 
 
 def test_tiny_config_logs_every_metric_per_rl_step(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from tempo_pl.cli import main
-
     cfg = tiny_config(tmp_path, validate=True)
     cfg["trainer"]["enable_progress_bar"] = True
-    path = tmp_path / "tiny.yaml"
-    path.write_text(json.dumps(cfg))
-    main(["fit", "--config", str(path)])
-
-    (version,) = list((tmp_path / "runs" / "tiny").glob("version_*"))
-    acc = EventAccumulator(str(version))
-    acc.Reload()
+    version, acc = run_cli("fit", cfg, tmp_path)
     tags = set(acc.Tags()["scalars"])
     missing = [t for t in REQUIRED_SCALARS if t not in tags]
     assert not missing, f"not logged: {missing}"
@@ -241,17 +231,7 @@ def test_kl_entropy_and_schedulers_are_applied(tmp_path: Path) -> None:
 
 
 def test_validate_subcommand_logs_and_writes_records(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from tempo_pl.cli import main
-
-    cfg = tiny_config(tmp_path, validate=True)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(json.dumps(cfg))
-    main(["validate", "--config", str(path)])
-    (version,) = list((tmp_path / "runs" / "tiny").glob("version_*"))
-    acc = EventAccumulator(str(version))
-    acc.Reload()
+    version, acc = run_cli("validate", tiny_config(tmp_path, validate=True), tmp_path)
     for key in ("mean@2", "pass@1", "pass@2", "maj@2", "distinct_answers", "answer_entropy", "no_answer_rate"):
         assert f"val/heldout/{key}" in acc.Tags()["scalars"], key
     records = [json.loads(x) for x in (version / "eval" / "heldout_step000000.jsonl").read_text().splitlines()]
