@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from tempo_pl.data.sources import DataError, read_tables
+from tempo_pl.data.conversations import assistant_text, user_text
+from tempo_pl.data.readers import DataError, table_from_dataset
+from tempo_pl.data.sources import check_columns, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
 from tempo_pl.lora import save_merged
 from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
@@ -185,9 +187,12 @@ class SFTDataModule(LightningDataModule):
 
     Args:
         path: any dataset path :mod:`tempo_pl.data.sources` reads: ``"synthetic:labeled?size=2048"``, a ``.jsonl`` /
-            ``.parquet`` file, a folder of them, or a Hub dataset.
-        problem_field: column of the question.
-        solution_field: column of the worked solution (the assistant reply to learn).
+            ``.parquet`` file, a folder of them, a ``save_to_disk`` folder, or a Hub dataset; in Python also an
+            in-memory ``datasets.Dataset`` / ``DatasetDict``.
+        problem_field: column of the question; a conversation column (TRL's ``prompt`` or ``messages``) gives its
+            user message.
+        solution_field: column of the worked solution (the assistant reply to learn); a conversation column (TRL's
+            ``completion`` or ``messages``) gives its last, assistant, message.
         prompt_template: a template containing ``{problem}`` or a name from ``tempo_pl.data.templates.TEMPLATES``;
             use the one the RL stages use, or the policy learns to answer a prompt it will never see.
         batch_size: rows per optimizer step.
@@ -233,22 +238,28 @@ class SFTDataModule(LightningDataModule):
     def load_pairs(self) -> list[tuple[str, str]]:
         """``(templated prompt, solution)`` of every row; raises :class:`DataError` naming the bad rows and field."""
         pairs, problems = [], []
-        for table in read_tables(self.path, self.split):
+        if isinstance(self.path, str):
+            tables = read_tables(self.path, self.split)
+        else:
+            tables = [table_from_dataset(self.path, self.split, f"in-memory {type(self.path).__name__}")]
+        for table in tables:
+            check_columns(table, {"problem_field": self.problem_field, "solution_field": self.solution_field},
+                          "SFT dataset")
             for index, row in enumerate(table.rows):
-                where = f"{table.origin} row {index} (id {row.get('id', '?')!r})"
-                for field in (self.problem_field, self.solution_field):
-                    value = row.get(field)
-                    if not isinstance(value, str) or not value.strip():
-                        problems.append(f"{where}: field {field!r}: expected a non-empty string, got {value!r}")
-                        break
-                else:
-                    prompt = apply_template(self.prompt_template, row[self.problem_field])
-                    pairs.append((prompt, row[self.solution_field]))
+                where = table.where(index, row.get("id", "?"))
+                try:
+                    problem = _text_field(row, self.problem_field, user_text)
+                    solution = _text_field(row, self.solution_field, assistant_text)
+                except ValueError as error:
+                    problems.append(f"{where}: {error}")
+                    continue
+                pairs.append((apply_template(self.prompt_template, problem), solution))
+        name = self.path if isinstance(self.path, str) else f"in-memory {type(self.path).__name__}"
         if problems:
             shown = "\n  ".join(problems[:5])
-            raise DataError(f"SFT dataset {self.path!r}: {len(problems)} malformed row(s):\n  {shown}")
+            raise DataError(f"SFT dataset {name!r}: {len(problems)} malformed row(s):\n  {shown}")
         if not pairs:
-            raise DataError(f"SFT dataset {self.path!r} has no rows")
+            raise DataError(f"SFT dataset {name!r} has no rows")
         return pairs[: self.limit] if self.limit is not None else pairs
 
     def train_dataloader(self) -> DataLoader:
@@ -256,6 +267,20 @@ class SFTDataModule(LightningDataModule):
         return DataLoader(
             self.pairs, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=_collate_strings
         )
+
+
+def _text_field(row: dict, field: str, from_conversation) -> str:
+    """A non-empty string column, or the text ``from_conversation`` takes from a conversation column."""
+    value = row.get(field)
+    if isinstance(value, (list, tuple)):
+        try:
+            value = from_conversation(value)
+        except ValueError as error:
+            raise ValueError(f"field {field!r}: {error}") from None
+    if not isinstance(value, str) or not value.strip():
+        shown = repr(value) if value is None or isinstance(value, str) else type(value).__name__
+        raise ValueError(f"field {field!r}: expected a non-empty string, got {shown}")
+    return value
 
 
 def _collate_strings(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:

@@ -27,8 +27,8 @@ def write_jsonl(path, rows):
     return path
 
 
-def qa_rows(n, prefix="q", answers=True):
-    return [{"id": f"{prefix}{i}", "problem": f"What is {i} + 1?", **({"answer": str(i + 1)} if answers else {})}
+def qa_rows(n, prefix="q", answers=True, unit=""):
+    return [{"id": f"{prefix}{i}", "problem": f"What is {i} + 1{unit}?", **({"answer": str(i + 1)} if answers else {})}
             for i in range(n)]
 
 
@@ -130,7 +130,7 @@ def test_id_field_none_numbers_rows(tmp_path):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         load_records(DatasetSpec(str(tmp_path / "nowhere.jsonl")), "labeled")
-    with pytest.raises(FileNotFoundError, match="no .json/.jsonl/.parquet files in dataset folder"):
+    with pytest.raises(FileNotFoundError, match="no json/jsonl/parquet files and no save_to_disk dataset"):
         load_records(DatasetSpec(str(tmp_path)), "labeled")
 
 
@@ -197,7 +197,7 @@ def test_registered_prefix_sources(monkeypatch):
 
 def make_pools(tmp_path, n_labeled=6, n_unlabeled=8, **kwargs):
     dl = write_jsonl(tmp_path / "dl.jsonl", qa_rows(n_labeled, "l"))
-    du = write_jsonl(tmp_path / "du.jsonl", qa_rows(n_unlabeled, "u"))
+    du = write_jsonl(tmp_path / "du.jsonl", qa_rows(n_unlabeled, "u", unit=" apples"))  # not D_L's questions
     dm = TempoDataModule(labeled=DatasetSpec(str(dl)), unlabeled=DatasetSpec(str(du)), **kwargs)
     dm.setup("fit")
     return dm
@@ -289,7 +289,7 @@ def test_dataset_spec_checks_limit_and_repeat():
 
 def test_streams_take_rank_and_world_size_from_the_trainer(tmp_path):
     dl = write_jsonl(tmp_path / "dl.jsonl", qa_rows(4, "l"))
-    du = write_jsonl(tmp_path / "du.jsonl", qa_rows(8, "u"))
+    du = write_jsonl(tmp_path / "du.jsonl", qa_rows(8, "u", unit=" apples"))
     seen = []
     for rank in (0, 1):
         dm = TempoDataModule(labeled=DatasetSpec(str(dl)), unlabeled=DatasetSpec(str(du)), batch_size=2, seed=4)
@@ -341,7 +341,7 @@ def test_malformed_rows_name_file_row_and_field(tmp_path, bad_row, role, field, 
         load_records(DatasetSpec(str(path)), role)
     message = str(error.value)
     shown_id = bad_row["id"]
-    assert f"{path} row 1 (id '{shown_id}'): field '{field}': {reason}" in message, message
+    assert f"{path} line 2 (row 1, id '{shown_id}'): field '{field}': {reason}" in message, message
     assert "1 malformed row(s)" in message
 
 
@@ -353,19 +353,19 @@ def test_malformed_mixed_flag_and_missing_id(tmp_path):
     with pytest.raises(DataError) as error:
         load_records(DatasetSpec(str(path), labeled_field="is_labeled"), "mixed")
     message = str(error.value)
-    assert "row 0 (id 'a'): field 'is_labeled': expected a boolean (or 0/1), got 'yes'" in message
-    assert "row 1 (id None): field 'id': missing id (set id_field: null" in message
+    assert "line 1 (row 0, id 'a'): field 'is_labeled': expected a boolean (or 0/1), got 'yes'" in message
+    assert "line 2 (row 1, id '?'): field 'id': missing id (set id_field: null" in message
 
 
 def test_many_bad_rows_are_summarised_and_raised_at_setup(tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": f"r{i}", "problem": ""} for i in range(8)])
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": f"r{i}", "problem": "", "answer": "1"} for i in range(8)])
     dm = TempoDataModule(labeled=DatasetSpec(str(path)))  # nothing read at init
     with pytest.raises(DataError) as error:
         dm.setup("fit")
     message = str(error.value)
     # 8 bad rows: the first MAX_REPORTED_ROWS = 5 listed, the other 3 counted.
     assert "labeled dataset 'bad'" in message and "8 malformed row(s)" in message
-    assert "row 4 (id 'r4')" in message and "row 5 (id 'r5')" not in message and "... and 3 more" in message
+    assert "row 4, id 'r4')" in message and "row 5, id 'r5')" not in message and "... and 3 more" in message
 
 
 def test_limit_skips_checking_rows_it_drops(tmp_path):
@@ -376,5 +376,5 @@ def test_limit_skips_checking_rows_it_drops(tmp_path):
 def test_unreadable_file_names_the_file(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"id": 1, "problem": \n')
-    with pytest.raises(DataError, match="could not read .*broken.jsonl"):
+    with pytest.raises(DataError, match="broken.jsonl' line 1: not valid JSON"):
         load_records(DatasetSpec(str(path)), "labeled")

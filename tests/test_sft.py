@@ -102,7 +102,7 @@ def test_datamodule_reads_jsonl_and_names_a_bad_row(tmp_path: Path) -> None:
     assert dm.load_pairs() == [("1+1?", "\\boxed{2}")]
     rows = [{"id": "a", "q": "1+1?", "sol": "2"}, {"id": "b", "q": "2+2?", "sol": ""}]
     bad = write_jsonl(rows, tmp_path / "bad.jsonl")
-    with pytest.raises(DataError, match=r"row 1 \(id 'b'\): field 'sol'"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2 \(row 1, id 'b'\): field 'sol'"):
         SFTDataModule(str(bad), problem_field="q", solution_field="sol").load_pairs()
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         SFTDataModule(str(good), batch_size=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,7 +15,25 @@ from tempo_pl.data.templates import DEFAULT_TEMPLATE, apply_template, resolve_te
 
 
 def _spec_dict(spec: Optional[DatasetSpec]) -> Optional[dict]:
-    return None if spec is None else dataclasses.asdict(spec)
+    if spec is None:
+        return None
+    # an in-memory dataset is described, not copied: hyperparameters are logged and saved in every checkpoint
+    data = None if spec.data is None else f"{spec.source} of {spec.data.num_rows} rows (not saved)"
+    return {**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "data"}, "data": data}
+
+
+def _as_spec(value: Any, name: str) -> Any:
+    """A ``datasets.Dataset`` / ``DatasetDict`` passed in Python becomes ``DatasetSpec(data=value, name=name)``."""
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(value, (Dataset, DatasetDict)):
+        return DatasetSpec(data=value, name=name)
+    return value
+
+
+def normalized_question(text: str) -> str:
+    """A question compared across pools: case-folded, whitespace runs collapsed."""
+    return " ".join(text.split()).casefold()
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
@@ -50,6 +68,12 @@ class TempoDataModule(LightningDataModule):
         seed: seed of the training streams' per-epoch shuffles.
         expose_unlabeled_answers: oracle upper bound: train on D_U with its ground truth. Never for a TTT result.
         data_dir: folder for relative dataset paths and for offline copies of the shipped benchmarks.
+        allow_overlap: accept questions that are in both D_L and D_U (same text after case-folding and collapsing
+            whitespace). Refused by default: the critic would be recalibrated on the test questions' answers.
+
+    In Python every dataset argument also takes an in-memory ``datasets.Dataset`` or ``DatasetDict`` (its ``train``
+    split), named after the argument (``labeled``, ``unlabeled``, ``mixed``, ``eval0`` ...); give a
+    ``DatasetSpec(data=..., problem_field=...)`` to map columns or pick the split.
 
     Example (YAML)::
 
@@ -77,8 +101,14 @@ class TempoDataModule(LightningDataModule):
         seed: int = 1,
         expose_unlabeled_answers: bool = False,
         data_dir: Optional[str] = None,
+        allow_overlap: bool = False,
     ) -> None:
         super().__init__()
+        labeled, unlabeled, mixed = (_as_spec(v, k) for k, v in
+                                     (("labeled", labeled), ("unlabeled", unlabeled), ("mixed", mixed)))
+        eval_sets = [_as_spec(spec, f"eval{i}") for i, spec in enumerate(eval_sets or [])]
+        if not isinstance(allow_overlap, bool):
+            raise ValueError(f"TempoDataModule.allow_overlap must be true or false, got {allow_overlap!r}")
         if mixed is not None and (labeled is not None or unlabeled is not None):
             given = [key for key, spec in (("labeled", labeled), ("unlabeled", unlabeled)) if spec is not None]
             raise ValueError(f"TempoDataModule: `mixed` is split into both pools and excludes {' and '.join(given)}")
@@ -117,6 +147,7 @@ class TempoDataModule(LightningDataModule):
                 "seed": seed,
                 "expose_unlabeled_answers": expose_unlabeled_answers,
                 "data_dir": data_dir,
+                "allow_overlap": allow_overlap,
             }
         )
 
@@ -132,6 +163,7 @@ class TempoDataModule(LightningDataModule):
         self.seed = seed
         self.expose_unlabeled_answers = expose_unlabeled_answers
         self.data_dir = data_dir
+        self.allow_overlap = allow_overlap
 
         self.heldout_answers: dict[str, str] = {}
         """D_U answers by row id, for evaluation telemetry only; never part of a training batch."""
@@ -178,6 +210,7 @@ class TempoDataModule(LightningDataModule):
             labeled = load_records(self.labeled, "labeled", self.data_dir) if self.labeled is not None else []
             unlabeled = load_records(self.unlabeled, "unlabeled", self.data_dir) if self.unlabeled is not None else []
 
+        self._check_overlap(labeled, unlabeled)
         self.heldout_answers = {r.id: r.answer for r in unlabeled if r.answer is not None}
         if self.expose_unlabeled_answers:
             if not self.heldout_answers:
@@ -198,6 +231,27 @@ class TempoDataModule(LightningDataModule):
             unlabeled=PromptStream(self.unlabeled_rows, self.batch_size, self.seed, rank, world_size, name="unlabeled"),
             mixed_labeled_fraction=self.mixed_labeled_fraction,
         )
+
+    def _check_overlap(self, labeled: list[Record], unlabeled: list[Record]) -> None:
+        """Refuse (or, with ``allow_overlap``, warn about) D_U questions that are also in D_L."""
+        labeled_by_text = {normalized_question(r.problem): r for r in labeled}
+        shared: dict[str, tuple[Record, Record]] = {}
+        for record in unlabeled:
+            key = normalized_question(record.problem)
+            if key in labeled_by_text and key not in shared:
+                shared[key] = (labeled_by_text[key], record)
+        if not shared:
+            return
+        first_labeled, first_unlabeled = next(iter(shared.values()))
+        question = first_labeled.problem if len(first_labeled.problem) <= 120 else first_labeled.problem[:117] + "..."
+        pools = ("the mixed dataset's labeled and unlabeled rows" if self.mixed is not None else
+                 f"D_L ({self.labeled.source}) and D_U ({self.unlabeled.source})")
+        message = (f"{len(shared)} question(s) are in both {pools} (compared case-folded, whitespace collapsed), "
+                   f"e.g. labeled row {first_labeled.id!r} and unlabeled row {first_unlabeled.id!r}: {question!r}")
+        if not self.allow_overlap:
+            raise DataError(f"TempoDataModule: {message}. E-steps would train the critic on the answers of test "
+                            "questions. Remove them from one pool, or set allow_overlap: true.")
+        rank_zero_warn(f"TempoDataModule (allow_overlap: true): {message}")
 
     def _to_rows(self, records: list[Record], expose: bool = False) -> list[PromptRow]:
         """Apply the prompt template; an unlabeled row keeps its answer only when ``expose`` (the oracle baseline)."""

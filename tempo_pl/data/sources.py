@@ -3,13 +3,17 @@
 A :class:`DatasetSpec` names a source by its ``path``, resolved in this order:
 
 1. ``"<prefix>:<argument>"`` with a prefix given to :func:`register_source` (e.g. the offline synthetic task);
-2. a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a folder of them (relative paths are also tried under
-   ``data_dir``), read with ``datasets.load_dataset("json" | "parquet", data_files=...)``;
+2. a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, or a ``Dataset.save_to_disk`` folder
+   (relative paths are also tried under ``data_dir``), read by :mod:`tempo_pl.data.readers`;
 3. a shipped benchmark name (:data:`tempo_pl.data.benchmarks.BENCHMARKS`), read by ``load_benchmark``;
 4. anything else is a Hugging Face Hub dataset: ``datasets.load_dataset(path, split=spec.split)``.
 
-Every row is checked before training starts; a bad row raises :class:`DataError` naming the file, the row (index
-and id) and the field.
+In Python, ``DatasetSpec(data=dataset)`` takes an in-memory ``datasets.Dataset`` or ``DatasetDict`` instead of a path.
+
+Every row is checked before training starts: first that the mapped columns exist at all (one error naming the
+expected and the found columns), then row by row; a bad row raises :class:`DataError` naming the file, the row
+(line for JSON lines, index and id) and the field. A question may also be a conversation (TRL's ``prompt`` or
+``messages`` column): its single user message is the question (:mod:`tempo_pl.data.conversations`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, Optional
 
 from datasets import load_dataset
 
-FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+from tempo_pl.data.conversations import user_text
+from tempo_pl.data.readers import FILE_SUFFIXES, DataError, Table, read_file, read_folder, table_from_dataset
 MAX_REPORTED_ROWS = 5
 """How many malformed rows a :class:`DataError` lists before summarising the rest as a count."""
 
@@ -35,10 +40,6 @@ SourceLoader = Callable[[str], Sequence[Mapping[str, Any]]]
 _SOURCE_LOADERS: dict[str, SourceLoader] = {}
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z_][\w-]*$")
 _MISSING = object()
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used: unreadable, or with malformed rows (the message names file, row and field)."""
 
 
 @dataclass
@@ -52,17 +53,23 @@ class DatasetSpec:
         unlabeled: {path: aime2024, repeat: 8}
         mixed: {path: data/train.parquet, answer_field: reward_model.ground_truth,
                 labeled_field: reward_model.is_labeled, problem_field: prompt_text}
+        labeled: {path: data/dl_saved, split: train, problem_field: prompt, answer_field: solution}  # save_to_disk
+
+    In Python: ``DatasetSpec(data=Dataset.from_list(rows), name="mine", problem_field="question")``.
     """
 
-    path: str
-    """A ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, a shipped benchmark name (``aime2024``), a
-    registered ``"<prefix>:<argument>"`` source, or a Hugging Face Hub dataset name."""
+    path: Optional[str] = None
+    """A ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, a ``Dataset.save_to_disk`` folder, a shipped
+    benchmark name (``aime2024``), a registered ``"<prefix>:<argument>"`` source, or a Hugging Face Hub dataset
+    name. Exactly one of ``path`` and ``data``."""
     name: Optional[str] = None
     """Short name used in row ids (``<name>:<row id>``) and logs; default: the file stem or benchmark name."""
     split: str = "train"
-    """Split to read from a Hub dataset; local files, benchmarks and registered sources have a single split."""
+    """Split to read from a Hub dataset or a ``DatasetDict`` (saved or in memory); local files, benchmarks and
+    registered sources have a single split."""
     problem_field: str = "problem"
-    """Column holding the question. Dotted paths reach into nested columns (``extra_info.question``)."""
+    """Column holding the question. Dotted paths reach into nested columns (``extra_info.question``). A column of
+    conversations (TRL's ``prompt`` or ``messages``: lists of ``{role, content}``) gives its single user message."""
     answer_field: str = "answer"
     """Column holding the ground-truth answer (a string, or a number converted to one); dotted paths allowed, e.g.
     ``reward_model.ground_truth`` for verl parquets."""
@@ -76,30 +83,51 @@ class DatasetSpec:
     repeat: int = 1
     """Replicate every row this many times; the reference replicates the small test set to fill an epoch. Replicas
     keep the original row id."""
+    data: Optional[Any] = None
+    """Python API only: an in-memory ``datasets.Dataset`` or ``DatasetDict`` (``split`` picks the split), in place of
+    ``path``. It is not saved with the hyperparameters: pass it again when rebuilding the data module."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path.strip():
+        if (self.path is None) == (self.data is None):
+            raise ValueError("DatasetSpec needs exactly one of `path` and `data` (an in-memory datasets.Dataset), got "
+                             + ("both" if self.path is not None else "neither"))
+        if self.data is not None:
+            _check_in_memory(self.data)
+        elif not isinstance(self.path, str) or not self.path.strip():
             raise ValueError(f"DatasetSpec.path must be a non-empty string, got {self.path!r}")
         bad_limit = isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
         if self.limit is not None and bad_limit:
-            raise ValueError(f"DatasetSpec.limit must be a positive integer or None, got {self.limit!r} ({self.path})")
+            raise ValueError(
+                f"DatasetSpec.limit must be a positive integer or None, got {self.limit!r} ({self.source})")
         if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
-            raise ValueError(f"DatasetSpec.repeat must be an integer >= 1, got {self.repeat!r} ({self.path})")
+            raise ValueError(f"DatasetSpec.repeat must be an integer >= 1, got {self.repeat!r} ({self.source})")
         for key in ("problem_field", "answer_field"):
             if not getattr(self, key):
-                raise ValueError(f"DatasetSpec.{key} must be a non-empty column name ({self.path})")
+                raise ValueError(f"DatasetSpec.{key} must be a non-empty column name ({self.source})")
 
     @property
     def display_name(self) -> str:
-        return self.name or default_name(self.path)
+        if self.name:
+            return self.name
+        return IN_MEMORY_NAME if self.path is None else default_name(self.path)
+
+    @property
+    def source(self) -> str:
+        """The path, or a description of the in-memory dataset, for messages."""
+        return self.path if self.path is not None else f"in-memory {type(self.data).__name__}"
 
 
-@dataclass
-class Table:
-    """Raw rows from one file (or one Hub split, benchmark or registered source), with where they came from."""
+IN_MEMORY_NAME = "in_memory"
+"""Row-id prefix of an in-memory dataset given without a ``name``."""
 
-    origin: str
-    rows: list[dict]
+
+def _check_in_memory(data: Any) -> None:
+    from datasets import Dataset, DatasetDict
+
+    if not isinstance(data, (Dataset, DatasetDict)):
+        hint = " (an in-memory dataset is not saved with the hyperparameters)" if isinstance(data, str) else ""
+        raise ValueError(f"DatasetSpec.data must be a datasets.Dataset or DatasetDict, got {type(data).__name__}"
+                         f"{hint}; convert with Dataset.from_list / from_pandas, or give `path`")
 
 
 @dataclass(frozen=True)
@@ -154,9 +182,9 @@ def read_tables(path: str, split: str = "train", data_dir: Optional[str] = None)
         candidates.append(Path(data_dir).expanduser() / path)
     for candidate in candidates:
         if candidate.is_dir():
-            return _read_folder(candidate)
+            return read_folder(candidate, split)
         if candidate.is_file():
-            return [_read_file(candidate)]
+            return [read_file(candidate)]
 
     if sep and _PREFIX_PATTERN.match(prefix):
         raise DataError(
@@ -193,10 +221,10 @@ def load_records(spec: DatasetSpec, role: str, data_dir: Optional[str] = None) -
     if role not in ("labeled", "unlabeled", "mixed", "eval"):
         raise ValueError(f"role must be 'labeled', 'unlabeled', 'mixed' or 'eval', got {role!r}")
     if role == "mixed" and spec.labeled_field is None:
-        raise ValueError(f"a mixed dataset needs labeled_field (e.g. 'reward_model.is_labeled'): {spec.path}")
+        raise ValueError(f"a mixed dataset needs labeled_field (e.g. 'reward_model.is_labeled'): {spec.source}")
     if role != "mixed" and spec.labeled_field is not None:
         raise ValueError(
-            f"labeled_field is only read for the mixed dataset; the {role} dataset {spec.path!r} sets it to "
+            f"labeled_field is only read for the mixed dataset; the {role} dataset {spec.source!r} sets it to "
             f"{spec.labeled_field!r}"
         )
 
@@ -205,12 +233,12 @@ def load_records(spec: DatasetSpec, role: str, data_dir: Optional[str] = None) -
     problems: list[str] = []
     first_seen: dict[str, str] = {}
     remaining = spec.limit
-    for table in read_tables(spec.path, spec.split, data_dir):
+    for table in spec_tables(spec, data_dir):
+        check_columns(table, _required_fields(spec, role), f"{role} dataset {name!r}")
         rows = table.rows if remaining is None else table.rows[:remaining]
         for index, row in enumerate(rows):
             row_id = str(index) if spec.id_field is None else _lookup(row, spec.id_field)
-            shown_id = "?" if row_id is _MISSING else row_id
-            where = f"{table.origin} row {index} (id {shown_id!r})"
+            where = table.where(index, "?" if row_id is _MISSING else row_id)
             try:
                 record = _parse_row(row, spec, role, name, row_id)
             except _FieldError as error:
@@ -230,8 +258,50 @@ def load_records(spec: DatasetSpec, role: str, data_dir: Optional[str] = None) -
     if problems:
         listed = "\n  ".join(problems[:MAX_REPORTED_ROWS])
         more = f"\n  ... and {len(problems) - MAX_REPORTED_ROWS} more" if len(problems) > MAX_REPORTED_ROWS else ""
-        raise DataError(f"{role} dataset {name!r} ({spec.path}): {len(problems)} malformed row(s):\n  {listed}{more}")
+        raise DataError(f"{role} dataset {name!r} ({spec.source}): {len(problems)} malformed row(s):\n  {listed}{more}")
+    if not records:
+        raise DataError(f"{role} dataset {name!r} ({spec.source}) has no rows")
     return [record for record in records for _ in range(spec.repeat)]
+
+
+def spec_tables(spec: DatasetSpec, data_dir: Optional[str] = None) -> list[Table]:
+    """The raw tables of a spec: its in-memory ``data``, or what its ``path`` points at."""
+    if spec.data is not None:
+        return [table_from_dataset(spec.data, spec.split, f"in-memory {type(spec.data).__name__}")]
+    return read_tables(spec.path, spec.split, data_dir)
+
+
+def _required_fields(spec: DatasetSpec, role: str) -> dict[str, str]:
+    """``{option name: column}`` of the columns every row of a ``role`` dataset reads."""
+    fields = {"problem_field": spec.problem_field}
+    if role != "unlabeled":
+        fields["answer_field"] = spec.answer_field
+    if spec.id_field is not None:
+        fields["id_field"] = spec.id_field
+    if role == "mixed":
+        fields["labeled_field"] = spec.labeled_field
+    return fields
+
+
+def check_columns(table: Table, fields: dict[str, str], what: str = "dataset") -> None:
+    """One :class:`DataError` when a mapped column is in no row at all (other column names), naming the expected
+    columns with their options and the columns the table has; a column that only some rows lack is reported per row.
+    A dotted field needs its first part."""
+    found = table.columns()
+    missing = {option: column for option, column in fields.items()
+               if column not in found and column.split(".")[0] not in found}
+    if not missing:
+        return
+    expected = ", ".join(f"{option}={column!r}" for option, column in missing.items())
+    hints = []
+    if "id_field" in missing:
+        hints.append("id_field: null numbers the rows by position")
+    conversational = [c for c in ("prompt", "messages") if c in found]
+    if "problem_field" in missing and conversational:
+        hints.append(f"problem_field: {conversational[0]} reads the user message of a conversation")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise DataError(f"{what} ({table.origin}): no column {expected}; the rows have columns {found}. Map them with "
+                    f"{', '.join(missing)}{hint}")
 
 
 class _FieldError(Exception):
@@ -247,6 +317,11 @@ def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: An
     problem = _lookup(row, spec.problem_field)
     if problem is _MISSING or problem is None:
         raise _FieldError(spec.problem_field, "missing")
+    if isinstance(problem, (list, tuple)):
+        try:
+            problem = user_text(problem)
+        except ValueError as error:
+            raise _FieldError(spec.problem_field, str(error)) from None
     if not isinstance(problem, str):
         raise _FieldError(spec.problem_field, f"expected a string, got {type(problem).__name__}")
     if not problem.strip():
@@ -318,24 +393,6 @@ def _flag_to_bool(value: Any, field: str) -> bool:
     if isinstance(value, numbers.Integral) and int(value) in (0, 1):
         return bool(value)
     raise _FieldError(field, f"expected a boolean (or 0/1), got {value!r}")
-
-
-def _read_file(path: Path) -> Table:
-    builder = FILE_SUFFIXES.get(path.suffix)
-    if builder is None:
-        raise DataError(f"unsupported dataset file {str(path)!r}: expected one of {sorted(FILE_SUFFIXES)}")
-    try:
-        dataset = load_dataset(builder, data_files=str(path), split="train")
-    except Exception as error:  # pyarrow / json errors: name the file, keep the cause
-        raise DataError(f"could not read {str(path)!r}: {error}") from error
-    return Table(origin=str(path), rows=dataset.to_list())
-
-
-def _read_folder(folder: Path) -> list[Table]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no {'/'.join(sorted(FILE_SUFFIXES))} files in dataset folder {str(folder)!r}")
-    return [_read_file(p) for p in files]
 
 
 def _benchmarks_module():
