@@ -27,11 +27,15 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from tempo_pl.algorithms.checks import check_rows, check_same_shape
+
+AllReduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over every rank and returns the sum on every rank (identity on one process)."""
 
 __all__ = [
     "masked_sum",
@@ -54,53 +58,63 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return weighted.sum() if dim is None else weighted.sum(dim)
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, all_reduce: AllReduce | None = None) -> Tensor:
     """Mean of ``x`` over entries where ``mask`` is non-zero (weighted by ``mask``).
 
     Args:
         x: values, any shape.
         mask: same shape as ``x``.
         dim: reduce over this dimension only (e.g. ``-1`` for a per-row mean); ``None`` reduces over everything.
+        all_reduce: sums a tensor over every rank (``dim=None`` only): the mean is then over the valid entries of all
+            ranks' batches, as one process would compute it on their concatenation.
 
     Returns 0 where there is nothing to average (a fully masked row, an empty batch); the gradient there is 0 too.
     """
     check_same_shape(x=x, mask=mask)
     total = masked_sum(x, mask, dim)
     count = mask.sum() if dim is None else mask.sum(dim)
+    if all_reduce is not None:
+        if dim is not None:
+            raise ValueError("masked_mean: all_reduce needs dim=None (a mean over every valid entry)")
+        total, count = all_reduce(torch.stack([total, count.to(total.dtype)]))
     # a safe denominator rather than where(count > 0, total / count, 0): the latter back-propagates 0 * inf = NaN
     safe_count = torch.where(count > 0, count, torch.ones_like(count))
     return total / safe_count
 
 
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of ``x`` over all valid entries.
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, all_reduce: AllReduce | None = None) -> Tensor:
+    """Variance of ``x`` over all valid entries (of every rank's batch with ``all_reduce``, see :func:`masked_mean`).
 
     ``unbiased`` applies Bessel's correction n / (n - 1), n = ``mask.sum()``, as verl's ``masked_var`` does. With
     fewer than two valid entries the unbiased variance is undefined; it is reported as 0 instead of raising, so that a
     batch with one valid token whitens to 0 rather than failing a training step.
     """
     check_same_shape(x=x, mask=mask)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    mean = masked_mean(x, mask, all_reduce=all_reduce)
+    var = masked_mean((x - mean) ** 2, mask, all_reduce=all_reduce)
     if not unbiased:
         return var
-    count = mask.sum()
+    count = mask.sum() if all_reduce is None else all_reduce(mask.sum().reshape(1))[0]
     # branch-free, so that no device sync is needed on GPU
     bessel = torch.where(count > 1, count / (count - 1).clamp(min=1e-12), torch.zeros_like(count))
     return var * bessel
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce: AllReduce | None = None
+) -> Tensor:
     """``(x - mu) / sqrt(var + eps)`` with ``mu`` and the unbiased ``var`` taken over all valid entries.
 
     Args:
         shift_mean: when False the mean is added back after scaling (only the scale is normalised).
         eps: added to the variance, not the std (the reference's convention).
+        all_reduce: sums over ranks, so ``mu`` and ``var`` are those of every rank's rows together (the reference's
+            single driver sees the whole step's batch); see :func:`masked_mean`.
 
     Padded positions are not zeroed here; callers re-mask.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean = masked_mean(x, mask, all_reduce=all_reduce)
+    var = masked_var(x, mask, unbiased=True, all_reduce=all_reduce)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean
 
@@ -127,7 +141,9 @@ def last_token_value(values: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def em_token_advantage(outcomes: Tensor, values: Tensor, mask: Tensor, whiten: bool = True) -> tuple[Tensor, Tensor]:
+def em_token_advantage(
+    outcomes: Tensor, values: Tensor, mask: Tensor, whiten: bool = True, all_reduce: AllReduce | None = None
+) -> tuple[Tensor, Tensor]:
     """TEMPO's ``em_token`` estimator (``docs/algorithm.md``, "Advantages"): token advantage ``z - V(x, y_<t)`` with the critic as baseline.
 
     Args:
@@ -137,6 +153,7 @@ def em_token_advantage(outcomes: Tensor, values: Tensor, mask: Tensor, whiten: b
         mask: (N, R) response mask.
         whiten: whiten over ALL valid tokens of the batch at once, labeled and unlabeled rows together (the reference's
             global scope: no per-group baseline, longer responses weigh more).
+        all_reduce: sums over ranks: whitening then covers every rank's rows (see :func:`masked_whiten`).
 
     Returns:
         ``adv`` (N, R), zero on padding, and ``returns`` = ``z`` broadcast over valid tokens (the critic's targets).
@@ -145,7 +162,7 @@ def em_token_advantage(outcomes: Tensor, values: Tensor, mask: Tensor, whiten: b
     check_rows(outcomes, "outcomes", mask)
     valid = mask != 0
     raw = torch.where(valid, outcomes.unsqueeze(-1) - values, torch.zeros_like(values)) * mask
-    adv = masked_whiten(raw, mask) * mask if whiten else raw
+    adv = masked_whiten(raw, mask, all_reduce=all_reduce) * mask if whiten else raw
     returns = outcomes.unsqueeze(-1) * mask
     return adv, returns
 
@@ -237,8 +254,9 @@ def em_advantage(
         eps: added to the group std, as in :func:`grpo_advantage`.
 
     Returns:
-        ``adv``: GRPO group normalisation of the scores, broadcast to valid tokens. ``returns``: the outcome on labeled
-        rows, the critic's own values on unlabeled rows (so an unlabeled row asks the critic for no change).
+        ``adv``: GRPO group normalisation of the scores, broadcast to valid tokens; 0 for a group of one row (one
+        response per prompt), as the reference. ``returns``: the outcome on labeled rows, the critic's own values on
+        unlabeled rows (so an unlabeled row asks the critic for no change).
     """
     check_same_shape(values=values, mask=mask)
     check_rows(outcomes, "outcomes", mask)
@@ -246,13 +264,17 @@ def em_advantage(
     labeled = is_labeled.bool()
     scores = outcomes if not clamp_unlabeled else torch.where(labeled, outcomes, outcomes.clamp(-1.0, 1.0))
     adv, _ = grpo_advantage(scores, mask, group_ids, norm_by_std=True, eps=eps)
+    # a group of one row is its own baseline: advantage 0, as the reference's `em` (GRPO passes such a score through)
+    _, _, count = _group_mean_std_count(scores, group_ids)
+    adv = torch.where((count == 1).unsqueeze(-1), torch.zeros_like(adv), adv)
     returns = torch.where(labeled.unsqueeze(-1), outcomes.unsqueeze(-1).expand_as(values), values) * mask
     return adv, returns
 
 
 @torch.no_grad()
 def gae_advantage(
-    scores: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 1.0, whiten: bool = True
+    scores: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 1.0, whiten: bool = True,
+    all_reduce: AllReduce | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation with the score as a reward on each row's last valid token.
 
@@ -265,7 +287,7 @@ def gae_advantage(
         mask: (N, R) response mask.
         gamma: discount.
         lam: GAE lambda. With ``gamma = lam = 1`` the advantage is ``score - V_t`` (Monte-Carlo).
-        whiten: whiten the advantages over all valid tokens of the batch.
+        whiten: whiten the advantages over all valid tokens of the batch (of every rank's batch with ``all_reduce``).
 
     Returns:
         ``adv`` (whitened if asked, zero on padding) and ``returns`` = raw GAE advantage + values (the critic targets).
@@ -292,5 +314,5 @@ def gae_advantage(
         reversed_adv.append(running)
     raw = torch.stack(reversed_adv[::-1], dim=-1) * step_mask
     returns = (raw + values) * step_mask
-    adv = masked_whiten(raw, mask) * step_mask if whiten else raw
+    adv = masked_whiten(raw, mask, all_reduce=all_reduce) * step_mask if whiten else raw
     return adv, returns

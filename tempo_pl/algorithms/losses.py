@@ -189,8 +189,9 @@ def value_loss(
         agg_mode: see :func:`aggregate_loss`; the reference uses ``"seq-mean-token-mean"``.
 
     Returns:
-        The loss and ``vf_clipfrac`` (sequence: fraction of valid rows with ``|D| > c``; token: fraction of valid
-        tokens where the clipped branch was taken; none: 0) and ``vpred_mean`` (masked mean of ``values``).
+        The loss and ``vf_clipfrac`` (sequence: the share of valid tokens whose row has ``|D| > c``, token-weighted
+        as the reference logs it; token: the share of valid tokens where the clipped branch was taken; none: 0) and
+        ``vpred_mean`` (masked mean of ``values``).
 
     Example::
 
@@ -214,8 +215,9 @@ def value_loss(
         clipped_values = values + (shift.clamp(-cliprange, cliprange) - shift).unsqueeze(-1)
         clipped = (clipped_values - returns) ** 2
         per_token = torch.maximum(unclipped, clipped)
-        row_has_tokens = (mask != 0).any(dim=-1).to(values.dtype)
-        clipfrac = masked_mean((shift.abs() > cliprange).to(values.dtype), row_has_tokens)
+        # token-weighted, as the reference logs it: a clipped row of 3 tokens counts three times a row of 1
+        row_clipped = (shift.abs() > cliprange).to(values.dtype).unsqueeze(-1).expand_as(values)
+        clipfrac = masked_mean(row_clipped, mask)
     loss = 0.5 * aggregate_loss(per_token, mask, agg_mode)
     return loss, {"vf_clipfrac": clipfrac.detach(), "vpred_mean": masked_mean(values, mask).detach()}
 

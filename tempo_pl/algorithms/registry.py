@@ -49,7 +49,9 @@ class AdvantageBatch:
     """The rows of one RL step as an advantage estimator sees them.
 
     Shapes: ``scores``, ``group_ids``, ``is_labeled`` (N,); ``mask`` and ``values`` (N, R). ``values`` is None when
-    the run has no critic.
+    the run has no critic. ``all_reduce`` sums a tensor over every rank (None on one process): an estimator that
+    normalises over the batch uses it so that N ranks compute what one process computes on their concatenated rows
+    (a group's rows are always on one rank, so group statistics need none).
     """
 
     scores: Tensor
@@ -57,6 +59,7 @@ class AdvantageBatch:
     group_ids: Tensor
     is_labeled: Tensor
     values: Optional[Tensor] = None
+    all_reduce: Optional[Callable[[Tensor], Tensor]] = None
 
 
 AdvantageFn = Callable[[AdvantageBatch, Any], "tuple[Tensor, Tensor]"]
@@ -154,7 +157,8 @@ def policy_loss_names() -> list[str]:
 # ------------------------------------------------------------------------------------------------ built-ins
 @register_advantage("em_token", needs_critic=True)
 def _em_token(batch: AdvantageBatch, config: Any) -> tuple[Tensor, Tensor]:
-    return adv.em_token_advantage(batch.scores, batch.values, batch.mask, whiten=config.whiten_advantages)
+    return adv.em_token_advantage(batch.scores, batch.values, batch.mask, whiten=config.whiten_advantages,
+                                  all_reduce=batch.all_reduce)
 
 
 @register_advantage("em", needs_critic=True)
@@ -165,7 +169,7 @@ def _em(batch: AdvantageBatch, config: Any) -> tuple[Tensor, Tensor]:
 @register_advantage("gae", needs_critic=True)
 def _gae(batch: AdvantageBatch, config: Any) -> tuple[Tensor, Tensor]:
     return adv.gae_advantage(batch.scores, batch.values, batch.mask, gamma=config.gamma, lam=config.lam,
-                             whiten=config.whiten_advantages)
+                             whiten=config.whiten_advantages, all_reduce=batch.all_reduce)
 
 
 @register_advantage("grpo")
