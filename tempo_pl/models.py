@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 
 from tempo_pl.algorithms.token_stats import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
 from tempo_pl.lora import bnb_config, disable_bnb_avx512bf16, is_loaded_quantized, lora_config, quantize_via_disk
+from tempo_pl.pretrained_sources import loading, loading_tokenizer
 from tempo_pl.tiny import resolve_tokenizer
 from tempo_pl.types import Rollout
 
@@ -177,7 +178,8 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     name = spec.tokenizer or spec.name_or_path
     if name is None:
         raise ValueError(f"{type(spec).__name__}.tokenizer is required when the model is built from `config`")
-    tokenizer = resolve_tokenizer(name, trust_remote_code=spec.trust_remote_code)
+    with loading_tokenizer(type(spec).__name__, name, from_model_folder=spec.tokenizer is None):
+        tokenizer = resolve_tokenizer(name, trust_remote_code=spec.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -260,9 +262,10 @@ def build_policy(spec: ModelSpec) -> nn.Module:
             kwargs = _load_kwargs(spec)
             if spec.load_in_4bit:
                 kwargs["quantization_config"] = _bnb_config(spec, skip_modules=None)
-            model = AutoModelForCausalLM.from_pretrained(
-                spec.name_or_path, trust_remote_code=spec.trust_remote_code, **kwargs
-            )
+            with loading(spec.name_or_path, f"{type(spec).__name__}.name_or_path"):
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec.name_or_path, trust_remote_code=spec.trust_remote_code, **kwargs
+                )
         return _finish(model, spec, task_type="CAUSAL_LM", modules_to_save=None)
 
 
@@ -284,7 +287,8 @@ def init_value_head(head: nn.Linear, std: float) -> None:
 
 def _critic_from_pretrained(path: str, spec: CriticSpec) -> tuple[PreTrainedModel, bool]:
     """Load a critic (or a causal LM, then the head is fresh); returns the model and whether its head is fresh."""
-    config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **CRITIC_OVERRIDES)
+    with loading(path, f"{type(spec).__name__}.name_or_path" + ("" if spec.name_or_path else " (the policy's)")):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **CRITIC_OVERRIDES)
     cls = token_classification_class(config)
     if _initialising_on_meta():
         return cls._from_config(config, **_load_kwargs(spec)), False

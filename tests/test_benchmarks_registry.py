@@ -77,7 +77,7 @@ def test_local_file_errors_name_the_row(no_hub, tmp_path):
         load_benchmark(str(bad))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"problem": "p", "answer": "1"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="broken.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match="broken.jsonl' line 2: not valid JSON"):
         load_benchmark(str(broken))
     csv = tmp_path / "x.csv"
     csv.write_text("problem,answer\n", encoding="utf-8")

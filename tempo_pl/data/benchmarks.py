@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -138,27 +137,13 @@ def read_rows(path: os.PathLike | str) -> list[dict]:
     ``problem`` and ``answer`` are required (the answer becomes a string); a missing ``id`` becomes
     ``<file stem>-<row index>``.
     """
+    from tempo_pl.data.readers import FILE_SUFFIXES, read_file
+
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-    elif suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: a .json benchmark must hold a list of objects, found {type(rows).__name__}")
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    else:
+    if suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: unsupported benchmark file type {suffix!r} (use .jsonl, .json or .parquet)")
+    rows = read_file(path).rows  # names the file and line of unreadable JSON or non-UTF-8 bytes
     out = []
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
