@@ -8,17 +8,22 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from tempo_pl.prompts import decode_prompts
+
 
 class RolloutSampleLogger(Callback):
     """Appends one JSON line per RL step to ``<log_dir>/rollouts/rank<r>.jsonl``.
 
-    Each line has the RL step, the phase, the prompt ids of the step's groups, the number of responses per group, and
-    up to ``max_samples`` responses with their scores (texts cut to ``max_chars``). It reads the module's
-    ``last_step`` record, so it sees exactly the rows the step trained on (after group filtering).
+    Each line has the RL step, the phase, the prompt ids of the step's groups, the number of responses per group, the
+    score, length in tokens and ``truncated`` flag (hit the token limit without EOS) of every response, and up to
+    ``max_samples`` samples: the rendered prompt (what the policy read: chat template applied, after any left
+    truncation; decoded with the module's ``tokenizer``) and the response, each cut to ``max_chars``, with the
+    response's score, length and flag. It reads the module's ``last_step`` record, so it sees exactly the rows the
+    step trained on (after group filtering).
 
     Args:
         max_samples: responses written per step (0 = ids and scores only).
-        max_chars: longest response text written.
+        max_chars: longest prompt and response text written.
         dirpath: folder of the files; default ``<trainer.log_dir>/rollouts``.
 
     Example::
@@ -50,6 +55,10 @@ class RolloutSampleLogger(Callback):
             return
         rollout = record.rollout
         group_sizes = [int((rollout.group_ids == g).sum()) for g in range(len(rollout.prompt_batch))]
+        lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        shown = min(self.max_samples, rollout.num_rows)
+        prompts = decode_prompts(tokenizer, rollout) if tokenizer is not None and shown else []
         line = {
             "rl_step": record.rl_step,
             "phase": record.plan.phase,
@@ -57,12 +66,17 @@ class RolloutSampleLogger(Callback):
             "is_labeled": list(rollout.prompt_batch.is_labeled),
             "group_sizes": group_sizes,
             "scores": [round(float(x), 6) for x in record.scores.tolist()],
+            "response_lengths": [int(x) for x in lengths],
+            "truncated": [bool(x) for x in truncated],
             "metrics": {k: round(float(v), 6) for k, v in sorted(record.metrics.items())},
             "samples": [
                 {"prompt_id": rollout.prompt_batch.ids[int(rollout.group_ids[i])],
+                 **({"prompt": prompts[int(rollout.group_ids[i])][: self.max_chars]} if prompts else {}),
                  "response": rollout.texts[i][: self.max_chars],
+                 "response_length": int(lengths[i]),
+                 "truncated": bool(truncated[i]),
                  "score": float(record.scores[i])}
-                for i in range(min(self.max_samples, rollout.num_rows))
+                for i in range(shown)
             ],
         }
         with self._path(trainer).open("a") as f:

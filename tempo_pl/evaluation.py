@@ -18,6 +18,7 @@ from tempo_pl.config import EvalConfig
 from tempo_pl.metrics import score_questions, summarize_questions, write_question_jsonl
 from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.models import critic_response_values
+from tempo_pl.prompts import decode_prompts
 from tempo_pl.rollout import SamplingSpec
 from tempo_pl.types import Rollout
 
@@ -47,10 +48,13 @@ class Evaluation:
 
     Args:
         config: the run's evaluation options.
+        tokenizer: decodes each question's prompt tokens into the record's ``prompt`` (the rendered prompt); None
+            leaves it out.
     """
 
-    def __init__(self, config: EvalConfig) -> None:
+    def __init__(self, config: EvalConfig, tokenizer=None) -> None:
         self.config = config
+        self.tokenizer = tokenizer
         self.records: dict[int, list] = {}
 
     def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
@@ -67,6 +71,12 @@ class Evaluation:
             [[rollout.texts[i] for i in rows] for rows in groups],
             values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
         )
+        prompts = decode_prompts(self.tokenizer, rollout) if self.tokenizer is not None else [None] * len(records)
+        lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()
+        for record, rows, prompt in zip(records, groups, prompts):
+            record.prompt = prompt
+            record.response_lengths = [int(lengths[i]) for i in rows]
+            record.truncated = [bool(truncated[i]) for i in rows]
         self.records.setdefault(dataloader_idx, []).extend(records)
 
     def finish(

@@ -81,6 +81,9 @@ class QuestionResult:
         values: optional last-token critic value of each response.
         clusters: answer cluster id of each response (equivalent answers share an id, numbered in order of first
             appearance; every no-answer response has its own); computed by :func:`summarize_questions` if None.
+        prompt: the prompt text the policy read (chat template applied, after any left truncation), when known.
+        response_lengths: each response's length in tokens (its EOS included), when known.
+        truncated: whether each response hit the token limit without an EOS, when known.
 
     Example::
 
@@ -96,12 +99,15 @@ class QuestionResult:
     correct: list[bool]
     values: Optional[list[float]] = None
     clusters: Optional[list[int]] = None
+    prompt: Optional[str] = None
+    response_lengths: Optional[list[int]] = None
+    truncated: Optional[list[bool]] = None
 
     def __post_init__(self) -> None:
         n = len(self.responses)
         if n == 0:
             raise ValueError(f"QuestionResult {self.question_id!r} has no responses")
-        for name in ("answers", "correct", "values", "clusters"):
+        for name in ("answers", "correct", "values", "clusters", "response_lengths", "truncated"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(
@@ -322,7 +328,9 @@ def within_question_auroc(records: Sequence[QuestionResult]) -> float:
 
 
 def write_question_jsonl(path: Union[str, os.PathLike], records: Sequence[QuestionResult]) -> Path:
-    """Write one JSON object per question (the :class:`QuestionResult` fields); returns the path written."""
+    """Write one JSON object per question (the :class:`QuestionResult` fields: id, gold, responses, answers, verdicts,
+    critic values, clusters, the rendered prompt, response lengths in tokens and ``truncated`` flags); returns the
+    path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:

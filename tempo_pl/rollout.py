@@ -7,8 +7,9 @@ weight sync. A faster engine (vLLM) only has to implement :class:`RolloutEngine`
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -17,20 +18,12 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from tempo_pl.lora import disable_bnb_avx512bf16
 from tempo_pl.models import hf_model
+from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
 from tempo_pl.types import PromptBatch, Rollout
 
+__all__ = ["HFGenerateEngine", "PromptFormat", "RolloutEngine", "SamplingSpec", "encode_prompts"]
+
 OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt framed as a user message by the tokenizer's chat template, generation prompt
-    included: what the policy is asked. The SFT warm start encodes its prompts here too, so it teaches the policy to
-    answer exactly what the rollouts will ask."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 @runtime_checkable
@@ -68,9 +61,17 @@ class SamplingSpec:
     max_prompt_length: int = 2048
     """Longest prompt in tokens, chat template included."""
     overlong_prompt: str = "truncate_left"
-    """A longer prompt is cut from the left (``"truncate_left"``, the reference code) or dropped (``"drop"``)."""
+    """A longer prompt is cut from the left (``"truncate_left"``, the reference code: it loses its beginning and the
+    chat template's header) or dropped (``"drop"``: the step trains on fewer prompts). Either way the prompts are
+    counted every RL step (``rollout/truncated_prompts``, ``rollout/dropped_overlong_prompts``) and the first
+    truncation is warned about, with the longest prompt's length."""
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
+    :class:`~tempo_pl.prompts.PromptFormat`. Evaluation uses the same format."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.prompt_format, dict):  # from Python or YAML without class_path
+            self.prompt_format = PromptFormat(**self.prompt_format)
         if self.n < 1:
             raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
         if self.temperature < 0:
@@ -99,13 +100,14 @@ class HFGenerateEngine:
     are drawn from the global RNG: seed it (Lightning's ``seed_everything``) for reproducible rollouts.
 
     Args:
-        tokenizer: the policy's tokenizer; its chat template frames each prompt as a user message.
-        sampling: temperature, top-p/top-k, lengths, overlong-prompt policy.
+        tokenizer: the policy's tokenizer; its chat template frames each prompt as a user message (checked here
+            against ``sampling.prompt_format``, so a missing template fails at setup, not at the first step).
+        sampling: temperature, top-p/top-k, lengths, overlong-prompt policy, prompt format.
         micro_batch_size: prompts per ``generate`` call (each with its n samples); None = the whole batch at once.
 
     After every call ``last_dropped`` holds the number of prompts dropped as overlong (``"drop"`` mode) and
     ``last_truncated`` the number cut from the left; the rollout's ``extra`` carries both (``num_dropped``,
-    ``num_prompts_truncated``).
+    ``num_prompts_truncated``). The first call that truncates warns once, with the longest prompt's length.
 
     Example::
 
@@ -125,11 +127,13 @@ class HFGenerateEngine:
             raise ValueError("HFGenerateEngine needs a tokenizer with an eos token")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        check_prompt_format(tokenizer, sampling.prompt_format, "sampling.prompt_format")
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.micro_batch_size = micro_batch_size
         self.last_dropped = 0
         self.last_truncated = 0
+        self.warned_truncation = False
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
@@ -160,7 +164,7 @@ class HFGenerateEngine:
     # ------------------------------------------------------------------------------------------------ helpers
     def _encode_prompts(self, prompts: PromptBatch, spec: SamplingSpec) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
-        encoded = encode_prompts(self.tokenizer, prompts.prompts)
+        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format)
         token_ids, kept, dropped, truncated = [], [], 0, 0
         for i, ids in enumerate(encoded):
             if len(ids) > spec.max_prompt_length:
@@ -172,6 +176,16 @@ class HFGenerateEngine:
             token_ids.append(ids)
             kept.append(i)
         self.last_dropped, self.last_truncated = dropped, truncated
+        if truncated and not self.warned_truncation:
+            self.warned_truncation = True
+            warnings.warn(
+                f"{truncated} of {len(encoded)} prompts are longer than sampling.max_prompt_length = "
+                f"{spec.max_prompt_length} tokens (the longest: {max(len(ids) for ids in encoded)} tokens) and were "
+                "cut from the left, losing their beginning and the chat template's header. Raise "
+                "sampling.max_prompt_length, or set sampling.overlong_prompt: drop to skip such prompts; "
+                "rollout/truncated_prompts counts them every RL step. (Warned once.)",
+                stacklevel=3,
+            )
         return token_ids, kept
 
     def _stop_ids(self, model: nn.Module) -> list[int]:

@@ -2,7 +2,8 @@
 
 The conversation is built exactly as the rollout engine builds it, so that what SFT teaches is what RL samples:
 user = the prompt template applied to the problem, encoded by the engine's own
-:func:`~tempo_pl.rollout.encode_prompts` (chat template and generation prompt); assistant = the worked solution
+:func:`~tempo_pl.prompts.encode_prompts` with the same :class:`~tempo_pl.prompts.PromptFormat` (give SFTModule the
+``prompt_format`` the RL stages give ``sampling.prompt_format``); assistant = the worked solution
 followed by the tokenizer's eos. The loss covers the assistant tokens only. At the end of fit the policy (LoRA
 merged) and tokenizer are saved as a Hugging Face directory that the next stage loads with
 ``ModelSpec(name_or_path=<save_dir>)``.
@@ -30,7 +31,7 @@ from tempo_pl.data.sources import check_columns, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
 from tempo_pl.lora import save_merged
 from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-from tempo_pl.rollout import encode_prompts
+from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
 
 IGNORE_INDEX = -100
 """Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""
@@ -44,7 +45,10 @@ def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> li
 
 
 def collate_sft(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], completions: Sequence[str]
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    prompt_format: Optional[PromptFormat] = None,
 ) -> dict[str, Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` outside the completions).
 
@@ -57,7 +61,7 @@ def collate_sft(
         raise ValueError("collate_sft got an empty batch")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences, labels = [], []
-    for prompt_ids, completion in zip(encode_prompts(tokenizer, prompts), completions):
+    for prompt_ids, completion in zip(encode_prompts(tokenizer, prompts, prompt_format), completions):
         completion_ids = encode_completion(tokenizer, completion)
         sequences.append(prompt_ids + completion_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
@@ -104,6 +108,8 @@ class SFTModule(LightningModule):
             ``max_epochs`` times the batches per epoch).
         min_lr_ratio: the learning rate at the end of the decay, as a fraction of ``learning_rate``.
         save_dir: where the policy and tokenizer are saved (``save_pretrained``) at the end of fit; None = not saved.
+        prompt_format: system prompt, chat-template variables or no chat template, as the RL stages'
+            ``sampling.prompt_format`` (they must match, or SFT teaches answers to prompts RL never asks).
 
     Example::
 
@@ -122,6 +128,7 @@ class SFTModule(LightningModule):
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
         save_dir: Optional[str] = None,
+        prompt_format: Optional[PromptFormat] = None,
     ) -> None:
         super().__init__()
         if learning_rate <= 0:
@@ -142,7 +149,9 @@ class SFTModule(LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.save_dir = save_dir
+        self.prompt_format = prompt_format or PromptFormat()
         self.tokenizer = build_tokenizer(model)
+        check_prompt_format(self.tokenizer, self.prompt_format, "SFTModule.prompt_format")
         self.policy: Optional[nn.Module] = None
 
     def configure_model(self) -> None:
@@ -151,7 +160,7 @@ class SFTModule(LightningModule):
             self.policy = build_policy(self.model_spec)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        tensors = collate_sft(self.tokenizer, batch["prompts"], batch["completions"])
+        tensors = collate_sft(self.tokenizer, batch["prompts"], batch["completions"], self.prompt_format)
         tensors = {key: value.to(self.device) for key, value in tensors.items()}
         logits = self.policy(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         loss = completion_loss(logits, tensors["labels"])
