@@ -38,6 +38,9 @@ class AlgorithmConfig:
     """Lower clip range epsilon_low of the importance ratio."""
     clip_high: float = 5e-4
     """Upper clip range epsilon_high of the importance ratio (clip-higher when larger than ``clip_low``)."""
+    dual_clip_ratio: float = 3.0
+    """``ppo`` only: a token with a negative advantage loses at most ``-A * dual_clip_ratio`` (dual-clip PPO, the
+    reference's ``clip_ratio_c``); 0 = off. GSPO's sequence ratio has no such cap, as in the reference."""
     loss_agg_mode: str = "seq-mean-token-mean"
     """Aggregation of token losses: ``token-mean``, ``seq-mean-token-mean`` or ``seq-mean-token-sum``."""
     value_clip_mode: str = "sequence"
@@ -57,6 +60,8 @@ class AlgorithmConfig:
         check_choice("algorithm.loss_agg_mode", self.loss_agg_mode, AGG_MODES)
         check_choice("algorithm.value_clip_mode", self.value_clip_mode, VALUE_CLIP_MODES)
         check_choice("algorithm.kl_kind", self.kl_kind, KL_KINDS)
+        if self.dual_clip_ratio != 0 and self.dual_clip_ratio <= 1:
+            raise ValueError(f"algorithm.dual_clip_ratio must be > 1 (or 0 = off), got {self.dual_clip_ratio}")
         for name in ("clip_low", "clip_high", "cliprange_value", "kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"algorithm.{name} must be >= 0, got {getattr(self, name)}")
@@ -94,8 +99,13 @@ class TrainingConfig:
     """Drop labeled prompt groups whose n rewards all agree (zero variance) and generate more prompts to refill."""
     max_generation_batches: int = 10
     """At most this many generation batches per RL step while refilling after group filtering."""
+    underfilled_batch: str = "train"
+    """When ``max_generation_batches`` leave fewer kept groups than the batch (over all ranks): ``train`` on what was
+    kept (logged as ``filter/underfilled``), or ``error`` as the reference does. ``train`` is the default because a
+    test-time run whose labeled groups are all solved for a while should not die hours in; the counter shows it."""
 
     def __post_init__(self) -> None:
+        check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"training.generation_batch_size must be >= 1 or null, got {self.generation_batch_size}")
         for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):

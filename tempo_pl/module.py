@@ -32,7 +32,7 @@ from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
 from tempo_pl.rng_state import capture_rng, restore_rng
 from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
-from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
+from tempo_pl.stages.collection import CollectOptions, Ranks, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import rollout_stats
 from tempo_pl.stages.metrics import step_metrics, throughput, timed
 from tempo_pl.stages.minibatch import MiniBatchPlan, optimize, row_inputs
@@ -277,7 +277,6 @@ class TempoModule(LightningModule):
         """Draw, generate, grade labeled groups, drop those without signal, refill (``docs/algorithm.md``, "Group
         filtering and refill"). Returns the rollout cut to the RL batch (in prompts) and collection metrics."""
         cfg = self.training_cfg
-        strategy = self.trainer.strategy
         # refills come straight from the stream object: Lightning's dataloader_iter ends the epoch once it has handed
         # out limit_train_batches batches, and a refill is part of the same RL step, not another one
         refill_source = self.trainer.train_dataloader
@@ -285,10 +284,9 @@ class TempoModule(LightningModule):
             draw=lambda i: unwrap_batch(next(dataloader_iter) if i == 0 else next(refill_source)),
             generate=self.rollout,
             grade_labeled=self.grade_labeled,
-            options=CollectOptions(cfg.group_filter, cfg.max_generation_batches, self.tokenizer.pad_token_id),
-            any_rank=lambda need: strategy.reduce_boolean_decision(need, all=False),
-            min_over_ranks=lambda count: int(strategy.reduce(
-                torch.tensor(float(count), device=self.device), reduce_op="min")),
+            options=CollectOptions(cfg.group_filter, cfg.max_generation_batches, self.tokenizer.pad_token_id,
+                                   underfilled=cfg.underfilled_batch),
+            ranks=self._ranks(),
             rl_step=self.rl_step,
         )
         return collected.rollout, collected.metrics
@@ -315,7 +313,8 @@ class TempoModule(LightningModule):
         """Token advantages and critic targets from the per-row outcomes, by the registered
         ``algorithm.advantage`` estimator (``docs/algorithm.md``, "Advantages")."""
         batch = AdvantageBatch(scores=scores, mask=rollout.response_mask.float(), group_ids=rollout.group_ids,
-                               is_labeled=rollout.is_labeled, values=stats.values)
+                               is_labeled=rollout.is_labeled, values=stats.values,
+                               all_reduce=self._all_reduce_sum if self._world_size > 1 else None)
         return advantage_estimator(self.algorithm.advantage).fn(batch, self.algorithm)
 
     def policy_loss(
@@ -391,7 +390,7 @@ class TempoModule(LightningModule):
     def on_validation_epoch_start(self) -> None:
         # evaluation samples from the global RNGs; restoring them afterwards keeps training's samples unchanged
         self._rng_before_eval = capture_rng()
-        self._evaluation = Evaluation(self.evaluation)
+        self._evaluation = Evaluation(self.evaluation, tokenizer=self.tokenizer)
 
     @override
     def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -431,6 +430,27 @@ class TempoModule(LightningModule):
             self._pending_rng = None
 
     # ------------------------------------------------------------------ helpers
+    def _ranks(self) -> Ranks:
+        """How this run's ranks sum numbers and exchange objects (one process: identities)."""
+        world = self._world_size
+        if world == 1:
+            return Ranks()
+
+        def gather(obj):
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, obj)
+            return gathered
+
+        return Ranks(world=world, rank=self.global_rank, gather=gather,
+                     sum=lambda values: self._all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist())
+
+    @property
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
+
     @property
     def _logprob_temperature(self) -> float:
         # greedy sampling (temperature 0) is scored under the untempered distribution

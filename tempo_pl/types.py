@@ -6,7 +6,7 @@ stage can be tested without Lightning and replaced by a research subclass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
@@ -117,6 +117,12 @@ class Rollout:
         rows = self.group_rows(groups)
         return self._take(rows, self.prompt_batch.select(groups),
                           torch.arange(len(groups), device=self.group_ids.device).repeat_interleave(self.n_per_prompt))
+
+    def to(self, device) -> "Rollout":
+        """The same rollout with every tensor (``extra``'s included) on ``device``."""
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return Rollout(**{f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extra"},
+                       extra={k: move(v) for k, v in self.extra.items()})
 
     def select_rows(self, rows: Tensor) -> "Rollout":
         """Keep the listed rows; prompts and group ids stay as they are (a group may lose some of its rows)."""

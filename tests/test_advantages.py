@@ -192,8 +192,8 @@ def test_rloo_advantage_by_hand():
     groups = torch.tensor([0, 0, 0, 1])
     mask = t([[1, 1], [1, 1], [1, 0], [1, 1]])
     adv, returns = rloo_advantage(scores, mask, groups)
-    # row 0: 1 - mean(0, 0) = 1; rows 1, 2: 0 - mean(1, 0) = -0.5; row 3 alone: 0
-    assert torch.allclose(adv, t([[1.0, 1.0], [-0.5, -0.5], [-0.5, 0.0], [0.0, 0.0]]))
+    # row 0: 1 - mean(0, 0) = 1; rows 1, 2: 0 - mean(1, 0) = -0.5; row 3 alone has no baseline: its score, 5
+    assert torch.allclose(adv, t([[1.0, 1.0], [-0.5, -0.5], [-0.5, 0.0], [5.0, 5.0]]))
     assert torch.equal(adv, returns)
 
 

@@ -277,3 +277,23 @@ def test_low_var_kl_is_clamped_to_ten():
 def test_kl_penalty_rejects_unknown_kind():
     with pytest.raises(ValueError, match="low_var_kl"):
         kl_penalty(t([0.0]), t([0.0]), "k4")
+
+
+def test_ppo_dual_clip_caps_the_loss_of_negative_advantages():
+    # one token, A = -1, ratio 4 (log 4 - 0): clipped surrogate max(4, 1.28) = 4, capped at -A * 3 = 3 with no gradient
+    logp = torch.tensor([[math.log(4.0)]], requires_grad=True)
+    loss, m = ppo_clip_policy_loss(logp, torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1), 0.2, 0.28)
+    loss.backward()
+    assert loss.item() == pytest.approx(3.0) and logp.grad.item() == 0.0
+    assert m["clipfrac_lower"].item() == 1.0
+    logp.grad = None
+    loss, m = ppo_clip_policy_loss(logp, torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1), 0.2, 0.28,
+                                   dual_clip=0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(4.0) and logp.grad.item() == pytest.approx(4.0) and "clipfrac_lower" not in m
+    # a positive advantage is never capped: A = 1, ratio 0.5 -> max(-0.5, -0.8) = -0.5
+    loss, _ = ppo_clip_policy_loss(torch.log(torch.tensor([[0.5]])), torch.zeros(1, 1), torch.ones(1, 1),
+                                   torch.ones(1, 1), 0.2, 0.28)
+    assert loss.item() == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="dual_clip must be > 1"):
+        ppo_clip_policy_loss(logp, torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2, 0.28, dual_clip=0.5)

@@ -58,20 +58,70 @@ def test_refill_draws_until_the_batch_is_full_and_keeps_grades_per_row():
     assert out.rollout.prompt_batch.ids == ["p1", "p3", "p5"]
     assert out.rollout.extra[LABELED_SCORES].tolist() == [1.0, -1.0] * 3
     assert out.metrics == {"filter/kept_fraction": 0.5, "filter/generation_batches": 2.0,
-                           "filter/filtered_groups": 3.0, "rollout/dropped_overlong_prompts": 0.0}
+                           "filter/filtered_groups": 3.0, "filter/underfilled": 0.0,
+                           "rollout/dropped_overlong_prompts": 0.0, "rollout/truncated_prompts": 0.0}
 
 
-def test_refill_stops_at_the_limit_and_every_rank_keeps_the_smallest_count():
+def test_refill_stops_at_the_limit_and_trains_on_what_was_kept_or_refuses():
     batches = [prompt_batch(["p0", "p1", "p2", "p3"]), prompt_batch(["p4", "p5", "p6", "p7"])]
-    grade = lambda r: torch.tensor([1.0 if t.endswith("#0") else -1.0 for t in r.texts])  # noqa: E731
-    out = collect_rollout(lambda i: batches[i], lambda b: make_rollout(b, n=2), grade,
-                          CollectOptions(True, 1, pad_token_id=0), min_over_ranks=lambda count: min(count, 2))
-    assert out.rollout.prompt_batch.ids == ["p0", "p1"]  # another rank kept only 2
-    assert out.metrics["filter/generation_batches"] == 1.0
+    all_right = lambda r: torch.tensor([1.0 if t.startswith(("p0", "p2")) else  # noqa: E731
+                                        (1.0 if t.endswith("#0") else -1.0) for t in r.texts])
+    out = collect_rollout(lambda i: batches[i], lambda b: make_rollout(b, n=2), all_right,
+                          CollectOptions(True, 1, pad_token_id=0))
+    assert out.rollout.prompt_batch.ids == ["p1", "p3"]
+    assert out.metrics["filter/generation_batches"] == 1.0 and out.metrics["filter/underfilled"] == 1.0
+
+    with pytest.raises(RuntimeError, match=r"only 2 of 4 prompt groups kept after 1 generation batches"):
+        collect_rollout(lambda i: batches[i], lambda b: make_rollout(b, n=2), all_right,
+                        CollectOptions(True, 1, pad_token_id=0, underfilled="error"))
 
     nothing = collect_rollout(lambda i: batches[i], lambda b: make_rollout(b, n=2), lambda r: torch.ones(r.num_rows),
                               CollectOptions(True, 2, pad_token_id=0))
     assert nothing.rollout.num_rows == 0 and nothing.metrics["filter/kept_fraction"] == 0.0
+
+
+def test_two_ranks_keep_the_groups_one_process_keeps_on_the_concatenated_batch():
+    """Each rank draws its half; the kept groups are counted over both ranks, ordered batch by batch and rank by rank
+    as one process drawing both halves at once would keep them, and shared out equally."""
+    from test_global_batch import run_ranks
+
+    from tempo_pl.stages.collection import Ranks
+
+    # odd prompts carry signal; even ones are all right and dropped
+    grade = lambda r: torch.tensor([1.0 if int(t.split("#")[0][1:]) % 2 == 0 or t.endswith("#0") else -1.0  # noqa: E731
+                                    for t in r.texts])
+    halves = {0: [["p0", "p1", "p2"], ["p6", "p7", "p8"]], 1: [["p3", "p4", "p5"], ["p9", "p10", "p11"]]}
+    options = CollectOptions(True, 10, pad_token_id=0)
+
+    def on_rank(rank, reduce):
+        def gather(obj):
+            import pickle
+            return [pickle.loads(b) for b in reduce_objects(rank, pickle.dumps(obj))]
+
+        ranks = Ranks(world=2, rank=rank, sum=lambda v: reduce(torch.tensor(v, dtype=torch.float64)).tolist(),
+                      gather=gather)
+        out = collect_rollout(lambda i: prompt_batch(halves[rank][i]), lambda b: make_rollout(b, n=2), grade,
+                              options, ranks=ranks)
+        return out.rollout.prompt_batch.ids, out.metrics
+
+    exchange = {}
+    barrier = __import__("threading").Barrier(2)
+
+    def reduce_objects(rank, blob):
+        exchange[rank] = blob
+        barrier.wait()
+        both = [exchange[0], exchange[1]]
+        barrier.wait()
+        return both
+
+    (ids0, m0), (ids1, m1) = run_ranks(2, on_rank)
+    # one process drawing [p0..p5] then [p6..p11] keeps p1, p3, p5 from the first batch and p7, p9, p11 after it:
+    # the first 6 groups, 3 per rank
+    assert ids0 + ids1 == ["p1", "p3", "p5", "p7", "p9", "p11"]
+    single = collect_rollout(lambda i: prompt_batch(halves[0][i] + halves[1][i]), lambda b: make_rollout(b, n=2),
+                             grade, options)
+    assert single.rollout.prompt_batch.ids == ids0 + ids1
+    assert m0 == m1 == single.metrics
 
 
 # ---------------------------------------------------------------------------------------------- mini-batches

@@ -222,13 +222,14 @@ def grpo_advantage(
 def rloo_advantage(scores: Tensor, mask: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
     """REINFORCE leave-one-out: ``s_i`` minus the mean of the other rows of its group, broadcast to valid tokens.
 
-    A group of one has no other rows to compare with, so its advantage is 0. Returns ``(adv, adv)``.
+    A group of one has no other rows to compare with: its score passes through unchanged (no baseline), as the
+    reference's registered ``rloo`` does. Returns ``(adv, adv)``.
     """
     check_rows(scores, "scores", mask)
     check_rows(group_ids, "group_ids", mask)
     mean, _, count = _group_mean_std_count(scores, group_ids)
     # mean of the others = (n * mean - s) / (n - 1), so s - that = n / (n - 1) * (s - mean)
-    per_row = torch.where(count > 1, count / (count - 1).clamp(min=1) * (scores - mean), torch.zeros_like(scores))
+    per_row = torch.where(count > 1, count / (count - 1).clamp(min=1) * (scores - mean), scores)
     adv = per_row.unsqueeze(-1) * mask
     return adv, adv
 

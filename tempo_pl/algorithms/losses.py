@@ -130,14 +130,22 @@ def gspo_policy_loss(
 
 def _pessimistic_clip_loss(
     ratio: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float, agg_mode: str,
-    logprobs: Tensor, old_logprobs: Tensor,
+    logprobs: Tensor, old_logprobs: Tensor, dual_clip: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``agg(max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high)))`` and its metrics: the surrogate shared by
-    GSPO (sequence ratio) and token-level PPO."""
+    GSPO (sequence ratio) and token-level PPO. With ``dual_clip`` = c > 1, a token with a negative advantage loses at
+    most ``-A * c`` (dual-clip PPO, the reference's token-level loss), so a huge ratio cannot blow the update up."""
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, agg_mode)
-    return loss, _clip_metrics(unclipped, clipped, ratio, logprobs, old_logprobs, mask)
+    per_token = torch.maximum(unclipped, clipped)
+    metrics = _clip_metrics(unclipped, clipped, ratio, logprobs, old_logprobs, mask)
+    if dual_clip > 0:
+        cap = -advantages * dual_clip
+        negative = advantages < 0
+        with torch.no_grad():
+            metrics["clipfrac_lower"] = masked_mean(((per_token > cap) & negative).to(ratio.dtype), mask)
+        per_token = torch.where(negative, torch.minimum(per_token, cap), per_token)
+    return aggregate_loss(per_token, mask, agg_mode), metrics
 
 
 def ppo_clip_policy_loss(
@@ -148,11 +156,15 @@ def ppo_clip_policy_loss(
     clip_low: float,
     clip_high: float,
     agg_mode: str = "token-mean",
+    dual_clip: float = 3.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Token-level PPO clip with separate bounds ("clip-higher" when ``clip_high > clip_low``, as in DAPO).
 
     Per token ``r = exp(logp - old_logp)`` (log-ratio clamped to [-20, 20] for stability) and the loss is
-    ``max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))``. Arguments and metrics as in :func:`gspo_policy_loss`.
+    ``max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high))``, capped at ``-A * dual_clip`` on tokens with a
+    negative advantage (dual-clip PPO, as the reference's ``vanilla`` loss with ``clip_ratio_c = 3``; 0 = off; the
+    metric ``clipfrac_lower`` is the share of tokens the cap cut). Other arguments and metrics as in
+    :func:`gspo_policy_loss`.
 
     Example::
 
@@ -160,8 +172,11 @@ def ppo_clip_policy_loss(
     """
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     _check_clip(clip_low, clip_high)
+    if dual_clip and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (or 0 = off), got {dual_clip}")
     ratio = torch.exp((logprobs - old_logprobs).clamp(-_PPO_LOG_RATIO_BOUND, _PPO_LOG_RATIO_BOUND))
-    return _pessimistic_clip_loss(ratio, advantages, mask, clip_low, clip_high, agg_mode, logprobs, old_logprobs)
+    return _pessimistic_clip_loss(ratio, advantages, mask, clip_low, clip_high, agg_mode, logprobs, old_logprobs,
+                                  dual_clip=dual_clip)
 
 
 def value_loss(

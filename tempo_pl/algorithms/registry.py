@@ -191,4 +191,4 @@ def _gspo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tens
 @register_policy_loss("ppo")
 def _ppo(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, config: Any):
     return losses.ppo_clip_policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_low, config.clip_high,
-                                       agg_mode=config.loss_agg_mode)
+                                       agg_mode=config.loss_agg_mode, dual_clip=config.dual_clip_ratio)

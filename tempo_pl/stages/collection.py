@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor
 
@@ -18,6 +18,9 @@ from tempo_pl.types import PromptBatch, Rollout
 
 log = logging.getLogger(__name__)
 
+UNDERFILLED_CHOICES = ("train", "error")
+
+
 @dataclass
 class CollectOptions:
     group_filter: bool
@@ -25,12 +28,30 @@ class CollectOptions:
     max_generation_batches: int
     """Generation batches at most per RL step, the first included."""
     pad_token_id: int
+    underfilled: str = "train"
+    """When the limit is reached with fewer groups than the batch: ``train`` on what was kept, or ``error``."""
+
+    def __post_init__(self) -> None:
+        if self.underfilled not in UNDERFILLED_CHOICES:
+            raise ValueError(f"underfilled must be one of {list(UNDERFILLED_CHOICES)}, got {self.underfilled!r}")
+
+
+@dataclass
+class Ranks:
+    """How the ranks of a run agree; the defaults are one process."""
+
+    world: int = 1
+    rank: int = 0
+    sum: Callable[[list[float]], list[float]] = lambda values: values
+    """Sums a list of numbers over ranks (every rank gets the sums)."""
+    gather: Callable[[Any], list] = lambda obj: [obj]
+    """Every rank's object, in rank order (picklable; tensors on the CPU)."""
 
 
 @dataclass
 class Collected:
     rollout: Rollout
-    """The kept groups, cut to the batch size every rank agrees on; ``extra[LABELED_SCORES]`` per row."""
+    """This rank's share of the kept groups; ``extra[LABELED_SCORES]`` per row."""
     metrics: dict[str, float]
 
 
@@ -50,59 +71,80 @@ def collect_rollout(
     generate: Callable[[PromptBatch], Rollout],
     grade_labeled: Callable[[Rollout], Tensor],
     options: CollectOptions,
-    any_rank: Callable[[bool], bool] = lambda decision: decision,
-    min_over_ranks: Callable[[int], int] = lambda count: count,
+    ranks: Ranks = Ranks(),
     rl_step: int = 0,
 ) -> Collected:
-    """Generate batches until ``len(first batch)`` groups are kept or ``max_generation_batches`` were drawn.
+    """Generate batches until the global batch is full: ``world x len(first batch)`` groups kept over all ranks, or
+    ``max_generation_batches`` drawn. Then every rank receives the same number of the kept groups, in the order one
+    process would have kept them (generation batch by batch, rank by rank), so N ranks train on what one process
+    trains on when it draws the ranks' prompts as one batch.
 
     Args:
         draw: ``draw(i)`` returns the i-th prompt batch of this step (0 = the step's own batch, then refills).
         generate: samples n responses per prompt of a batch.
         grade_labeled: per-row scores of the labeled rows of a rollout (0 on unlabeled rows).
-        options: filtering and refill limits.
-        any_rank: True when any rank still needs more groups (all ranks then draw again, keeping collectives paired).
-        min_over_ranks: the smallest kept count over ranks: every rank updates on that many groups.
-        rl_step: for the warning when the batch could not be filled.
+        options: filtering and refill limits, and what to do when the limit leaves the batch short.
+        ranks: how ranks sum counts and exchange kept groups (one process by default).
+        rl_step: for the messages when the batch could not be filled.
     """
     kept: list[Rollout] = []
-    kept_groups = drawn_groups = drawn_batches = dropped_prompts = filtered_groups = 0
+    drawn_batches = 0
+    local = {"drawn": 0, "kept": 0, "filtered": 0, "dropped": 0, "truncated": 0}
     target = None
     while True:
         batch = draw(drawn_batches)
-        target = len(batch) if target is None else target
+        target = len(batch) * ranks.world if target is None else target
         drawn_batches += 1
-        drawn_groups += len(batch)
+        local["drawn"] += len(batch)
         generated = generate(batch)
-        dropped_prompts += int(generated.extra.get("num_dropped", 0))
+        local["dropped"] += int(generated.extra.get("num_dropped", 0))
+        local["truncated"] += int(generated.extra.get("num_prompts_truncated", 0))
         if generated.num_rows:
             generated.extra[LABELED_SCORES] = grade_labeled(generated)
             keep = (groups_with_signal(generated, generated.extra[LABELED_SCORES]) if options.group_filter
                     else list(range(len(generated.prompt_batch))))
-            filtered_groups += len(generated.prompt_batch) - len(keep)
-            if keep:
-                kept.append(generated.select_groups(keep))
-                kept_groups += len(keep)
-        need_more = kept_groups < target and drawn_batches < options.max_generation_batches
-        if not any_rank(need_more):
+            local["filtered"] += len(generated.prompt_batch) - len(keep)
+            local["kept"] += len(keep)
+            kept.append(generated.select_groups(keep))
+        else:
+            kept.append(generated)
+        kept_globally = ranks.sum([float(local["kept"])])[0]
+        # every rank computes the same decision from the same sums: their draws and collectives stay paired
+        if kept_globally >= target or drawn_batches >= options.max_generation_batches:
             break
-    # every rank must update on the same number of groups or the collectives of the updates would not match
-    common = min_over_ranks(min(kept_groups, target))
+    totals = dict(zip(local, ranks.sum([float(v) for v in local.values()])))
     metrics = {
-        "filter/kept_fraction": kept_groups / max(drawn_groups, 1),
+        "filter/kept_fraction": totals["kept"] / max(totals["drawn"], 1.0),
         "filter/generation_batches": float(drawn_batches),
-        "filter/filtered_groups": float(filtered_groups),
-        "rollout/dropped_overlong_prompts": float(dropped_prompts),
+        "filter/filtered_groups": totals["filtered"],
+        "filter/underfilled": float(totals["kept"] < target),
+        "rollout/dropped_overlong_prompts": totals["dropped"],
+        "rollout/truncated_prompts": totals["truncated"],
     }
-    if kept_groups < target:
-        log.warning("RL step %d: only %d of %d prompt groups kept after %d generation batches",
-                    rl_step, kept_groups, target, drawn_batches)
-    if common == 0 or not kept:
-        return Collected(Rollout.empty(batch.select([])), metrics)
-    rollout = Rollout.concat(kept, options.pad_token_id)
-    if len(rollout.prompt_batch) > common:
-        rollout = rollout.select_groups(list(range(common)))
-    return Collected(rollout, metrics)
+    if totals["kept"] < target:
+        message = (f"RL step {rl_step}: only {int(totals['kept'])} of {target} prompt groups kept after "
+                   f"{drawn_batches} generation batches (training.max_generation_batches)")
+        if options.underfilled == "error":
+            raise RuntimeError(message + "; set training.underfilled_batch: train to train on what was kept")
+        log.warning(message + "; training on what was kept")
+    return Collected(_share_of_rank(kept, target, options.pad_token_id, ranks, batch), metrics)
+
+
+def _share_of_rank(kept: list[Rollout], target: int, pad_token_id: int, ranks: Ranks, last: PromptBatch) -> Rollout:
+    """This rank's equal share of the first ``target`` groups kept over all ranks, in batch-then-rank order."""
+    if ranks.world > 1:
+        per_rank = ranks.gather([r.to("cpu") for r in kept])
+        device = kept[0].response_mask.device if kept else "cpu"
+        ordered = [per_rank[rank][i].to(device) for i in range(len(kept)) for rank in range(ranks.world)]
+    else:
+        ordered = kept
+    ordered = [r for r in ordered if r.num_rows]
+    total = sum(len(r.prompt_batch) for r in ordered)
+    share = min(total, target) // ranks.world
+    if share == 0:
+        return Rollout.empty(last.select([]))
+    everything = Rollout.concat(ordered, pad_token_id)
+    return everything.select_groups(list(range(ranks.rank * share, (ranks.rank + 1) * share)))
 
 
 def unwrap_batch(item) -> PromptBatch:
