@@ -63,8 +63,8 @@ class SamplingSpec:
     overlong_prompt: str = "truncate_left"
     """A longer prompt is cut from the left (``"truncate_left"``, the reference code: it loses its beginning and the
     chat template's header) or dropped (``"drop"``: the step trains on fewer prompts). Either way the prompts are
-    counted every RL step (``rollout/truncated_prompts``, ``rollout/dropped_overlong_prompts``) and the first
-    truncation is warned about, with the longest prompt's length."""
+    counted every RL step (``train/rollout/truncated_prompts``, ``train/rollout/dropped_overlong_prompts``) and the
+    first truncation is warned about, with the longest prompt's length."""
     prompt_format: PromptFormat = field(default_factory=PromptFormat)
     """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
     :class:`~tempo_pl.prompts.PromptFormat`. Evaluation uses the same format."""
@@ -183,7 +183,7 @@ class HFGenerateEngine:
                 f"{spec.max_prompt_length} tokens (the longest: {max(len(ids) for ids in encoded)} tokens) and were "
                 "cut from the left, losing their beginning and the chat template's header. Raise "
                 "sampling.max_prompt_length, or set sampling.overlong_prompt: drop to skip such prompts; "
-                "rollout/truncated_prompts counts them every RL step. (Warned once.)",
+                "train/rollout/truncated_prompts counts them every RL step. (Warned once.)",
                 stacklevel=3,
             )
         return token_ids, kept

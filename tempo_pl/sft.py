@@ -281,13 +281,15 @@ class SFTDataModule(LightningDataModule):
 def _text_field(row: dict, field: str, from_conversation) -> str:
     """A non-empty string column, or the text ``from_conversation`` takes from a conversation column."""
     value = row.get(field)
+    if value is None:
+        raise ValueError(f"field {field!r}: missing")
     if isinstance(value, (list, tuple)):
         try:
             value = from_conversation(value)
         except ValueError as error:
             raise ValueError(f"field {field!r}: {error}") from None
     if not isinstance(value, str) or not value.strip():
-        shown = repr(value) if value is None or isinstance(value, str) else type(value).__name__
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
         raise ValueError(f"field {field!r}: expected a non-empty string, got {shown}")
     return value
 
