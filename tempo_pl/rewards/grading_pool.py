@@ -68,7 +68,7 @@ _BOOT = (
 
 
 class _Worker:
-    """One grading process: it receives ``(pred, gold, budget_s)`` and answers a bool."""
+    """One grading process: it receives ``(pred, gold, budget_s, symmetric)`` and answers a bool."""
 
     def __init__(self, slot: int = 0) -> None:
         from multiprocessing.connection import Connection
@@ -88,9 +88,9 @@ class _Worker:
         self.item: Optional[int] = None  # index of the pair in flight
         self.deadline = math.inf
 
-    def send(self, item: int, pred: str, gold: str, timeout: float) -> None:
+    def send(self, item: int, pred: str, gold: str, timeout: float, symmetric: bool = True) -> None:
         self.item, self.deadline = item, time.monotonic() + timeout
-        self.send_conn.send((pred, gold, timeout * _SOFT_DEADLINE_SHARE))
+        self.send_conn.send((pred, gold, timeout * _SOFT_DEADLINE_SHARE, symmetric))
 
     def done(self) -> None:
         self.item, self.deadline = None, math.inf
@@ -234,8 +234,9 @@ class _Schedule:
         return longest.pop() if longest else None
 
 
-def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int) -> list[bool]:
-    """Compare normalised (pred, gold) pairs in up to ``processes`` workers, each pair within ``timeout``."""
+def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symmetric: bool = True) -> list[bool]:
+    """Compare normalised (pred, gold) pairs in up to ``processes`` workers, each pair within ``timeout``: math-verify
+    with the gold as gold, or in either order when ``symmetric``."""
     from multiprocessing.connection import wait
 
     results = [False] * len(pairs)
@@ -259,7 +260,7 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int) -> l
                 elif worker.ready and worker.item is None:
                     item = schedule.next_for(worker.slot)
                     if item is not None:
-                        worker.send(item, *pairs[item], timeout)
+                        worker.send(item, *pairs[item], timeout, symmetric)
                 elif not worker.ready and now - worker.started_at > WORKER_START_TIMEOUT_S:
                     raise _start_failure(f"a grading worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
             if not unanswered:

@@ -1,4 +1,5 @@
-"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s)`` it receives.
+"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s, symmetric)`` it
+receives: ``verify(gold, pred)``, or either order when ``symmetric``.
 
 :mod:`tempo_pl.rewards.grading_pool` starts it as a fresh interpreter that loads this file by path and calls
 :func:`serve`, so it must import nothing but the standard library and math-verify (the package's ``__init__`` files
@@ -54,7 +55,7 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
     out.send("ready")
     while True:
         try:
-            pred, gold, budget = inp.recv()
+            pred, gold, budget, symmetric = inp.recv()
         except (EOFError, OSError):
             return
         verdict = False
@@ -62,7 +63,8 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
             signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
             try:
                 p, g = parsed(pred), parsed(gold)
-                verdict = bool(p and g) and (verify(g, p, timeout_seconds=None) or verify(p, g, timeout_seconds=None))
+                verdict = bool(p and g) and (verify(g, p, timeout_seconds=None)
+                                             or (symmetric and verify(p, g, timeout_seconds=None)))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _SoftTimeout:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource, checked_timeout, mean_or_zero
-from tempo_pl.rewards.grading import grade_many
+from tempo_pl.rewards.grading import gold_problem, grade_many
 from tempo_pl.types import ForwardStats, Rollout
+
+log = logging.getLogger(__name__)
 
 
 class Verifier(RewardSource):
@@ -18,7 +21,8 @@ class Verifier(RewardSource):
     This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1
     (docs/algorithm.md, "Rewards"); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on
     labeled rows only, or on unlabeled rows when the config explicitly enables the oracle; a row without a gold
-    answer is an error, never a silent "wrong".
+    answer is an error, never a silent "wrong", and a gold no response can ever match (empty once ``$...$`` and
+    ``\\boxed{}`` are removed) is warned about once per prompt id: every response to it scores ``incorrect_score``.
 
     Args:
         correct_score: score of a response graded correct.
@@ -56,6 +60,7 @@ class Verifier(RewardSource):
         self.incorrect_score = float(incorrect_score)
         self.timeout = timeout
         self.processes = processes
+        self._warned_ids: set[str] = set()
 
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         golds = rollout.answers_per_row()
@@ -66,6 +71,7 @@ class Verifier(RewardSource):
                 f"Verifier: prompts {ids} have no gold answer. The verifier scores labeled rows only; "
                 "scoring unlabeled rows needs the oracle to be enabled and their answers kept."
             )
+        self._warn_unmatchable(rollout)
         correct = torch.tensor(
             grade_many(rollout.texts, golds, processes=self.processes, timeout=self.timeout), dtype=torch.bool
         )
@@ -73,3 +79,12 @@ class Verifier(RewardSource):
             dtype=torch.float32, device=rollout.response_mask.device
         )
         return RewardOutput(scores=scores, metrics={"accuracy": mean_or_zero(correct.float())})
+
+    def _warn_unmatchable(self, rollout: Rollout) -> None:
+        batch = rollout.prompt_batch
+        for pid, gold in zip(batch.ids, batch.answers):
+            problem = None if gold is None or pid in self._warned_ids else gold_problem(gold)
+            if problem:
+                self._warned_ids.add(pid)
+                log.warning("Verifier: the gold answer of prompt %r (%r) can never be matched: %s; every response "
+                            "to it scores %s. Fix the row's answer field.", pid, gold, problem, self.incorrect_score)

@@ -1,0 +1,131 @@
+"""grade(..., extraction="lenient"): answers in prose, the identical-answer check before the pre-filter, the gold
+as math-verify's gold, and the bound and never-raise contract in both modes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tempo_pl.rewards.grading import (
+    EXTRACTION_MODES,
+    extract_answer,
+    gold_problem,
+    grade,
+    grade_many,
+    is_equivalent,
+)
+
+LENIENT = EXTRACTION_MODES["lenient"]
+
+# (response, what lenient extraction reads)
+PROSE_CASES = [
+    ("The answer is 3/4.", "3/4"),
+    ("So the final answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
+    ("Answer: 12", "12"),
+    ("Answer: 3\\sqrt{13}", "3\\sqrt{13}"),
+    ("Answer: 6 - 5i", "6 - 5i"),
+    ("the answer to part (b) is 17 apples", "17"),
+    ("The answer is 12 apples.", "12"),
+    ("the answer is **42**.", "42"),
+    ("the answer is \\frac{3}{4}.", "\\frac{3}{4}"),
+    ("Final Answer: The final answer is $(1,2)$. I hope it is correct.", "(1,2)"),
+    # a final-answer sentence after the last box overrides it; a box after it does not
+    ("\\boxed{255} so $10,455. Final Answer: The final answer is $10,455$. I hope it is correct.", "10,455"),
+    ("The final answer is 4, but then \\boxed{5}", "5"),
+    # several boxes or spans joined by separators are one answer
+    ("\\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]", "-2, 1"),
+    ("the roots are $1$, $2$ and $3$", "1, 2, 3"),
+    ("first \\boxed{7}. Then more text and \\boxed{3}", "3"),
+    # the rightmost math span or number
+    ("First $2+3=5$, then we get \\(x = \\frac{1}{2}\\)", "x = \\frac{1}{2}"),
+    ("we had $x$ and then 7", "7"),
+    ("costs $5 and then 7.", "7"),
+    ("we get 50%", "50\\%"),
+    ("total is 1,000 dollars", "1000"),
+    ("1 000", "1000"),
+    ("Soucis : 2,74 $ a..", "2.74"),
+    ("#### 18", "18"),
+    ("nothing here", None),
+    ("AZYUK2A", None),
+]
+
+
+@pytest.mark.parametrize("response, expected", PROSE_CASES)
+def test_lenient_extraction(response, expected):
+    assert extract_answer(response, LENIENT) == expected
+
+
+def test_boxed_mode_reads_boxes_and_gsm8k_only():
+    assert extract_answer("The answer is 3/4.") is None
+    assert extract_answer("\\boxed{-2} and \\boxed{1}") == "1"  # training: the last box, as the reference
+
+
+def test_prose_answers_are_right_only_in_lenient_mode():
+    responses = ["So the answer is 3/4.", "Thus $x = 5$.", "The answer is 3/4.", "Answer: \\boxed{2}"]
+    golds = ["0.75", "5", "0.7", "2"]
+    assert grade_many(responses, golds) == [False, False, False, True]
+    assert grade_many(responses, golds, extraction="lenient") == [True, True, False, True]
+    assert grade(responses[0], golds[0], extraction="lenient") is True
+
+
+def test_an_answer_identical_to_the_gold_is_right_before_the_power_tower_guard():
+    assert grade("\\boxed{2^{2^{3}}}", "2^{2^{3}}") is True
+    assert grade("\\boxed{2^{2^{ 3 }}}", "$2^{2^{3}}$") is True
+    start = time.perf_counter()
+    assert grade("\\boxed{9^{9^{9}}}", "2^{2^{3}}") is False  # a different tower is still not parsed
+    assert grade("\\boxed{}", "") is False  # empty is never equal to empty
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_response_is_graded_with_the_gold_as_gold():
+    """math-verify's verdict with the gold in the gold's place, as the reference's reward: part of the gold is wrong;
+    between two answers (clustering) the relation stays symmetric."""
+    for pred, gold in (("11a+c", "7 = 11a+c"), ("0", "a + 3z = 0"), ("\\{1,3\\}", "(3,1)")):
+        assert is_equivalent(pred, gold) is True
+        assert grade(f"\\boxed{{{pred}}}", gold) is False
+        assert grade(f"\\boxed{{{pred}}}", gold, extraction="lenient") is False
+    assert grade("\\boxed{x = 3}", "3") is True  # the answer stated as an equation of its value stays right
+
+
+def test_extraction_is_validated():
+    with pytest.raises(ValueError, match="extraction must be one of \\['boxed', 'lenient'\\]"):
+        grade("\\boxed{1}", "1", extraction="loose")
+    with pytest.raises(ValueError, match="either extractors"):
+        grade_many(["1"], ["1"], extractors=("boxed",), extraction="lenient")
+
+
+PATHOLOGICAL = {
+    "dollars": "$" * 1_000_000,
+    "answer words": "answer " * 200_000,
+    "digits": "1" * 1_000_000,
+    "open brackets": "\\[" * 500_000,
+    "open parentheses": "\\(" * 500_000,
+    "unclosed math after an anchor": "answer: $" + "x" * 1_000_000,
+    "many boxes": "\\boxed{1} and " * 80_000,
+    "expression": "1+" * 500_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_lenient_extraction_is_fast_on_pathological_responses(name):
+    start = time.perf_counter()
+    extract_answer(PATHOLOGICAL[name], LENIENT)
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("extraction", sorted(EXTRACTION_MODES))
+def test_grading_never_raises_and_stays_bounded(extraction):
+    responses = [None, 3, b"\\boxed{1}", "", "\\boxed{9^{9^{9^{9}}}}", "The answer is 10^{1000000000}.",
+                 PATHOLOGICAL["open brackets"], "answer: " + "(" * 5000]
+    start = time.perf_counter()
+    verdicts = grade_many(responses, ["1"] * len(responses), timeout=2.0, extraction=extraction)
+    assert verdicts == [False] * len(responses)
+    assert time.perf_counter() - start < 2.0 * len(responses)
+
+
+def test_gold_problem_names_golds_no_response_can_match():
+    assert gold_problem("$$") == "it is empty after removing $...$ and \\boxed{}"
+    assert gold_problem(None) == "it is not a string (NoneType)"
+    assert gold_problem("9^{9^{9}}") is None  # matched by the identical answer
+    assert gold_problem("\\frac{3}{4}") is None
