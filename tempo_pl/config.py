@@ -12,6 +12,7 @@ from typing import Optional
 from tempo_pl.algorithms.checks import check_choice
 from tempo_pl.algorithms.losses import AGG_MODES, KL_KINDS, VALUE_CLIP_MODES
 from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
+from tempo_pl.rewards.answer_extraction import EXTRACTION_MODES
 
 
 @dataclass
@@ -91,6 +92,12 @@ class TrainingConfig:
     """Prompts per ``generate`` call (each with its n samples); None = the whole batch at once. Bounds KV-cache memory."""
     ppo_epochs: int = 1
     """Passes over the rollout per RL step, for the policy and the critic alike."""
+    mini_batch_seed: Optional[int] = 0
+    """Seed of the shuffle that deals rows into mini-batches, stratified so each holds its share of labeled and
+    unlabeled rows (its state is saved in checkpoints); null keeps rows in collection order, labeled first."""
+    on_policy_ratio: bool = True
+    """With one epoch of one mini-batch, take the old log-probs from the update's own forward, detached (ratio
+    exactly 1, the reference's shortcut) instead of a separate no-grad pass; false always makes that pass."""
     policy_grad_clip: float = 1.0
     """Gradient-norm clip of the policy (0 = off)."""
     critic_grad_clip: float = 1.0
@@ -127,15 +134,25 @@ class EvalConfig:
     top_p: float = 1.0
     """Nucleus sampling of evaluation."""
     max_new_tokens: int | None = None
-    """Response budget of evaluation (default: the training rollout's)."""
+    """Response budget of evaluation in tokens, >= 1; null = the training rollout's ``sampling.max_new_tokens``."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 2, 4])
     """The j of every pass@j logged (each at most k)."""
     write_jsonl: bool = True
     """Write a per-question JSONL (ids, extracted answers, correctness) beside the logs at each validation."""
+    extraction: str = "boxed"
+    """How a response's final answer is read: ``boxed`` (the last ``\\boxed{}`` or ``####``, as the training reward
+    and the reference) or ``lenient`` (also "the answer is ...", several boxes, the last LaTeX or plain expression:
+    for models that answer in prose). Grading itself is the same in both (``tempo_pl.rewards.grading.grade``)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"evaluation.k must be >= 1, got {self.k}")
+        if self.max_new_tokens is not None and (isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1):
+            raise ValueError(
+                f"evaluation.max_new_tokens must be >= 1, or null for the training rollout's budget; got "
+                f"{self.max_new_tokens!r}"
+            )
+        check_choice("evaluation.extraction", self.extraction, tuple(EXTRACTION_MODES))
         bad = [j for j in self.pass_ks if j < 1 or j > self.k]
         if bad:
             raise ValueError(f"evaluation.pass_ks must lie in 1..k={self.k}, got {bad}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -20,23 +20,24 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
-from tempo_pl.algorithms.losses import add_policy_regularizers
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
 from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records
 from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
-from tempo_pl.models import critic_response_values, policy_response_stats
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
 from tempo_pl.rng_state import capture_rng, restore_rng
 from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
-from tempo_pl.stages.collection import CollectOptions, Ranks, collect_rollout, unwrap_batch
+from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import rollout_stats
+from tempo_pl.step_logging import RLStepLogging
 from tempo_pl.stages.metrics import step_metrics, throughput, timed
 from tempo_pl.stages.minibatch import MiniBatchPlan, optimize, row_inputs
-from tempo_pl.stages.scoring import apply_keep_rows, grade_labeled, score_rollout
+from tempo_pl.stages.ranks import Ranks
+from tempo_pl.stages import scoring
+from tempo_pl.stages.updates import critic_micro_loss, policy_micro_loss
 from tempo_pl.types import PHASE_CODES, ForwardStats, PromptBatch, Rollout, StepPlan, StepRecord
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _default_critic_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
 
 
-class TempoModule(LightningModule):
+class TempoModule(RLStepLogging, LightningModule):
     """Policy and critic of TEMPO test-time training, trained with manual optimization.
 
     Args:
@@ -138,6 +139,9 @@ class TempoModule(LightningModule):
         self._evaluation: Optional[Evaluation] = None
         self._rng_before_eval: Optional[dict] = None
         self._pending_rng: Optional[dict] = None
+        self._mini_batch_generator: Optional[torch.Generator] = None
+        if self.training_cfg.mini_batch_seed is not None:
+            self._mini_batch_generator = torch.Generator().manual_seed(self.training_cfg.mini_batch_seed)
         self.save_hyperparameters(ignore=["labeled_reward", "unlabeled_reward", "rollout_engine"])
 
     # ------------------------------------------------------------------ configuration
@@ -202,11 +206,8 @@ class TempoModule(LightningModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         plan = self.step_plan
         if plan is None:
-            raise RuntimeError(
-                "no StepPlan set: TempoModule needs an EMSchedule callback to choose each step's data; add "
-                "{class_path: tempo_pl.callbacks.EMSchedule} under trainer.callbacks"
-            )
-        self.step_plan = None
+            raise RuntimeError("no StepPlan set: TempoModule needs an EMSchedule callback to choose each step's data; "
+                               "add {class_path: tempo_pl.callbacks.EMSchedule} under trainer.callbacks")
         self.last_step = None
         timings: dict[str, float] = {}
         profiler = self.trainer.profiler
@@ -221,16 +222,15 @@ class TempoModule(LightningModule):
             with timed(timings, "scoring", profiler):
                 stats = self.forward_stats(rollout)
                 reward = self.score(rollout, stats)
-                rollout, stats, reward = apply_keep_rows(rollout, stats, reward)
+                rollout, stats, reward = scoring.apply_keep_rows(rollout, stats, reward)
                 adv, returns = self.advantages(rollout, stats, reward.scores)
             with timed(timings, "update", profiler):
-                if plan.update_critic:
+                if plan.update_critic and not self.critic_is_frozen:
                     metrics.update(self.update_critic(rollout, stats, returns))
                 if plan.update_policy:
                     metrics.update(self.update_policy(rollout, stats, adv))
-                    sync_weights = getattr(self.engine, "sync_weights", None)
-                    if sync_weights is not None:
-                        sync_weights(self.policy)
+                    if hasattr(self.engine, "sync_weights"):  # an engine serving its own copy of the weights
+                        self.engine.sync_weights(self.policy)
         metrics.update(self.step_metrics(rollout, stats, reward, adv, returns))
         self._finish_step(plan, rollout, reward.scores, {**metrics, **timings, **throughput(rollout, timings)})
 
@@ -248,9 +248,8 @@ class TempoModule(LightningModule):
         self.rl_step += 1
 
     def log_at_rl_step(self, metrics: dict[str, float], prog_bar: Optional[dict[str, float]] = None) -> dict[str, float]:
-        """Sends ``metrics`` to every logger at the RL step and returns them. Straight to the
-        loggers: ``trainer.global_step`` counts both optimizers' steps, and ``self.log`` would re-emit the last value
-        of a metric the step did not produce (critic loss in an M-step); callbacks read them through ``self.log``."""
+        """Sends ``metrics`` straight to every logger at the RL step (``trainer.global_step`` counts both optimizers'
+        steps) and to callbacks and the progress bar through ``self.log``; returns them."""
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=self.rl_step)
@@ -286,35 +285,51 @@ class TempoModule(LightningModule):
             grade_labeled=self.grade_labeled,
             options=CollectOptions(cfg.group_filter, cfg.max_generation_batches, self.tokenizer.pad_token_id,
                                    underfilled=cfg.underfilled_batch),
-            ranks=self._ranks(),
+            ranks=Ranks.of(self._trainer),
             rl_step=self.rl_step,
         )
         return collected.rollout, collected.metrics
 
     def grade_labeled(self, rollout: Rollout) -> Tensor:
         """``labeled_reward`` scores of the labeled rows, 0 on unlabeled rows."""
-        return grade_labeled(self.labeled_reward, rollout)
+        return scoring.grade_labeled(self.labeled_reward, rollout)
 
     def forward_stats(self, rollout: Rollout) -> ForwardStats:
-        """One no-grad pass: old log-probs and entropy of the policy, values of the critic."""
+        """One no-grad pass: values of the critic; old log-probs and entropy of the policy unless the update is
+        on-policy (:meth:`is_on_policy`) and takes them from its own training forward."""
         return rollout_stats(
             rollout, self.policy, self.critic, self.device, self.training_cfg.forward_batch_size,
             self._logprob_temperature,
             with_self_certainty=self.unlabeled_reward is not None and self.unlabeled_reward.needs_self_certainty,
             reference=self._reference_context if self.algorithm.kl_coef > 0 else None,
+            with_policy=self.step_plan.update_policy and not self.is_on_policy(rollout),
         )
+
+    def is_on_policy(self, rollout: Rollout) -> bool:
+        """One epoch of one mini-batch: the policy update's first forward is the policy that sampled, so the old
+        log-probs are its own, detached (ratio exactly 1, as the reference), and no separate pass is needed."""
+        cfg = self.training_cfg
+        return cfg.on_policy_ratio and cfg.ppo_epochs == 1 and len(rollout.prompt_batch) <= cfg.mini_batch_size
+
+    @property
+    def critic_is_frozen(self) -> bool:
+        """The critic optimizer's learning rate is 0 in every group (a fixed critic): its update is skipped."""
+        if self.critic is None:
+            return True
+        optimizer = self.optimizers()[1]
+        return all(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups)
 
     def score(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         """Every row's outcome: ``labeled_reward`` on labeled rows (graded once, while filtering), the unlabeled
         reward source on unlabeled rows."""
-        return score_rollout(rollout, stats, self.labeled_reward, self.unlabeled_reward)
+        return scoring.score_rollout(rollout, stats, self.labeled_reward, self.unlabeled_reward)
 
     def advantages(self, rollout: Rollout, stats: ForwardStats, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Token advantages and critic targets from the per-row outcomes, by the registered
         ``algorithm.advantage`` estimator (``docs/algorithm.md``, "Advantages")."""
         batch = AdvantageBatch(scores=scores, mask=rollout.response_mask.float(), group_ids=rollout.group_ids,
                                is_labeled=rollout.is_labeled, values=stats.values,
-                               all_reduce=self._all_reduce_sum if self._world_size > 1 else None)
+                               all_reduce=Ranks.of(self._trainer).all_reduce)
         return advantage_estimator(self.algorithm.advantage).fn(batch, self.algorithm)
 
     def policy_loss(
@@ -332,34 +347,16 @@ class TempoModule(LightningModule):
 
     def update_critic(self, rollout: Rollout, stats: ForwardStats, returns: Tensor) -> dict[str, float]:
         """E-step: regress the critic on labeled rows' outcomes, in mini-batches."""
-        labeled = rollout.is_labeled.float().unsqueeze(-1)
-        inputs = row_inputs(rollout, self.device)
-
-        def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
-            ids, attn, _, resp_mask = inputs(rows)
-            values = critic_response_values(self.critic, ids, attn, resp_mask)
-            mask = resp_mask.float() * labeled[rows].to(resp_mask.device)
-            loss, m = self.value_loss(values, stats.values[rows], returns[rows], mask)
-            return loss, {"loss": loss, **m}
-
+        micro_loss = critic_micro_loss(self.critic, row_inputs(rollout, self.device), rollout, stats, returns,
+                                       self.value_loss)
         out = self._optimize(rollout, "critic", self.training_cfg.critic_grad_clip, micro_loss)
         return {f"critic/{k}": v for k, v in out.items()}
 
     def update_policy(self, rollout: Rollout, stats: ForwardStats, advantages: Tensor) -> dict[str, float]:
-        """M-step: the clipped policy-gradient update on every row of the rollout."""
-        alg = self.algorithm
-        inputs = row_inputs(rollout, self.device)
-
-        def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
-            ids, attn, resp_ids, resp_mask = inputs(rows)
-            mask = resp_mask.float()
-            out = policy_response_stats(self.policy, ids, attn, resp_ids, resp_mask,
-                                        temperature=self._logprob_temperature, with_entropy=alg.entropy_coef > 0)
-            loss, m = self.policy_loss(out["logprobs"], stats.old_logprobs[rows], advantages[rows], mask)
-            loss, m = add_policy_regularizers(loss, m, mask, alg, entropy=out.get("entropy"),
-                                              logprobs=out["logprobs"], ref_logprobs=stats.ref_logprobs, rows=rows)
-            return loss, {"loss": loss, **m}
-
+        """M-step: the clipped policy-gradient update on every row of the rollout (on-policy when the no-grad pass
+        left ``stats.old_logprobs`` empty: see :func:`~tempo_pl.stages.updates.policy_micro_loss`)."""
+        micro_loss = policy_micro_loss(self.policy, row_inputs(rollout, self.device), rollout, stats, advantages,
+                                       self.algorithm, self._logprob_temperature, self.policy_loss)
         out = self._optimize(rollout, "policy", self.training_cfg.policy_grad_clip, micro_loss)
         return {f"policy/{k}": v for k, v in out.items()}
 
@@ -371,19 +368,22 @@ class TempoModule(LightningModule):
         return step_metrics(rollout, stats, reward, adv, returns)
 
     def _optimize(self, rollout: Rollout, which: str, grad_clip: float, micro_loss) -> dict[str, float]:
-        optimizers = self.optimizers()
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         optimizer = optimizers[0 if which == "policy" else 1] if isinstance(optimizers, list) else optimizers
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        if which == "policy":
-            scheduler = schedulers[0] if self.policy_scheduler_fn is not None else None
-        else:
-            scheduler = schedulers[-1] if self.critic_scheduler_fn is not None else None
+        has_scheduler = (self.policy_scheduler_fn if which == "policy" else self.critic_scheduler_fn) is not None
+        # configure_optimizers lists the policy's scheduler first, the critic's last
+        scheduler = (schedulers if isinstance(schedulers, list) else [schedulers])[
+            0 if which == "policy" else -1] if has_scheduler else None
         cfg = self.training_cfg
         plan = MiniBatchPlan(rows_per_mini_batch=cfg.mini_batch_size * rollout.n_per_prompt,
                              rows_per_micro_batch=cfg.micro_batch_size, epochs=cfg.ppo_epochs, grad_clip=grad_clip)
         clip = lambda opt, value: self.clip_gradients(opt, value, gradient_clip_algorithm="norm")  # noqa: E731
-        return optimize(rollout.num_rows, plan, optimizer, scheduler, micro_loss, self.manual_backward, clip)
+        labeled = rollout.is_labeled
+        # the critic's loss covers labeled rows only: a mini-batch without one must not step
+        needs_step = (lambda rows: bool(labeled[rows].any())) if which == "critic" else None
+        return optimize(rollout.num_rows, plan, optimizer, scheduler, micro_loss, self.manual_backward, clip,
+                        labeled=labeled, generator=self._mini_batch_generator, needs_step=needs_step,
+                        any_rank=lambda decision: self.trainer.strategy.reduce_boolean_decision(decision, all=False))
 
     # ------------------------------------------------------------------ evaluation
     @override
@@ -415,6 +415,8 @@ class TempoModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # sampling draws from the global RNGs; keeping them makes a resumed run sample what the straight run samples
         checkpoint["tempo"] = {"rl_step": self.rl_step, "rng": capture_rng()}
+        if self._mini_batch_generator is not None:
+            checkpoint["tempo"]["mini_batch_rng"] = self._mini_batch_generator.get_state()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -422,35 +424,18 @@ class TempoModule(LightningModule):
         if state:
             self.rl_step = int(state["rl_step"])
             self._pending_rng = state["rng"]
+            if self._mini_batch_generator is not None and "mini_batch_rng" in state:
+                self._mini_batch_generator.set_state(state["mini_batch_rng"])
 
     @override
     def on_train_start(self) -> None:
+        scoring.check_critic_reward_can_learn(self.unlabeled_reward, self.critic, self.critic_is_frozen,
+                                              scoring.schedule_updates_critic(self.trainer))
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
             self._pending_rng = None
 
     # ------------------------------------------------------------------ helpers
-    def _ranks(self) -> Ranks:
-        """How this run's ranks sum numbers and exchange objects (one process: identities)."""
-        world = self._world_size
-        if world == 1:
-            return Ranks()
-
-        def gather(obj):
-            gathered: list = [None] * world
-            torch.distributed.all_gather_object(gathered, obj)
-            return gathered
-
-        return Ranks(world=world, rank=self.global_rank, gather=gather,
-                     sum=lambda values: self._all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist())
-
-    @property
-    def _world_size(self) -> int:
-        return self._trainer.world_size if self._trainer is not None else 1
-
-    def _all_reduce_sum(self, tensor: Tensor) -> Tensor:
-        return self.trainer.strategy.reduce(tensor.to(self.device), reduce_op="sum")
-
     @property
     def _logprob_temperature(self) -> float:
         # greedy sampling (temperature 0) is scored under the untempered distribution

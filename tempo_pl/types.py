@@ -188,8 +188,8 @@ class Rollout:
 class ForwardStats:
     """What the no-grad pass over a rollout computes, one row per response, aligned with ``response_ids``."""
 
-    old_logprobs: Tensor  # (N, R) log pi_old(y_t | x, y_<t)
-    entropy: Tensor  # (N, R) policy entropy per token
+    old_logprobs: Optional[Tensor]  # (N, R) log pi_old(y_t | x, y_<t); None until the update fills it (on-policy)
+    entropy: Optional[Tensor]  # (N, R) policy entropy per token; likewise
     values: Optional[Tensor] = None  # (N, R) critic V(x, y_<t), masked; None when the run has no critic
     self_certainty: Optional[Tensor] = None  # (N, R) KL(Uniform || pi) per token, when a reward asks for it
     ref_logprobs: Optional[Tensor] = None  # (N, R) reference log-probs, when KL to a reference is on
@@ -204,7 +204,7 @@ class ForwardStats:
         """The statistics of the listed rows."""
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return ForwardStats(
-            old_logprobs=self.old_logprobs[rows], entropy=self.entropy[rows], values=pick(self.values),
+            old_logprobs=pick(self.old_logprobs), entropy=pick(self.entropy), values=pick(self.values),
             self_certainty=pick(self.self_certainty), ref_logprobs=pick(self.ref_logprobs),
         )
 

@@ -42,7 +42,7 @@ METHODS = {
     "intuitor": (SelfCertainty, "grpo", "gspo", False, "unlabeled"),
     "rlvr_oracle": (type(None), "grpo", "gspo", False, "unlabeled"),  # its D_U rows come labeled: labeled_reward
     "zero_rl": (CriticValue, "gae", "ppo", True, "labeled"),
-    "frozen_critic": (CriticValue, "em_token", "gspo", True, "unlabeled"),
+    "frozen_critic": (CriticValue, "em_token", "gspo", True, "mixed"),
 }
 # the parts of a config that make the start point and the budget: they must be configs/tiny.yaml's
 SHARED_MODEL_KEYS = ("policy", "sampling", "evaluation", "policy_optimizer")

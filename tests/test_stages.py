@@ -81,45 +81,44 @@ def test_refill_stops_at_the_limit_and_trains_on_what_was_kept_or_refuses():
 
 
 def test_two_ranks_keep_the_groups_one_process_keeps_on_the_concatenated_batch():
-    """Each rank draws its half; the kept groups are counted over both ranks, ordered batch by batch and rank by rank
-    as one process drawing both halves at once would keep them, and shared out equally."""
+    """Rank r draws every 2nd prompt of the one-process batch (as the prompt streams stride); kept groups are counted
+    over both ranks, ordered as one process drawing all of them would keep them, and shared out equally."""
+    import pickle
+    import threading
+
     from test_global_batch import run_ranks
 
-    from tempo_pl.stages.collection import Ranks
+    from tempo_pl.stages.ranks import Ranks
 
-    # odd prompts carry signal; even ones are all right and dropped
-    grade = lambda r: torch.tensor([1.0 if int(t.split("#")[0][1:]) % 2 == 0 or t.endswith("#0") else -1.0  # noqa: E731
+    def number(text: str) -> int:
+        return int(text.split("#")[0][1:])
+
+    # prompts whose number is a multiple of 3 are all right (no signal) and dropped
+    grade = lambda r: torch.tensor([1.0 if number(t) % 3 == 0 or t.endswith("#0") else -1.0  # noqa: E731
                                     for t in r.texts])
-    halves = {0: [["p0", "p1", "p2"], ["p6", "p7", "p8"]], 1: [["p3", "p4", "p5"], ["p9", "p10", "p11"]]}
+    one_process = [[f"p{6 * i + j}" for j in range(6)] for i in range(3)]
+    per_rank = {rank: [batch[rank::2] for batch in one_process] for rank in (0, 1)}
     options = CollectOptions(True, 10, pad_token_id=0)
+    exchange, barrier = {}, threading.Barrier(2)
 
-    def on_rank(rank, reduce):
-        def gather(obj):
-            import pickle
-            return [pickle.loads(b) for b in reduce_objects(rank, pickle.dumps(obj))]
-
-        ranks = Ranks(world=2, rank=rank, sum=lambda v: reduce(torch.tensor(v, dtype=torch.float64)).tolist(),
-                      gather=gather)
-        out = collect_rollout(lambda i: prompt_batch(halves[rank][i]), lambda b: make_rollout(b, n=2), grade,
-                              options, ranks=ranks)
-        return out.rollout.prompt_batch.ids, out.metrics
-
-    exchange = {}
-    barrier = __import__("threading").Barrier(2)
-
-    def reduce_objects(rank, blob):
+    def exchange_objects(rank, blob):
         exchange[rank] = blob
         barrier.wait()
         both = [exchange[0], exchange[1]]
         barrier.wait()
         return both
 
+    def on_rank(rank, reduce):
+        ranks = Ranks(world=2, rank=rank, sum=lambda v: reduce(torch.tensor(v, dtype=torch.float64)).tolist(),
+                      gather=lambda obj: [pickle.loads(b) for b in exchange_objects(rank, pickle.dumps(obj))])
+        out = collect_rollout(lambda i: prompt_batch(per_rank[rank][i]), lambda b: make_rollout(b, n=2), grade,
+                              options, ranks=ranks)
+        return out.rollout.prompt_batch.ids, out.metrics
+
     (ids0, m0), (ids1, m1) = run_ranks(2, on_rank)
-    # one process drawing [p0..p5] then [p6..p11] keeps p1, p3, p5 from the first batch and p7, p9, p11 after it:
-    # the first 6 groups, 3 per rank
-    assert ids0 + ids1 == ["p1", "p3", "p5", "p7", "p9", "p11"]
-    single = collect_rollout(lambda i: prompt_batch(halves[0][i] + halves[1][i]), lambda b: make_rollout(b, n=2),
-                             grade, options)
+    # one process keeps p1 p2 p4 p5 from its first batch and p7 p8 p10 p11 from the second: the first 6, 3 per rank
+    assert (ids0, ids1) == (["p1", "p2", "p4"], ["p5", "p7", "p8"])
+    single = collect_rollout(lambda i: prompt_batch(one_process[i]), lambda b: make_rollout(b, n=2), grade, options)
     assert single.rollout.prompt_batch.ids == ids0 + ids1
     assert m0 == m1 == single.metrics
 
@@ -214,6 +213,10 @@ def module(tiny_policy_spec, tiny_critic_spec):
 
 
 def test_module_stages_called_directly(module):
+    from tempo_pl.types import StepPlan
+
+    module.set_step_plan(StepPlan("EM", "mixed", update_critic=True, update_policy=True))
+    module.training_cfg.on_policy_ratio = False  # the separate no-grad pass computes the old log-probs
     batch = PromptBatch(ids=["l", "u"], prompts=["1+1=", "2+2="], answers=["2", None], is_labeled=[True, False])
     rollout = module.rollout(batch)
     assert rollout.num_rows == 4 and rollout.response_ids.shape[1] <= 6
@@ -250,8 +253,9 @@ def test_module_trains_on_the_kept_rows_in_micro_batches_of_one(module, tmp_path
     # a mixed batch of 2 prompts: the labeled group keeps its 2 rows, the unlabeled group its first row
     assert record.rollout.num_rows == 3
     assert record.rollout.is_labeled.tolist() == [True, True, False]
-    # mini-batches of 1 prompt = rows // prompts = 1 row once groups differ in size: 3 optimizer steps per model
-    assert trainer.global_step == 6
+    # mini-batches of 1 prompt = rows // prompts = 1 row once groups differ in size: 3 mini-batches, but the rows
+    # are dealt stratified (2 labeled, 1 unlabeled into 3) and the empty third is dropped: 2 steps per model
+    assert trainer.global_step == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, module.policy.parameters()))
 
 

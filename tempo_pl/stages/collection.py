@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from torch import Tensor
 
+from tempo_pl.stages.ranks import Ranks
 from tempo_pl.stages.scoring import LABELED_SCORES
 from tempo_pl.types import PromptBatch, Rollout
 
 log = logging.getLogger(__name__)
+
+DRAW_POSITION = "draw_position"
+"""Key of ``Rollout.extra``: each row's prompt position in the batch it was drawn in (orders groups across ranks)."""
 
 UNDERFILLED_CHOICES = ("train", "error")
 
@@ -34,18 +38,6 @@ class CollectOptions:
     def __post_init__(self) -> None:
         if self.underfilled not in UNDERFILLED_CHOICES:
             raise ValueError(f"underfilled must be one of {list(UNDERFILLED_CHOICES)}, got {self.underfilled!r}")
-
-
-@dataclass
-class Ranks:
-    """How the ranks of a run agree; the defaults are one process."""
-
-    world: int = 1
-    rank: int = 0
-    sum: Callable[[list[float]], list[float]] = lambda values: values
-    """Sums a list of numbers over ranks (every rank gets the sums)."""
-    gather: Callable[[Any], list] = lambda obj: [obj]
-    """Every rank's object, in rank order (picklable; tensors on the CPU)."""
 
 
 @dataclass
@@ -101,6 +93,7 @@ def collect_rollout(
         local["truncated"] += int(generated.extra.get("num_prompts_truncated", 0))
         if generated.num_rows:
             generated.extra[LABELED_SCORES] = grade_labeled(generated)
+            generated.extra[DRAW_POSITION] = generated.group_ids.clone()
             keep = (groups_with_signal(generated, generated.extra[LABELED_SCORES]) if options.group_filter
                     else list(range(len(generated.prompt_batch))))
             local["filtered"] += len(generated.prompt_batch) - len(keep)
@@ -131,20 +124,26 @@ def collect_rollout(
 
 
 def _share_of_rank(kept: list[Rollout], target: int, pad_token_id: int, ranks: Ranks, last: PromptBatch) -> Rollout:
-    """This rank's equal share of the first ``target`` groups kept over all ranks, in batch-then-rank order."""
-    if ranks.world > 1:
-        per_rank = ranks.gather([r.to("cpu") for r in kept])
-        device = kept[0].response_mask.device if kept else "cpu"
-        ordered = [per_rank[rank][i].to(device) for i in range(len(kept)) for rank in range(ranks.world)]
-    else:
-        ordered = kept
-    ordered = [r for r in ordered if r.num_rows]
-    total = sum(len(r.prompt_batch) for r in ordered)
-    share = min(total, target) // ranks.world
+    """This rank's equal share of the first ``target`` groups kept over all ranks, ordered by (generation batch,
+    position in the rank's batch, rank): the order of one process's batch when ranks take every ``world``-th
+    prompt (as the prompt streams do)."""
+    per_rank = ranks.gather([r.to("cpu") for r in kept]) if ranks.world > 1 else [kept]
+    device = kept[0].response_mask.device if kept else "cpu"
+    pieces, keys = [], []
+    for batch_index in range(len(kept)):
+        for rank in range(ranks.world):
+            piece = per_rank[rank][batch_index]
+            if not piece.num_rows:
+                continue
+            positions = piece.extra[DRAW_POSITION][:: piece.n_per_prompt].tolist()
+            keys.extend((batch_index, position, rank) for position in positions)
+            pieces.append(piece.to(device))
+    share = min(len(keys), target) // ranks.world
     if share == 0:
         return Rollout.empty(last.select([]))
-    everything = Rollout.concat(ordered, pad_token_id)
-    return everything.select_groups(list(range(ranks.rank * share, (ranks.rank + 1) * share)))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    mine = order[ranks.rank * share : (ranks.rank + 1) * share]
+    return Rollout.concat(pieces, pad_token_id).select_groups(mine)
 
 
 def unwrap_batch(item) -> PromptBatch:

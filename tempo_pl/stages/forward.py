@@ -24,9 +24,13 @@ def rollout_stats(
     temperature: float,
     with_self_certainty: bool = False,
     reference: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
+    with_policy: bool = True,
 ) -> ForwardStats:
     """Statistics of every row, ``batch_rows`` rows per forward pass, with the models in eval mode (restored to
-    train mode after). ``reference()`` enters a context that yields the reference model (KL); None skips it."""
+    train mode after). ``reference()`` enters a context that yields the reference model (KL); None skips it.
+    ``with_policy=False`` skips the policy's pass (its log-probs and entropy stay None) unless self-certainty needs
+    it: an on-policy update takes them from its own training forward."""
+    with_policy = with_policy or with_self_certainty
     parts: dict[str, list] = {"logprobs": [], "entropy": [], "self_certainty": [], "values": [], "ref": []}
     policy.eval()
     if critic is not None:
@@ -34,12 +38,13 @@ def rollout_stats(
     inputs = row_inputs(rollout, device)
     for rows in index_chunks(rollout.num_rows, batch_rows):
         ids, attn, resp_ids, resp_mask = inputs(rows)
-        out = policy_response_stats(policy, ids, attn, resp_ids, resp_mask, temperature=temperature,
-                                    with_entropy=True, with_self_certainty=with_self_certainty)
-        parts["logprobs"].append(out["logprobs"])
-        parts["entropy"].append(out["entropy"])
-        if with_self_certainty:
-            parts["self_certainty"].append(out["self_certainty"])
+        if with_policy:
+            out = policy_response_stats(policy, ids, attn, resp_ids, resp_mask, temperature=temperature,
+                                        with_entropy=True, with_self_certainty=with_self_certainty)
+            parts["logprobs"].append(out["logprobs"])
+            parts["entropy"].append(out["entropy"])
+            if with_self_certainty:
+                parts["self_certainty"].append(out["self_certainty"])
         if critic is not None:
             parts["values"].append(critic_response_values(critic, ids, attn, resp_mask))
         if reference is not None:

@@ -41,12 +41,13 @@ def step_metrics(
         m["values/mean"] = float(masked_mean(stats.values, mask))
         m["values/explained_variance"] = float(explained_variance(stats.values, returns, mask))
     m["returns/mean"] = float(masked_mean(returns, mask))
-    m["policy/entropy"] = float(aggregate_loss(stats.entropy, mask, "seq-mean-token-mean"))
+    if stats.entropy is not None:
+        m["policy/entropy"] = float(aggregate_loss(stats.entropy, mask, "seq-mean-token-mean"))
     m["response/length_mean"] = float(lengths.mean())
     m["response/length_max"] = float(lengths.max())
     m["response/clip_fraction"] = float(rollout.truncated.float().mean())
     m["response/prompts"] = float(len(rollout.prompt_batch))
-    if rollout.sampling_logprobs is not None and mask.any():
+    if rollout.sampling_logprobs is not None and stats.old_logprobs is not None and mask.any():
         # the sampler's log-probs against the trainer's own: the first thing to look at when an RL run goes wrong
         gap = (rollout.sampling_logprobs.to(stats.old_logprobs.device) - stats.old_logprobs).abs()[mask.bool()]
         m["rollout/logprob_gap_mean"] = float(gap.mean())

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -53,6 +54,23 @@ class MiniBatchPlan:
     """Gradient-norm clip (0 = off)."""
 
 
+def mini_batches(
+    num_rows: int, rows_per_mini_batch: int, labeled: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> list[Tensor]:
+    """Row indices of each mini-batch. Without ``generator``: consecutive rows in order. With it: shuffled, and
+    stratified by ``labeled`` so every mini-batch holds its share of labeled and of unlabeled rows (a mixed step's
+    optimizer steps then each see both kinds, not D_L first and D_U after)."""
+    if generator is None:
+        return index_chunks(num_rows, rows_per_mini_batch)
+    count = max(1, math.ceil(num_rows / rows_per_mini_batch))
+    kinds = [torch.arange(num_rows)] if labeled is None else [
+        torch.nonzero(labeled.cpu(), as_tuple=False).flatten(), torch.nonzero(~labeled.cpu(), as_tuple=False).flatten()]
+    parts = [torch.tensor_split(rows[torch.randperm(len(rows), generator=generator)], count) for rows in kinds]
+    dealt = [torch.cat([part[i] for part in parts]) for i in range(count)]
+    return [rows for rows in dealt if len(rows)]
+
+
 def optimize(
     num_rows: int,
     plan: MiniBatchPlan,
@@ -61,26 +79,45 @@ def optimize(
     micro_loss: MicroLoss,
     backward: Callable[[Tensor], None],
     clip_gradients: Callable[[torch.optim.Optimizer, float], None],
+    labeled: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    needs_step: Optional[Callable[[Tensor], bool]] = None,
+    any_rank: Callable[[bool], bool] = lambda decision: decision,
 ) -> dict[str, float]:
-    """``plan.epochs`` passes of mini-batch steps; gradients accumulate over micro-batches, each loss weighted by its
-    share of the mini-batch's rows (the reference's micro-batch scale). Returns the mean of every metric over
-    micro-batches, ``grad_norm`` (before clipping: how far it was cut) per step, and the last ``lr``."""
+    """``plan.epochs`` passes of mini-batch steps (see :func:`mini_batches`); gradients accumulate over micro-batches,
+    each loss weighted by its share of the mini-batch's rows (the reference's micro-batch scale).
+
+    A mini-batch for which ``needs_step(rows)`` is False on every rank (a critic mini-batch without a labeled row)
+    takes no optimizer step: Adam would otherwise still move the weights on a zero gradient. A step whose gradient
+    norm is not finite is skipped and its gradients dropped, as the reference does. Returns the mean of every metric
+    over micro-batches, ``grad_norm`` (before clipping: how far it was cut) per step, the counts
+    ``nonfinite_grad_skips`` and ``skipped_mini_batches``, and the last ``lr``."""
     acc: dict[str, list[float]] = {}
+    counts = {"nonfinite_grad_skips": 0.0, "skipped_mini_batches": 0.0}
     for _ in range(plan.epochs):
-        for mini in index_chunks(num_rows, plan.rows_per_mini_batch):
+        for mini in mini_batches(num_rows, plan.rows_per_mini_batch, labeled, generator):
+            if needs_step is not None and not any_rank(needs_step(mini)):
+                counts["skipped_mini_batches"] += 1
+                continue
             optimizer.zero_grad(set_to_none=True)
             for micro in index_chunks(len(mini), plan.rows_per_micro_batch):
                 rows = mini[micro]
                 loss, metrics = micro_loss(rows)
                 backward(loss * (len(rows) / len(mini)))
                 _accumulate(acc, metrics)
-            _accumulate(acc, {"grad_norm": grad_norm(optimizer)})
+            norm = grad_norm(optimizer)
+            _accumulate(acc, {"grad_norm": norm})
+            if not math.isfinite(norm):
+                optimizer.zero_grad(set_to_none=True)
+                counts["nonfinite_grad_skips"] += 1
+                continue
             if plan.grad_clip > 0:
                 clip_gradients(optimizer, plan.grad_clip)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
     out = {k: float(np.mean(v)) for k, v in acc.items()}
+    out.update(counts)
     out["lr"] = optimizer.param_groups[0]["lr"]
     return out
 

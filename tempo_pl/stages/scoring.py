@@ -59,3 +59,42 @@ def apply_keep_rows(
         return rollout, stats, reward
     rows = torch.nonzero(reward.keep_rows, as_tuple=False).flatten()
     return rollout.select_rows(rows), stats.select(rows), RewardOutput(reward.scores[rows], reward.metrics, None)
+
+
+def schedule_updates_critic(trainer, horizon: int = 10_000) -> bool:
+    """Whether the run's schedule plans a critic update in its first ``horizon`` RL steps (a callback with
+    ``plan(rl_step)``, as EMSchedule; True when there is none to ask)."""
+    planners = [cb for cb in getattr(trainer, "callbacks", []) if callable(getattr(cb, "plan", None))]
+    if not planners:
+        return True
+    steps = min(int(getattr(trainer, "estimated_stepping_batches", horizon) or horizon), horizon)
+    return any(planner.plan(step).update_critic for planner in planners for step in range(max(steps, 1)))
+
+
+def value_head_is_zero(critic: torch.nn.Module) -> bool:
+    """Every weight of the critic's ``score`` head is 0 (a fresh head with ``head_init_std: 0``): all values are the
+    head's bias, the same for every response."""
+    heads = [p for name, p in critic.named_parameters() if "score" in name.split(".") and name.endswith("weight")]
+    if not heads:
+        return False
+    full = lambda p: p.full_tensor() if hasattr(p, "full_tensor") else p  # noqa: E731
+    return all(float(full(p.detach()).abs().max()) == 0.0 for p in heads)
+
+
+def check_critic_reward_can_learn(
+    unlabeled: Optional[RewardSource], critic: Optional[torch.nn.Module], critic_frozen: bool, updates_critic: bool
+) -> None:
+    """Refuse a run whose only reward on D_U is a critic value that can never differ between responses: a zero value
+    head that no update will ever move (frozen critic, or a schedule without E-steps)."""
+    from tempo_pl.rewards.critic import CriticValue
+
+    if not isinstance(unlabeled, CriticValue) or critic is None or not value_head_is_zero(critic):
+        return
+    if critic_frozen or not updates_critic:
+        why = "its learning rate is 0" if critic_frozen else "the schedule never updates it (no E-step)"
+        raise ValueError(
+            "the D_U reward is the critic's value, but the critic's value head is zero-initialised "
+            f"(critic.head_init_std: 0) and {why}: every D_U reward would be 0 and the policy could not learn. "
+            "Start the critic from a trained one (critic.name_or_path: the zero-RL critic, as the reference's "
+            "fixed-critic runs do) or let the schedule recalibrate it"
+        )
