@@ -1,8 +1,11 @@
 """Lightning callbacks of tempo-pl, installed as ``tempo_pl.callbacks``."""
 
+from .checkpoint import RLStepCheckpoint
 from .em_schedule import EMSchedule, plan_for_step
 from .hf_export import HFExport
 from .rollout_logger import RolloutSampleLogger
 from .baseline_telemetry import BaselineTelemetry
+from .signal_stop import RunInterrupted
 
-__all__ = ["BaselineTelemetry", "EMSchedule", "HFExport", "RolloutSampleLogger", "plan_for_step"]
+__all__ = ["BaselineTelemetry", "EMSchedule", "HFExport", "RLStepCheckpoint", "RolloutSampleLogger", "RunInterrupted",
+           "plan_for_step"]

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from .checkpoint import check_writable
+
 from tempo_pl.prompts import decode_prompts
 
 
@@ -42,11 +44,24 @@ class RolloutSampleLogger(Callback):
         self.max_samples = max_samples
         self.max_chars = max_chars
         self.dirpath = dirpath
+        self._file: Optional[Path] = None
 
     def _path(self, trainer: Trainer) -> Path:
-        root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
-        root.mkdir(parents=True, exist_ok=True)
-        return root / f"rank{trainer.global_rank}.jsonl"
+        if self._file is None:
+            root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
+            check_writable(root, "RolloutSampleLogger: the rollout-log folder", "dirpath", rank=trainer.global_rank)
+            self._file = root / f"rank{trainer.global_rank}.jsonl"
+        return self._file
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._file = None
+            self._path(trainer)  # a folder that cannot be written fails here, before any RL step
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a resumed run redoes the steps from its checkpoint on: the interrupted run's lines for them go, so that
+        # every RL step has one line
+        drop_lines_from(self._path(trainer), int(getattr(pl_module, "rl_step", 0)))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -81,3 +96,21 @@ class RolloutSampleLogger(Callback):
         }
         with self._path(trainer).open("a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+def drop_lines_from(path: Path, rl_step: int) -> None:
+    """Rewrites the JSON lines file ``path`` without the lines of RL steps ``>= rl_step`` and any line cut short."""
+    if not path.is_file():
+        return
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("rl_step", -1) < rl_step
+        except ValueError:  # a line cut short by a kill during its write
+            return False
+
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and keep(line)]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)

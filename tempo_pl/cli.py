@@ -1,7 +1,12 @@
-"""``tempo-pl``: the LightningCLI of the package.
+"""``tempo-pl``: the LightningCLI of the package, and the pipelines beside it (``tempo-pl --help`` lists all).
 
 ``tempo-pl fit|validate --config CONFIG.yaml`` runs LightningCLI in subclass mode: model, data and callbacks are
 ``class_path`` entries, so a research subclass of :class:`~tempo_pl.module.TempoModule` is used by naming it.
+
+Runs (:mod:`tempo_pl.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
+(into the same version folder) with the same command line that started it; a folder that already holds a run, or
+that a live run writes into, is refused. A run stopped by SIGTERM/SIGINT (see
+:class:`~tempo_pl.callbacks.RLStepCheckpoint`) exits with 128 + the signal number after saving.
 """
 
 from __future__ import annotations
@@ -9,20 +14,31 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import jsonargparse
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from tempo_pl.callbacks import RunInterrupted
+from tempo_pl.run_folder import claim, pin_version_for_resume, process_rank
+
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 PIPELINES = {
-    "compare": "tempo_pl.pipelines.compare",  # same start, seed and budget for several methods, then a table and a plot
-    "demo": "tempo_pl.pipelines.demo",  # the offline demo: warm start, zero-RL, TEMPO and baselines, summary
-    "export": "tempo_pl.export",  # a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/critic folders
+    "export": ("tempo_pl.export", "Write a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/ and critic/"),
+    "demo": ("tempo_pl.pipelines.demo", "The offline demo: warm start, zero-RL, TEMPO and baselines, report (CPU)"),
+    "compare": ("tempo_pl.pipelines.compare", "Run methods from one start, seed and budget; table and plot"),
+    "plot": ("tempo_pl.pipelines.plot", "Plot accuracy, pass@k and diversity against the RL step for existing runs"),
+}
+"""Subcommands beside LightningCLI's: module (with a ``main(argv)``) and the one-line description ``--help`` shows."""
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "Train: RL steps (E/M schedule), evaluation every val_check_interval RL steps, checkpoints",
+    "validate": "Evaluate a model or checkpoint on the eval sets and print the metrics",
 }
 
 
@@ -51,17 +67,85 @@ class TempoCLI(LightningCLI):
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
                 "validate": {"model", "dataloaders", "datamodule"}}
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand)
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            pinned = pin_version_for_resume(config.trainer.logger, config.trainer.get("default_root_dir"))
+            if pinned is not None and process_rank() == 0:
+                print(f"[tempo-pl] --ckpt_path last: resuming the run in {pinned}", file=sys.stderr)
+
+    def _claim_run_folder(self) -> None:
+        logger = self.trainer.logger
+        if logger is None or process_rank() != 0 or getattr(logger, "log_dir", None) is None:
+            return
+        ckpt_path = self.config.get(self.subcommand).get("ckpt_path")
+        claim(Path(logger.log_dir), resuming=self.subcommand == "fit" and ckpt_path is not None,
+              command=self.subcommand)
+
+    def before_fit(self) -> None:
+        self._claim_run_folder()
+
+    def before_validate(self) -> None:
+        self._claim_run_folder()
+
+    def after_validate(self) -> None:
+        if process_rank() == 0:
+            print_metrics_table(self.trainer.callback_metrics, prefix="val/")
+
+
+def print_metrics_table(metrics, prefix: str = "val/") -> None:
+    """The ``<prefix><set>/<metric>`` values as one table, a row per eval set and a column per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in sorted(metrics.items()):
+        if key.startswith(prefix) and "/" in key[len(prefix):]:
+            name, metric = key[len(prefix):].split("/", 1)
+            rows.setdefault(name, {})[metric] = float(value)
+    if not rows:
+        print("[tempo-pl] no evaluation metrics were logged (is data.init_args.eval_sets empty?)", file=sys.stderr)
+        return
+    columns = list(dict.fromkeys(metric for values in rows.values() for metric in values))
+    table = Table(title="evaluation", show_lines=False)
+    table.add_column("eval set", style="bold")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[c]:.4f}" if c in values else "" for c in columns))
+    Console().print(table)
+
+
+def print_overview() -> None:
+    """``tempo-pl --help``: every subcommand with its one-line description."""
+    width = max(map(len, [*LIGHTNING_SUBCOMMANDS, *PIPELINES]))
+    lines = [f"usage: tempo-pl {{{','.join([*LIGHTNING_SUBCOMMANDS, *PIPELINES])}}} ...", "",
+             "TEMPO test-time training of reasoning models on PyTorch Lightning.", "",
+             "subcommands (tempo-pl SUBCOMMAND --help shows its options):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_SUBCOMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in PIPELINES.items()]
+    lines += ["", "fit and validate read a YAML config: tempo-pl fit --config configs/tiny.yaml (--print_config shows "
+              "every option)."]
+    print("\n".join(lines))
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print_overview()
+        return
     # pipelines of several runs, beside LightningCLI's own subcommands
-    if argv and argv[0] in PIPELINES:
-        module = importlib.import_module(PIPELINES[argv[0]])
+    if argv[0] in PIPELINES:
+        module = importlib.import_module(PIPELINES[argv[0]][0])
         module.main(argv[1:])
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    TempoCLI(args=None if from_command_line else argv)
+    try:
+        TempoCLI(args=None if from_command_line else argv)
+    except RunInterrupted as stop:
+        print(f"[tempo-pl] {stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,9 +25,10 @@ from tempo_pl.types import Rollout
 
 def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
     """The training rollout's sampling with evaluation's k, temperature, top-p and (when set) response budget."""
+    budget = training.max_new_tokens if config.max_new_tokens is None else config.max_new_tokens
     return dataclasses.replace(
         training, n=config.k, temperature=config.temperature, top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens or training.max_new_tokens,
+        max_new_tokens=budget,
     )
 
 
@@ -70,6 +71,7 @@ class Evaluation:
             rollout.prompt_batch.answers,
             [[rollout.texts[i] for i in rows] for rows in groups],
             values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
+            extraction=self.config.extraction,
         )
         prompts = decode_prompts(self.tokenizer, rollout) if self.tokenizer is not None else [None] * len(records)
         lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()

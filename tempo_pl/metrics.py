@@ -44,10 +44,10 @@ from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.regression import ExplainedVariance
 
 from tempo_pl.rewards.grading import (
-    DEFAULT_EXTRACTORS,
     are_equivalent,
     cluster_answers,
     extract_answer,
+    extractor_chain,
 )
 from tempo_pl.rewards.group_answers import answer_entropy, answered_cluster_sizes, majority_cluster
 
@@ -195,7 +195,8 @@ def score_questions(
     responses: Sequence[Sequence[str]],
     values: Optional[Sequence[Optional[Sequence[float]]]] = None,
     *,
-    extractors: Sequence[str] = DEFAULT_EXTRACTORS,
+    extractors: Optional[Sequence[str]] = None,
+    extraction: str = "boxed",
     timeout: float = 2.0,
     processes: Optional[int] = None,
 ) -> list[QuestionResult]:
@@ -206,7 +207,9 @@ def score_questions(
         golds: one reference answer per question.
         responses: the n responses of each question.
         values: optional last-token critic values, one list per question (or None for a question without).
-        extractors: answer extractors, see :func:`tempo_pl.rewards.grading.extract_answer`.
+        extractors: answer extractors, see :func:`tempo_pl.rewards.grading.extract_answer`; default: the chain of
+            ``extraction``.
+        extraction: ``boxed`` or ``lenient`` (see :func:`tempo_pl.rewards.grading.grade`).
         timeout: per-comparison grading bound in seconds.
         processes: grading worker processes (default: the available CPUs).
     """
@@ -216,10 +219,11 @@ def score_questions(
         )
     if values is not None and len(values) != len(question_ids):
         raise ValueError(f"score_questions got {len(values)} value lists for {len(question_ids)} questions")
-    answers = [[extract_answer(r, extractors) for r in group] for group in responses]
+    chain = extractor_chain(extractors, extraction)
+    answers = [[extract_answer(r, chain) for r in group] for group in responses]
     flat_answers = [a for group in answers for a in group]
     flat_golds = [g for g, group in zip(golds, answers) for _ in group]
-    flat_correct = are_equivalent(flat_answers, flat_golds, processes=processes, timeout=timeout)
+    flat_correct = are_equivalent(flat_answers, flat_golds, processes=processes, timeout=timeout, symmetric=False)
     records, start = [], 0
     for i, (qid, gold, group) in enumerate(zip(question_ids, golds, responses)):
         stop = start + len(group)
@@ -245,14 +249,15 @@ def score_question(
     responses: Sequence[str],
     values: Optional[Sequence[float]] = None,
     *,
-    extractors: Sequence[str] = DEFAULT_EXTRACTORS,
+    extractors: Optional[Sequence[str]] = None,
+    extraction: str = "boxed",
     timeout: float = 2.0,
     processes: Optional[int] = None,
 ) -> QuestionResult:
     """Grade and cluster the n responses of one question (see :func:`score_questions`)."""
     return score_questions(
         [question_id], [gold], [responses], None if values is None else [values],
-        extractors=extractors, timeout=timeout, processes=processes,
+        extractors=extractors, extraction=extraction, timeout=timeout, processes=processes,
     )[0]
 
 

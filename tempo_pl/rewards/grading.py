@@ -62,6 +62,7 @@ __all__ = [
     "cluster_answers",
     "default_processes",
     "extract_answer",
+    "extractor_chain",
     "grade",
     "grade_many",
     "gold_problem",
@@ -176,7 +177,9 @@ def are_equivalent(
     return _decide([_prepare(p, g) for p, g in zip(preds, golds)], timeout, processes, symmetric)
 
 
-def _extractor_chain(extractors: Optional[Sequence[str]], extraction: str) -> tuple[str, ...]:
+def extractor_chain(extractors: Optional[Sequence[str]], extraction: str) -> tuple[str, ...]:
+    """The extractors a call uses: ``extractors`` when given (with the default ``extraction`` only), else the chain
+    of ``extraction`` (:data:`EXTRACTION_MODES`)."""
     chain = check_extraction(extraction)
     if extractors is None:
         return chain
@@ -239,7 +242,7 @@ def grade_many(
     """
     if len(responses) != len(golds):
         raise ValueError(f"grade_many got {len(responses)} responses but {len(golds)} golds")
-    names = _extractor_chain(extractors, extraction)
+    names = extractor_chain(extractors, extraction)
     answers = [extract_answer(response, names) for response in responses]
     return are_equivalent(answers, golds, processes=processes, timeout=timeout, symmetric=False)
 

@@ -1,0 +1,151 @@
+"""The run folder of ``tempo-pl fit|validate`` (the first logger's ``save_dir/name/version``): which one
+``--ckpt_path last`` resumes, and the claim that keeps two runs from writing into one.
+
+- ``--ckpt_path last`` without an explicit logger ``version`` resumes the newest run of ``save_dir/name`` (the
+  highest ``version_N``): its ``checkpoints/last.ckpt`` is what Lightning then finds, and the logs, eval files and
+  checkpoints go on in the same folder. The same command line starts a run (no folder yet) and resumes it.
+- A run claims its folder with a lock file (``.tempo-pl.lock``: pid, host, start time) for as long as it runs. A folder
+  claimed by a live process is refused, and so is a folder that already holds a run unless the command resumes it
+  (``fit`` with ``--ckpt_path``): a second run with the same explicit ``version`` would otherwise overwrite the first
+  one's config, checkpoints and eval files.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+LOCK_NAME = ".tempo-pl.lock"
+VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+"""Loggers whose folder is ``save_dir/name/version_N`` (or ``save_dir/name/<version>``)."""
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def first_versioned_logger(logger_cfg: Any) -> Optional[Any]:
+    """The config of the first logger (the one Lightning's checkpoints and ``log_dir`` follow) when it is a
+    TensorBoard or CSV logger; None otherwise."""
+    first = logger_cfg[0] if isinstance(logger_cfg, (list, tuple)) and logger_cfg else logger_cfg
+    class_path = str(_get(first, "class_path", ""))
+    if class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS:
+        return first
+    return None
+
+
+def latest_version(root: Path) -> Optional[int]:
+    """The highest N of the ``version_N`` folders under ``root``, None when there is none."""
+    if not root.is_dir():
+        return None
+    numbers = [int(m.group(1)) for entry in root.iterdir() if entry.is_dir()
+               if (m := re.fullmatch(r"version_(\d+)", entry.name))]
+    return max(numbers) if numbers else None
+
+
+def pin_version_for_resume(logger_cfg: Any, default_root_dir: Optional[str]) -> Optional[Path]:
+    """For ``--ckpt_path last``: set the first logger's ``version`` to the newest existing run of its
+    ``save_dir/name`` when no version is given. Returns the folder pinned (None: version already explicit, no run
+    yet, or not a versioned logger)."""
+    logger = first_versioned_logger(logger_cfg)
+    init_args = _get(logger, "init_args")
+    if init_args is None or _get(init_args, "version") is not None:
+        return None
+    save_dir = _get(init_args, "save_dir") or default_root_dir or os.getcwd()
+    root = Path(save_dir) / str(_get(init_args, "name") or "lightning_logs")
+    version = latest_version(root)
+    if version is None:
+        return None
+    if isinstance(init_args, dict):
+        init_args["version"] = version
+    else:
+        init_args.version = version
+    return root / f"version_{version}"
+
+
+def process_rank() -> int:
+    """This process's rank from the launcher's environment (0 before any launch): every rank runs the CLI, one
+    claims the folder."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
+        value = os.environ.get(key)
+        if value and value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def _holder(lock: Path) -> Optional[dict]:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+PICK_ANOTHER = ("pick another logger version (--trainer.logger.init_args.version=NAME, or leave it unset for a new "
+                "version_N)")
+
+
+def claim(log_dir: Path, resuming: bool, command: str) -> Path:
+    """Claims ``log_dir`` for this process (the lock is removed when the process exits), or raises naming the
+    folder and how to pick another. ``resuming``: the command continues the run of this folder."""
+    log_dir = Path(log_dir)
+    lock = log_dir / LOCK_NAME
+    holder = _holder(lock) if lock.exists() else None
+    if holder is not None and _alive(holder) and holder.get("pid") != os.getpid():
+        raise RuntimeError(
+            f"{command}: the run folder {str(log_dir)!r} is in use by a live run (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('started')}); {PICK_ANOTHER}. If that run is gone, delete "
+            f"{str(lock)!r}"
+        )
+    existing = sorted(entry.name for entry in log_dir.iterdir() if entry.name != LOCK_NAME) if log_dir.is_dir() else []
+    if existing and not resuming:
+        resume = " or resume it with --ckpt_path last" if command == "fit" else ""
+        raise FileExistsError(
+            f"{command}: the run folder {str(log_dir)!r} already holds a run ({', '.join(existing[:6])}); writing "
+            f"into it would overwrite its config, checkpoints and eval files. {PICK_ANOTHER[0].upper()}"
+            f"{PICK_ANOTHER[1:]}, remove the folder{resume}"
+        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": command}
+    tmp = lock.with_name(f"{LOCK_NAME}.{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    try:
+        os.link(tmp, lock)  # atomic: fails when another process claimed the folder in the meantime
+    except FileExistsError:
+        other = _holder(lock)
+        if other is not None and _alive(other) and other.get("pid") != os.getpid():
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"{command}: the run folder {str(log_dir)!r} was claimed by pid {other.get('pid')} "
+                               f"just now; {PICK_ANOTHER}") from None
+        tmp.replace(lock)  # a stale lock of a process that is gone
+    else:
+        tmp.unlink()
+    atexit.register(release, lock)
+    return lock
+
+
+def release(lock: Path) -> None:
+    """Removes ``lock`` if this process holds it."""
+    holder = _holder(lock)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        lock.unlink(missing_ok=True)
