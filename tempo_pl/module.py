@@ -314,10 +314,8 @@ class TempoModule(RLStepLogging, LightningModule):
     @property
     def critic_is_frozen(self) -> bool:
         """The critic optimizer's learning rate is 0 in every group (a fixed critic): its update is skipped."""
-        if self.critic is None:
-            return True
-        optimizer = self.optimizers()[1]
-        return all(group.get("initial_lr", group["lr"]) == 0 for group in optimizer.param_groups)
+        groups = self.optimizers()[1].param_groups if self.critic is not None else []
+        return all(group.get("initial_lr", group["lr"]) == 0 for group in groups)
 
     def score(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         """Every row's outcome: ``labeled_reward`` on labeled rows (graded once, while filtering), the unlabeled
@@ -429,8 +427,9 @@ class TempoModule(RLStepLogging, LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        scoring.check_critic_reward_can_learn(self.unlabeled_reward, self.critic, self.critic_is_frozen,
-                                              scoring.schedule_updates_critic(self.trainer))
+        if type(self).score is TempoModule.score:  # an overridden score may add a reward of its own
+            scoring.check_critic_reward_can_learn(self.unlabeled_reward, self.critic, self.critic_is_frozen,
+                                                  scoring.schedule_updates_critic(self.trainer))
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
             self._pending_rng = None
