@@ -52,7 +52,7 @@ class TempoCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs={"parser_mode": "yaml", "prog": "tempo-pl"},
             # an RL step is expensive and is one training batch: log every one
             trainer_defaults={"log_every_n_steps": 1, "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                          "init_args": {"save_dir": "runs", "name": "tempo",
@@ -94,25 +94,24 @@ class TempoCLI(LightningCLI):
 
 
 def print_metrics_table(metrics, prefix: str = "val/") -> None:
-    """The ``<prefix><set>/<metric>`` values as one table, a row per eval set and a column per metric."""
+    """The ``<prefix><set>/<metric>`` values as one table: a row per metric, a column per eval set."""
     from rich.console import Console
     from rich.table import Table
 
-    rows: dict[str, dict[str, float]] = {}
+    by_set: dict[str, dict[str, float]] = {}
     for key, value in sorted(metrics.items()):
         if key.startswith(prefix) and "/" in key[len(prefix):]:
             name, metric = key[len(prefix):].split("/", 1)
-            rows.setdefault(name, {})[metric] = float(value)
-    if not rows:
+            by_set.setdefault(name, {})[metric] = float(value)
+    if not by_set:
         print("[tempo-pl] no evaluation metrics were logged (is data.init_args.eval_sets empty?)", file=sys.stderr)
         return
-    columns = list(dict.fromkeys(metric for values in rows.values() for metric in values))
-    table = Table(title="evaluation", show_lines=False)
-    table.add_column("eval set", style="bold")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for name, values in rows.items():
-        table.add_row(name, *(f"{values[c]:.4f}" if c in values else "" for c in columns))
+    table = Table(title="evaluation")
+    table.add_column("metric", style="bold")
+    for name in by_set:
+        table.add_column(name, justify="right")
+    for metric in dict.fromkeys(m for values in by_set.values() for m in values):
+        table.add_row(metric, *(f"{values[metric]:.4f}" if metric in values else "" for values in by_set.values()))
     Console().print(table)
 
 

@@ -178,7 +178,8 @@ def _checkpoint_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Export a TEMPO checkpoint's policy and critic as HF folders.")
+    parser = argparse.ArgumentParser(prog="tempo-pl export",
+                                     description="Export a TEMPO checkpoint's policy and critic as HF folders.")
     parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint folder")
     parser.add_argument("out_dir", help="folder to write policy/ and critic/ into")
     parser.add_argument("--no-critic", action="store_true", help="write the policy only")

@@ -1,5 +1,6 @@
 """Packaging: `tempo_pl.callbacks` (the repo-root callbacks/ folder) imports from an editable install and a wheel;
-the pipelines ship in the wheel and the core never imports them; every shipped YAML parses against the CLI."""
+the pipelines and the configs (tempo_pl/configs, read by `tempo-pl demo`) ship in the wheel and the core never imports
+the pipelines; every shipped YAML parses against the CLI."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     assert "tempo_pl/module.py" in names
     assert "tempo_pl/pipelines/demo.py" in names and "tempo_pl/pipelines/report.py" in names
     assert not any(n.startswith("callbacks/") for n in names)
+    # the shipped configs travel as package data: `tempo-pl demo` reads its stage configs from the wheel
+    demo_configs = {n for n in names if n.startswith("tempo_pl/configs/demo/")}
+    assert demo_configs == {f"tempo_pl/configs/demo/{stage}.yaml"
+                            for stage in ("sft", "zero_rl", "tempo", "ttrl", "frozen_critic")}
+    assert "tempo_pl/configs/tiny.yaml" in names and not any(n.startswith("configs/") for n in names)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
@@ -46,6 +52,13 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
     assert Path(first).resolve().is_relative_to(site.resolve()), first
+    lookup = subprocess.run(
+        [sys.executable, "-c", "from tempo_pl.pipelines.demo import DemoConfig, DEMO_CONFIGS; "
+                               "DemoConfig(out='o'); print(DEMO_CONFIGS)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert lookup.returncode == 0, lookup.stderr[-2000:]
+    assert Path(lookup.stdout.strip()) == (site / "tempo_pl" / "configs" / "demo").resolve()
 
 
 @pytest.mark.slow

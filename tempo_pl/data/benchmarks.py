@@ -185,4 +185,12 @@ def load_benchmark(name_or_path: str, local_dir: Optional[str] = None) -> list[d
         local = Path(directory) / info.file
         if local.is_file():
             return read_rows(local)
-    return _load_from_hub(info)
+    try:
+        return _load_from_hub(info)
+    except Exception as error:  # offline, unreachable, or a Hub error: say how to use a local copy instead
+        where = f"{directory!r} has no {info.file}" if directory else f"${DATA_DIR_ENV} is not set"
+        raise ConnectionError(
+            f"benchmark {name_or_path!r}: could not load {info.hub_path} from the Hub ({type(error).__name__}: "
+            f"{error}); {where}. Offline, put a copy of {info.file} in a folder and set {DATA_DIR_ENV}=<folder> "
+            "(or data.init_args.data_dir)"
+        ) from error

@@ -42,8 +42,19 @@ from tempo_pl.pipelines.demo_summary import print_summary, write_report
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
 from tempo_pl.pipelines.progress import PROGRESS_FILE, StageDisplay
 
-DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
-"""The stage configs, beside the package in a source checkout (``pip install -e .``)."""
+def shipped_demo_configs() -> Path:
+    """The stage configs: ``configs/demo`` beside the package in a source checkout (``pip install -e .``), else
+    ``tempo_pl/configs/demo``, shipped as package data in the wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "configs" / "demo"
+    if (checkout / "tempo.yaml").is_file():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("tempo_pl.configs") / "demo"))
+
+
+DEMO_CONFIGS = shipped_demo_configs()
+"""The stage configs the demo reads by default (:func:`shipped_demo_configs`)."""
 
 
 @dataclass
@@ -91,8 +102,8 @@ class DemoConfig:
         missing = [s.config for s in STAGES if s.config and not (self.config_dir / s.config).is_file()]
         if missing:
             raise FileNotFoundError(
-                f"demo: {missing} not found in {self.config_dir}; the demo configs ship with the source checkout "
-                "(pip install -e .), or point --config-dir at a copy of configs/demo"
+                f"demo: {missing} not found in {self.config_dir}; the demo configs ship in the package "
+                "(tempo_pl/configs/demo) and in a source checkout (configs/demo); point --config-dir at a copy"
             )
 
     def selected(self) -> list[Stage]:

@@ -123,17 +123,21 @@ def table_rows(results: Sequence[MethodResult]) -> tuple[list[str], list[list[st
     return header, rows
 
 
-def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, seed: int) -> tuple[Path, Path, Path]:
-    """Write ``comparison.csv``, ``comparison.md`` and ``curves.csv`` (every point) into ``output``."""
+def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, seed: Optional[int],
+                 stem: str = "comparison") -> tuple[Path, Path, Path]:
+    """Write ``<stem>.csv``, ``<stem>.md`` and ``curves.csv`` (``<stem>_curves.csv`` for another stem: every point)
+    into ``output``; ``seed`` None for runs of unknown or different seeds."""
     output.mkdir(parents=True, exist_ok=True)
     header, rows = table_rows(results)
-    csv_path, md_path, curves_path = output / "comparison.csv", output / "comparison.md", output / "curves.csv"
+    curves_name = "curves.csv" if stem == "comparison" else f"{stem}_curves.csv"
+    csv_path, md_path, curves_path = output / f"{stem}.csv", output / f"{stem}.md", output / curves_name
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
     lines = [
-        f"Evaluation set `{eval_set}`, seed {seed}; start = before training (RL step 0), final = last evaluation, "
+        f"Evaluation set `{eval_set}`{'' if seed is None else f', seed {seed}'}; start = first evaluation (RL step 0 "
+        "when evaluated before training), final = last evaluation, "
         "best = highest evaluation. Rows marked (oracle) read D_U answers: an upper bound, not test-time training.",
         "",
         "| " + " | ".join(header) + " |",
@@ -150,20 +154,28 @@ def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, s
     return csv_path, md_path, curves_path
 
 
-def plot_curves(results: Sequence[MethodResult], path: Path, title: str = ""):
-    """Plot ``mean@n`` and the largest ``pass@k`` of every method against the RL step into ``path`` (PNG);
-    oracle runs are dashed. Returns the matplotlib figure (closed)."""
+PLOT_FAMILIES = {"mean": "accuracy", "pass": "pass rate", "distinct_answers": "distinct answers per question"}
+"""Curve families a plot can show (the metric name before ``@k``), with their y-axis label."""
+
+
+def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
+                families: Sequence[str] = ("mean", "pass")):
+    """Plot each family of ``families`` (``mean@n``, the largest ``pass@k``, ``distinct_answers``) of every method
+    against the RL step into ``path`` (PNG), one panel per family; oracle runs are dashed. Returns the matplotlib
+    figure (closed)."""
+    unknown = [f for f in families if f not in PLOT_FAMILIES]
+    if unknown:
+        raise ValueError(f"plot_curves: families must be among {sorted(PLOT_FAMILIES)}, got {unknown}")
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    families = ("mean", "pass")
     markers = "osD^vP*X"
-    fig, axes = plt.subplots(1, len(families), figsize=(11, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
     for ax, family in zip(axes[0], families):
-        names = sorted({m for r in results for m in r.curves if m.startswith(family + "@")})
+        names = sorted({m for r in results for m in r.curves if m == family or m.startswith(family + "@")})
         for i, r in enumerate(results):
             for metric in names:
                 if r.curves.get(metric):
@@ -171,10 +183,11 @@ def plot_curves(results: Sequence[MethodResult], path: Path, title: str = ""):
                     ax.plot(steps, values, marker=markers[i % len(markers)], markersize=5, alpha=0.85,
                             linestyle="--" if r.oracle else "-", label=r.label)
         ax.set_title(" / ".join(names) or family)
-        ax.set_ylim(-0.03, 1.03)  # both are rates: a common scale keeps methods and runs comparable by eye
+        if family in ("mean", "pass"):
+            ax.set_ylim(-0.03, 1.03)  # rates: a common scale keeps methods and runs comparable by eye
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("RL step")
-        ax.set_ylabel("accuracy" if family == "mean" else "pass rate")
+        ax.set_ylabel(PLOT_FAMILIES[family])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
