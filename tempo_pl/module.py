@@ -34,7 +34,7 @@ from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_b
 from tempo_pl.stages.forward import rollout_stats
 from tempo_pl.step_logging import RLStepLogging
 from tempo_pl.stages.metrics import step_metrics, throughput, timed
-from tempo_pl.stages.minibatch import MiniBatchPlan, optimize, row_inputs
+from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, optimize, row_inputs
 from tempo_pl.stages.ranks import Ranks
 from tempo_pl.stages import scoring
 from tempo_pl.stages.updates import critic_micro_loss, policy_micro_loss
@@ -376,12 +376,10 @@ class TempoModule(RLStepLogging, LightningModule):
         plan = MiniBatchPlan(rows_per_mini_batch=cfg.mini_batch_size * rollout.n_per_prompt,
                              rows_per_micro_batch=cfg.micro_batch_size, epochs=cfg.ppo_epochs, grad_clip=grad_clip)
         clip = lambda opt, value: self.clip_gradients(opt, value, gradient_clip_algorithm="norm")  # noqa: E731
-        labeled = rollout.is_labeled
-        # the critic's loss covers labeled rows only: a mini-batch without one must not step
-        needs_step = (lambda rows: bool(labeled[rows].any())) if which == "critic" else None
+        mask = rollout.response_mask * (rollout.is_labeled.unsqueeze(-1) if which == "critic" else 1)
         return optimize(rollout.num_rows, plan, optimizer, scheduler, micro_loss, self.manual_backward, clip,
-                        labeled=labeled, generator=self._mini_batch_generator, needs_step=needs_step,
-                        any_rank=lambda decision: self.trainer.strategy.reduce_boolean_decision(decision, all=False))
+                        labeled=rollout.is_labeled, generator=self._mini_batch_generator,
+                        units=loss_units(mask, self.algorithm.loss_agg_mode), ranks=Ranks.of(self._trainer))
 
     # ------------------------------------------------------------------ evaluation
     @override

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from _tiny_run import ROOT, fit, rollout_records, schedule, tiny_config
-from tempo_pl.stages.minibatch import MiniBatchPlan, mini_batches, optimize
+from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, mini_batches, optimize
 
 
 def test_every_mini_batch_of_a_mixed_step_holds_both_kinds_and_the_deal_is_seeded():
@@ -54,7 +54,7 @@ def test_a_critic_mini_batch_without_a_labeled_row_takes_no_step():
         return value, {"loss": value}
 
     out = optimize(4, MiniBatchPlan(2, 2, 1, grad_clip=0.0), opt, None, loss, lambda v: v.backward(), lambda *a: None,
-                   needs_step=lambda rows: bool(labeled[rows].any()))
+                   units=lambda rows: float(labeled[rows].sum()))
     assert len(steps) == 1 and out["skipped_mini_batches"] == 1.0
 
 
@@ -159,3 +159,34 @@ def test_mixed_resume_continues_the_mini_batch_deal(tmp_path: Path):
     cli.trainer.save_checkpoint(split_dir / "mid.ckpt")
     fit(tiny_config(split_dir, edit, steps=2), split_dir, ckpt_path=str(split_dir / "mid.ckpt"), name="second.yaml")
     _assert_same_trajectory(rollout_records(straight_dir / "rollouts"), rollout_records(split_dir / "rollouts"))
+
+
+def test_micro_batches_weigh_by_the_units_their_loss_averages_over():
+    """A critic mini-batch of 4 rows, 3 labeled, in micro-batches of 2 (2 labeled, then 1): the gradient is the mean
+    over the 3 labeled rows, as one micro-batch of all 4 gives it."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3), torch.randn(4)
+    labeled = torch.tensor([True, True, True, False])
+    mask = labeled.float().unsqueeze(-1)
+    base = torch.nn.Linear(3, 1)
+
+    def run(rows_per_micro: int):
+        import copy
+
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+        def micro_loss(rows):
+            m = mask[rows].squeeze(-1)
+            per_row = (model(x[rows]).squeeze(-1) - y[rows]) ** 2
+            loss = (per_row * m).sum() / m.sum().clamp(min=1)  # the mean over the micro-batch's labeled rows
+            return loss, {"loss": loss}
+
+        optimize(4, MiniBatchPlan(4, rows_per_micro, 1, grad_clip=0.0), opt, None, micro_loss,
+                 lambda v: v.backward(), lambda *a: None, units=loss_units(mask, "seq-mean-token-mean"))
+        return model
+
+    whole, split = run(4), run(2)
+    for a, b in zip(whole.parameters(), split.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert loss_units(torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]), "token-mean")(torch.arange(3)) == 3.0

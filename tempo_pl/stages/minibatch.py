@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from tempo_pl.models import sequence_inputs
+from tempo_pl.stages.ranks import Ranks
 from tempo_pl.types import Rollout
 
 MicroLoss = Callable[[Tensor], "tuple[Tensor, dict[str, Any]]"]
@@ -81,29 +82,35 @@ def optimize(
     clip_gradients: Callable[[torch.optim.Optimizer, float], None],
     labeled: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
-    needs_step: Optional[Callable[[Tensor], bool]] = None,
-    any_rank: Callable[[bool], bool] = lambda decision: decision,
+    units: Optional[Callable[[Tensor], float]] = None,
+    ranks: Ranks = Ranks(),
 ) -> dict[str, float]:
-    """``plan.epochs`` passes of mini-batch steps (see :func:`mini_batches`); gradients accumulate over micro-batches,
-    each loss weighted by its share of the mini-batch's rows (the reference's micro-batch scale).
+    """``plan.epochs`` passes of mini-batch steps (see :func:`mini_batches`), gradients accumulated over
+    micro-batches.
 
-    A mini-batch for which ``needs_step(rows)`` is False on every rank (a critic mini-batch without a labeled row)
-    takes no optimizer step: Adam would otherwise still move the weights on a zero gradient. A step whose gradient
-    norm is not finite is skipped and its gradients dropped, as the reference does. Returns the mean of every metric
-    over micro-batches, ``grad_norm`` (before clipping: how far it was cut) per step, the counts
+    ``units(rows)`` counts what a micro-batch's loss averages over (rows with a valid token for the sequence-mean
+    losses, valid tokens for ``token-mean``; the critic counts labeled rows only). Each micro-batch loss is weighted
+    by its units over the mini-batch's units on ALL ranks, times the number of ranks (which DDP and FSDP divide by
+    again): the step's gradient is the mean over the mini-batch's units wherever they sit, as one process on the
+    ranks' rows together would compute it. Without ``units`` every row counts one. A mini-batch with no unit on any
+    rank (a critic mini-batch without a labeled row) takes no optimizer step: Adam would still move the weights on a
+    zero gradient. A step whose gradient norm is not finite is skipped and its gradients dropped, as the reference
+    does. Returns the mean of every metric over micro-batches, ``grad_norm`` (before clipping) per step, the counts
     ``nonfinite_grad_skips`` and ``skipped_mini_batches``, and the last ``lr``."""
+    units = units or (lambda rows: float(len(rows)))
     acc: dict[str, list[float]] = {}
     counts = {"nonfinite_grad_skips": 0.0, "skipped_mini_batches": 0.0}
     for _ in range(plan.epochs):
         for mini in mini_batches(num_rows, plan.rows_per_mini_batch, labeled, generator):
-            if needs_step is not None and not any_rank(needs_step(mini)):
+            total = ranks.sum([units(mini)])[0]
+            if total == 0:
                 counts["skipped_mini_batches"] += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
             for micro in index_chunks(len(mini), plan.rows_per_micro_batch):
                 rows = mini[micro]
                 loss, metrics = micro_loss(rows)
-                backward(loss * (len(rows) / len(mini)))
+                backward(loss * (units(rows) * ranks.world / total))
                 _accumulate(acc, metrics)
             norm = grad_norm(optimizer)
             _accumulate(acc, {"grad_norm": norm})
@@ -120,6 +127,14 @@ def optimize(
     out.update(counts)
     out["lr"] = optimizer.param_groups[0]["lr"]
     return out
+
+
+def loss_units(mask: Tensor, agg_mode: str) -> Callable[[Tensor], float]:
+    """``rows -> `` the number of what a loss aggregated with ``agg_mode`` averages over in those rows of ``mask``:
+    valid tokens for ``token-mean``, rows with a valid token for the sequence means."""
+    if agg_mode == "token-mean":
+        return lambda rows: float(mask[rows].sum())
+    return lambda rows: float((mask[rows] != 0).any(dim=-1).sum())
 
 
 def _accumulate(acc: dict[str, list[float]], values: dict[str, Any]) -> None:
