@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 
 from tempo_pl.algorithms.token_stats import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
 from tempo_pl.lora import bnb_config, disable_bnb_avx512bf16, is_loaded_quantized, lora_config, quantize_via_disk
+from tempo_pl.load_report import held_load_report
 from tempo_pl.pretrained_sources import loading, loading_tokenizer
 from tempo_pl.tiny import resolve_tokenizer
 from tempo_pl.types import Rollout
@@ -295,9 +296,11 @@ def _critic_from_pretrained(path: str, spec: CriticSpec) -> tuple[PreTrainedMode
     kwargs = _load_kwargs(spec)
     if spec.load_in_4bit:
         kwargs["quantization_config"] = _bnb_config(spec, skip_modules=[_HEAD])
-    model, info = cls.from_pretrained(
-        path, config=config, output_loading_info=True, trust_remote_code=spec.trust_remote_code, **kwargs
-    )
+    with held_load_report() as report:  # a fresh value head is expected: one line, not transformers' table
+        model, info = cls.from_pretrained(
+            path, config=config, output_loading_info=True, trust_remote_code=spec.trust_remote_code, **kwargs
+        )
+    report.settle(info, path, head=_HEAD)
     fresh = any(key.split(".")[0] == _HEAD for key in info["missing_keys"])
     return model, fresh
 
