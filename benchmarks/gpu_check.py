@@ -1,13 +1,16 @@
 """GPU check: a random ~0.4B Qwen3 through TEMPO steps with bf16, QLoRA on a shared base, FSDP2, and FSDP2 around
-the shared QLoRA base, on one GPU.
+the shared QLoRA base, on one GPU; then vLLM against transformers' generate and a weight-sync round trip.
 
 Runs offline (random weights from a config, a BPE tokenizer trained on the synthetic task) in a few minutes on one
 GPU, then prints one summary table: step time, generation tokens/s, peak GPU memory, and whether every trainable
 tensor of the policy and the critic moved (gradients flowed through the whole model). Exits non-zero when a run
-fails or a model did not train.
+fails or a model did not train. The vLLM rows (``benchmarks/vllm_vs_generate.py``: tokens/s of both engines on a
+0.49B model at 1k-token responses, and the log-prob gap before and after a weight sync) are skipped, with a line
+that says so, where vLLM is not installed.
 
     python benchmarks/gpu_check.py                 # on a GPU (about 0.37B parameters per model)
     python benchmarks/gpu_check.py --cpu-smoke     # tiny sizes on the CPU, 2 steps per run (the test suite runs it)
+    python benchmarks/gpu_check.py --runs fsdp2_qlora_shared vllm_vs_generate   # some checks only
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ CPU_SMOKE = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vo
 
 
 RUNS = ("bf16", "qlora_shared", "fsdp2", "fsdp2_qlora_shared")
+VLLM_CHECK = "vllm_vs_generate"
 QLORA_RUNS = ("qlora_shared", "fsdp2_qlora_shared")
 
 
@@ -244,7 +248,8 @@ def render(results: list[Result], sizes: Sizes, device: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, two RL steps per run")
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which checks to run, in this order")
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, VLLM_CHECK], choices=[*RUNS, VLLM_CHECK],
+                        help=f"which checks to run, in this order ({VLLM_CHECK} last, whatever its place)")
     args = parser.parse_args(argv)
     on_gpu = not args.cpu_smoke
     if on_gpu and not torch.cuda.is_available():
@@ -257,10 +262,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tempo_gpu_check_") as tmp:
         root = Path(tmp)
         tokenizer = build_tokenizer_dir(sizes, root / "tokenizer")
-        results = [run_check(kind, sizes, tokenizer, root, on_gpu) for kind in args.runs]
-    print(render(results, sizes, device))
+        results = [run_check(kind, sizes, tokenizer, root, on_gpu) for kind in args.runs if kind in RUNS]
+        if results:
+            print(render(results, sizes, device), flush=True)
+        vllm_ok = True
+        if VLLM_CHECK in args.runs:
+            import vllm_vs_generate
+
+            engine_sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
+            lines, vllm_ok = vllm_vs_generate.main_lines(engine_sizes, tokenizer, on_gpu)
+            print("\n" + "\n".join(lines))
     print(f"total {time.perf_counter() - start:.0f} s")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) and vllm_ok else 1
 
 
 if __name__ == "__main__":

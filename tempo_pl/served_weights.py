@@ -103,7 +103,9 @@ def _gathered(unit: nn.Module) -> Iterator[bool]:
         unit.reshard()
 
 
-def _unit_weights(module: nn.Module, prefix: str, adapter: Optional[str], stop: set[int]) -> Iterator[tuple[str, Tensor]]:
+def _unit_weights(
+    module: nn.Module, prefix: str, adapter: Optional[str], stop: set[int]
+) -> Iterator[tuple[str, Tensor]]:
     """The weights of ``module``'s subtree, without the subtrees of the modules in ``stop`` (other FSDP units)."""
     from peft.tuners.lora import LoraLayer
 

@@ -15,12 +15,13 @@ extra.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -214,27 +215,28 @@ class VLLMEngine(HFGenerateEngine):
             # every rank runs its own engine in its own process: vLLM joins the trainer's process group
             _check_tensor_parallel(options["tensor_parallel_size"])
             options["distributed_executor_backend"] = "external_launcher"
+            # it reads the torchrun variables; Lightning's own launcher does not set RANK
+            os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
+            os.environ.setdefault("LOCAL_RANK", str(torch.distributed.get_rank()))
+            os.environ.setdefault("WORLD_SIZE", str(_world_size()))
         elif options["tensor_parallel_size"] > 1:
             raise ValueError(f"VLLMEngine.tensor_parallel_size={options['tensor_parallel_size']} needs a distributed "
                              "run (trainer.devices > 1): the ranks of a group serve one vLLM copy between them")
         dtype = self.dtype or str(hf.dtype).removeprefix("torch.")
         start = time.perf_counter()
-        # vLLM seeds the global RNGs while it starts; the trainer's (saved in checkpoints) must not notice
-        rng = capture_rng()
-        try:
+        with _trainer_rng_untouched():
             self.llm = LLM(
                 model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True, dtype=dtype, seed=0,
                 logprobs_mode="processed_logprobs", generation_config="vllm", disable_log_stats=True, **options,
             )
-        finally:
-            restore_rng(rng)
         log.info("VLLMEngine: vLLM built in %.1f s (%s, %s)", time.perf_counter() - start, type(hf).__name__, dtype)
         self._load_weights(model)
 
     def _load_weights(self, model: nn.Module) -> None:
         start = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": served_weights(model),
-                                                          "is_checkpoint_format": True})
+        with _trainer_rng_untouched():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": served_weights(model),
+                                                              "is_checkpoint_format": True})
         # cached prefixes hold keys and values of the old weights
         self.llm.reset_prefix_cache()
         self.weight_syncs += 1
@@ -259,7 +261,8 @@ class VLLMEngine(HFGenerateEngine):
             for _, seed in pooled for _ in range(copies)
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in pooled for _ in range(copies)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with _trainer_rng_untouched():
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return outputs[mine.start * copies : mine.stop * copies]
 
     def _prompt_tensors(self, token_ids: list[list[int]], n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -278,6 +281,18 @@ class VLLMEngine(HFGenerateEngine):
         if self.llm_options["enable_sleep_mode"]:
             self.llm.sleep(level=1)
             self._asleep = True
+
+
+@contextlib.contextmanager
+def _trainer_rng_untouched() -> Iterator[None]:
+    """vLLM draws from (and at start-up seeds) the global RNGs, by amounts that vary with its parallel layout: the
+    trainer's RNGs, which checkpoints save, must be as if vLLM never ran, so that the one seed each ``generate``
+    draws is the same in a resumed run and under any ``tensor_parallel_size``."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 def _response_tensors(outputs, pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -147,15 +147,23 @@ def test_after_policy_updates_vllm_log_probs_equal_the_trainers(vllm_policy_spec
         _nll_steps(policy, sequence, steps=1)
         trainer = _trainer_sequence_logprobs(policy, sequence)
         stale = (_vllm_sequence_logprobs(engine, sequence) - trainer).abs().max()
+        rng = torch.get_rng_state()
         engine.sync_weights(policy)
+        assert torch.equal(torch.get_rng_state(), rng)  # vLLM's loading leaves the trainer's RNG alone
         gaps.append(float((_vllm_sequence_logprobs(engine, sequence) - trainer).abs().max()))
         assert stale > 100 * LOGPROB_TOLERANCE  # the update moved the log-probs; vLLM followed only after the sync
     print(f"max |vLLM - trainer| log-prob over the fixed sequence after each of 3 updates: {gaps}")
     assert max(gaps) < LOGPROB_TOLERANCE
     assert engine.weight_syncs == 4
 
-    # the sampler's own log-probs (temperature 0.7) against the trainer's pass over the same rollout
+    # the sampler's own log-probs (temperature 0.7) against the trainer's pass over the same rollout; generate
+    # takes exactly one draw from the trainer's RNG (its seed), whatever vLLM draws inside
+    rng = torch.get_rng_state()
     rollout = engine.generate(policy, _prompt_batch(PROMPTS))
+    after = torch.get_rng_state()
+    torch.set_rng_state(rng)
+    torch.randint(0, 2**31 - 1, ())
+    assert torch.equal(torch.get_rng_state(), after)
     input_ids, attention_mask, position_ids = sequence_inputs(rollout)
     with torch.no_grad():
         stats = policy_response_stats(policy, input_ids, attention_mask, rollout.response_ids, rollout.response_mask,
@@ -178,7 +186,8 @@ def test_lora_policies_serve_their_merged_adapter(vllm_policy_spec, kind: str) -
     if kind == "lora":
         policy = build_policy(spec)
     else:
-        policy, critic = build_shared_actor_critic(replace(spec, load_in_4bit=True), CriticSpec(seed=1, lora=LoraSpec(r=4)))
+        policy, critic = build_shared_actor_critic(replace(spec, load_in_4bit=True),
+                                                   CriticSpec(seed=1, lora=LoraSpec(r=4)))
     engine = _engine(tokenizer, SamplingSpec(n=2, max_new_tokens=8, max_prompt_length=64))
     engine.generate(policy, _prompt_batch(PROMPTS[:1]))
     sequence = _fixed_sequence(tokenizer)
@@ -274,7 +283,8 @@ def test_options_vllm_cannot_serve_here_are_refused_with_the_key_named(vllm_poli
     with pytest.raises(ValueError, match=r"max_model_len=20 is shorter than the longest prompt \(\d+ tokens\) plus"):
         _engine(tokenizer, sampling, max_model_len=20).generate(policy, _prompt_batch(PROMPTS))
     # configs/tiny.yaml's own policy: 16-dimensional heads, which vLLM's CPU attention does not take
-    tiny = build_policy(ModelSpec(**{**tiny_policy_config(), "config": {**tiny_policy_config()["config"], "head_dim": 16}}))
+    config = tiny_policy_config()
+    tiny = build_policy(ModelSpec(**{**config, "config": {**config["config"], "head_dim": 16}}))
     with pytest.raises(ValueError, match=r"supports attention head sizes \[32, .*\]; the policy's is 16"):
         _engine(tokenizer, sampling).generate(tiny, _prompt_batch(PROMPTS))
 
@@ -298,3 +308,53 @@ def test_a_bf16_policy_is_served_in_bf16_with_the_options_given(vllm_policy_spec
     print(f"bf16: |vLLM - trainer| log-prob over the fixed sequence: mean {gap.mean():.2e}, max {gap.max():.2e}")
     assert gap.max() < 0.1  # bf16 rounding of two different kernels; float32 is the exact comparison
     _close(engine)
+
+
+def test_the_gpu_checks_vllm_rows_run_on_the_cpu_backend() -> None:
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--runs", "vllm_vs_generate"],
+                         cwd=root, capture_output=True, text=True, timeout=540,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| generate |", "| vllm |"))]
+    assert [r.split("|")[1].strip() for r in rows] == ["generate", "vllm"]
+    assert all(int(r.split("|")[2]) > 0 for r in rows)  # both engines produced response tokens
+    (sync,) = [line for line in out.stdout.splitlines() if line.startswith("weight sync:")]
+    print(sync)
+    assert sync.endswith("-> ok")
+
+
+def test_two_ranks_sample_the_same_with_their_own_engines_or_one_tensor_parallel_engine(tmp_path: Path) -> None:
+    """DDP on 2 processes: each rank's own vLLM (tensor_parallel_size 1), then one vLLM split over both ranks
+    (tensor_parallel_size 2, the ranks pooling their prompts): the same samples per rank, synced either way."""
+    from _tiny_run import rollout_records, schedule, tiny_config, write_config
+
+    runs = {}
+    for tp in (1, 2):
+        folder = tmp_path / f"tp{tp}"
+        folder.mkdir()
+
+        def edit(cfg: dict) -> None:
+            schedule(cfg)["init_args"] = {"mode": "mixed"}
+            cfg["trainer"]["devices"] = 2
+            cfg["trainer"]["strategy"] = "ddp_find_unused_parameters_true"
+            cfg["model"]["init_args"]["policy"] = tiny_policy_config()
+            cfg["model"]["init_args"]["rollout_engine"] = {
+                "class_path": "tempo_pl.vllm_engine.VLLMEngine",
+                "init_args": {**ENGINE_OPTIONS, "tensor_parallel_size": tp}}
+
+        path = write_config(tiny_config(folder, edit, steps=2), folder / "ddp.yaml")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-m", "tempo_pl", "fit", "--config", str(path)], cwd=folder, env=env,
+                             capture_output=True, text=True, timeout=540)
+        assert out.returncode == 0, out.stderr[-4000:]
+        runs[tp] = [rollout_records(folder / "rollouts", rank) for rank in (0, 1)]
+    for rank in (0, 1):
+        own, shared = runs[1][rank], runs[2][rank]
+        assert [r["prompt_ids"] for r in own] == [r["prompt_ids"] for r in shared]
+        assert [r["response_lengths"] for r in own] == [r["response_lengths"] for r in shared]
+        assert [[s["response"] for s in r["samples"]] for r in own] == [[s["response"] for s in r["samples"]]
+                                                                        for r in shared]
+        # step 1 sampled after the step-0 update: its gap shows the sync reached every rank's engine
+        assert all(r["metrics"]["train/rollout/logprob_gap_max"] < LOGPROB_TOLERANCE for r in own + shared)
+    assert not set(runs[2][0][0]["prompt_ids"]) & set(runs[2][1][0]["prompt_ids"])
