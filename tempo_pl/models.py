@@ -36,7 +36,8 @@ from transformers import (
 from transformers.modeling_layers import GenericForTokenClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
 
-from tempo_pl.algorithms.token_stats import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
+from tempo_pl.algorithms.token_stats import head_token_stats
+from tempo_pl.lm_head import stats_instead_of_logits
 from tempo_pl.lora import bnb_config, disable_bnb_avx512bf16, is_loaded_quantized, lora_config, quantize_via_disk
 from tempo_pl.load_report import held_load_report
 from tempo_pl.pretrained_sources import loading, loading_tokenizer
@@ -395,12 +396,15 @@ def policy_response_stats(
     with_entropy: bool = True,
     with_self_certainty: bool = False,
     position_ids: Optional[Tensor] = None,
+    entropy_grad: bool = True,
 ) -> dict[str, Tensor]:
     """Per-token statistics of the policy over the response columns, each (N, R) float32, zero outside the mask.
 
     The logits at position P-1+t predict response token t; they are divided by the sampling ``temperature`` first,
     so ``logprobs`` are those of the distribution the rollout was drawn from (before top-k/top-p truncation).
-    Gradients flow when called outside ``torch.no_grad``.
+    Gradients flow outside ``torch.no_grad`` (into the entropy only with ``entropy_grad``). The LM head runs on valid
+    response tokens only, a chunk at a time (:func:`~tempo_pl.algorithms.token_stats.head_token_stats`): no (N, R,
+    vocabulary) logits are ever held, forward or backward.
 
     Returns:
         ``{"logprobs", "entropy"?, "self_certainty"?}``; ``self_certainty`` is KL(Uniform || pi) per token.
@@ -411,20 +415,17 @@ def policy_response_stats(
         position_ids = position_ids_from_mask(attention_mask)
     num_response = response_ids.shape[1]
     kwargs = {"logits_to_keep": num_response + 1} if _accepts(policy, "logits_to_keep") else {}
-    # no KV cache: nothing decodes after this pass, and a cache would hold every layer's keys in memory
-    logits = policy(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
-    ).logits
-    logits = logits[:, -num_response - 1 : -1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    mask = response_mask.to(logits.dtype)
-    stats = {"logprobs": logprobs_from_logits(logits, response_ids) * mask}
-    if with_entropy:
-        stats["entropy"] = entropy_from_logits(logits) * mask
-    if with_self_certainty:
-        stats["self_certainty"] = self_certainty_from_logits(logits) * mask
-    return stats
+    forward = lambda: policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,  # noqa
+                             use_cache=False, **kwargs).logits  # no KV cache: nothing decodes after this pass
+    stats = lambda head, head_inputs: head_token_stats(  # noqa: E731
+        head, head_inputs[:, -num_response - 1 : -1], response_ids, response_mask, temperature, with_entropy,
+        entropy_grad, with_self_certainty)
+    with stats_instead_of_logits(hf_model(policy).get_output_embeddings(), stats) as produced:
+        out = forward()
+    if out is not produced.get("stats"):  # the model reworks its head's output (soft-capping...): whole logits
+        out = stats(nn.Identity(), forward())
+    names = ["logprobs"] + ["entropy"] * with_entropy + ["self_certainty"] * with_self_certainty
+    return dict(zip(names, out.unbind(-1)))
 
 
 def critic_response_values(

@@ -6,6 +6,10 @@ gigabytes. Float32/float64 logits go through ``logsumexp`` directly; half-precis
 chunk of rows at a time, because a bf16 ``logsumexp`` over 150k entries loses the log-prob differences the PPO ratio
 is made of. Half-precision inputs therefore give float32 outputs.
 
+:func:`head_token_stats` goes one step further and never holds the logits of a whole batch: it runs the LM head
+itself on a chunk of positions at a time (the policy's forward hands it the head's input,
+:func:`tempo_pl.models.policy_response_stats`), recomputing each chunk's logits in the backward pass.
+
 Example::
 
     >>> import torch
@@ -22,11 +26,13 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from tempo_pl.algorithms.advantages import masked_var
 from tempo_pl.algorithms.checks import check_same_shape
 
-__all__ = ["logprobs_from_logits", "entropy_from_logits", "self_certainty_from_logits", "explained_variance"]
+__all__ = ["logprobs_from_logits", "entropy_from_logits", "self_certainty_from_logits", "head_token_stats",
+           "explained_variance"]
 
 # rows of a half-precision input upcast at once: 1024 rows x 150k vocabulary x 4 bytes is about 600 MB
 _UPCAST_CHUNK_ROWS = 1024
@@ -83,6 +89,67 @@ def self_certainty_from_logits(logits: Tensor) -> Tensor:
         return torch.logsumexp(x, dim=-1) - x.mean(-1) - log_vocab
 
     return _per_row(logits, rows)
+
+
+#: values of one chunk of logits (positions x vocabulary) in :func:`head_token_stats`: 2**27 float32 values are
+#: 512 MiB, 883 positions of Qwen3's 151,936-token vocabulary; read at call time (tests lower it to force chunks)
+LOGITS_CHUNK_ELEMENTS = 2**27
+
+
+def head_token_stats(
+    head: Callable[[Tensor], Tensor],
+    hidden: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    entropy_grad: bool = True,
+    with_self_certainty: bool = False,
+) -> Tensor:
+    """Per-token statistics of ``softmax(head(hidden) / temperature)`` without ever holding every position's logits.
+
+    ``head`` is a function or a module (its ``forward`` is called, so hooks on it do not run again; its
+    ``out_features`` is the vocabulary, or else the last dimension of ``hidden``, for an identity). ``hidden``
+    (N, T, H) are the head's inputs at the positions that predict ``labels`` (N, T); only the positions where
+    ``mask`` (N, T) is non-zero go through the head (padding costs nothing), ``LOGITS_CHUNK_ELEMENTS // vocabulary``
+    positions at a time, each chunk's logits upcast to float32. With gradients on, every chunk is
+    checkpointed: its logits are recomputed in the backward pass rather than kept, so forward and backward hold one
+    chunk's (C, V) logits at a time, and the gradients are those of the whole (N, T, V) logits. The entropy enters
+    the graph only with ``entropy_grad`` (an entropy that is only logged costs no backward).
+
+    Returns:
+        (N, T, S) float32, zero where ``mask`` is 0: the columns are log-prob, then entropy (``with_entropy``), then
+        self-certainty (``with_self_certainty``).
+    """
+    check_same_shape(labels=labels, mask=mask)
+    vocab = getattr(head, "out_features", None) or hidden.shape[-1]
+    forward = head.forward if isinstance(head, torch.nn.Module) else head
+    columns = 1 + with_entropy + with_self_certainty
+
+    def chunk_stats(h: Tensor, y: Tensor) -> Tensor:
+        logits = forward(h).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        out = [logprobs_from_logits(logits, y)]
+        if with_entropy:
+            out.append(entropy_from_logits(logits if entropy_grad else logits.detach()))
+        if with_self_certainty:
+            out.append(self_certainty_from_logits(logits))
+        return torch.stack(out, -1)
+
+    valid = (mask.reshape(-1) != 0).nonzero().squeeze(-1)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, valid)
+    y = labels.reshape(-1).index_select(0, valid)
+    size = max(1, LOGITS_CHUNK_ELEMENTS // vocab)
+    recompute = torch.is_grad_enabled() and len(valid) > size
+    pieces = [
+        checkpoint(chunk_stats, h[start : start + size], y[start : start + size], use_reentrant=False)
+        if recompute else chunk_stats(h[start : start + size], y[start : start + size])
+        for start in range(0, len(valid), size)
+    ]
+    stats = torch.cat(pieces) if pieces else h.new_zeros(0, columns, dtype=torch.float32)
+    out = stats.new_zeros(mask.numel(), columns).index_copy(0, valid, stats)
+    return out.reshape(*mask.shape, columns)
 
 
 def explained_variance(y_pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
