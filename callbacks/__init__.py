@@ -3,9 +3,10 @@
 from .checkpoint import RLStepCheckpoint
 from .em_schedule import EMSchedule, plan_for_step
 from .hf_export import HFExport
+from .progress_bar import TempoProgressBar
 from .rollout_logger import RolloutSampleLogger
 from .baseline_telemetry import BaselineTelemetry
 from .signal_stop import RunInterrupted
 
 __all__ = ["BaselineTelemetry", "EMSchedule", "HFExport", "RLStepCheckpoint", "RolloutSampleLogger", "RunInterrupted",
-           "plan_for_step"]
+           "TempoProgressBar", "plan_for_step"]

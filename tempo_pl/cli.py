@@ -68,7 +68,8 @@ class TempoCLI(LightningCLI):
                 "validate": {"model", "dataloaders", "datamodule"}}
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        add_progress_bar(config.trainer)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             pinned = pin_version_for_resume(config.trainer.logger, config.trainer.get("default_root_dir"))
             if pinned is not None and process_rank() == 0:
@@ -91,6 +92,30 @@ class TempoCLI(LightningCLI):
     def after_validate(self) -> None:
         if process_rank() == 0:
             print_metrics_table(self.trainer.callback_metrics, prefix="val/")
+
+
+def add_progress_bar(trainer_config) -> None:
+    """Adds :class:`~tempo_pl.callbacks.TempoProgressBar` (the RL step's stage, phase and tokens beside the bar) when
+    the progress bar is on and the config names no progress bar of its own."""
+    if trainer_config.get("enable_progress_bar") is False:
+        return
+    from lightning.pytorch.callbacks import ProgressBar
+
+    callbacks = trainer_config.get("callbacks") or []
+    for entry in callbacks:
+        class_path = entry.get("class_path") if hasattr(entry, "get") else None
+        if isinstance(entry, ProgressBar) or (class_path and issubclass(_import(class_path), ProgressBar)):
+            return
+    trainer_config.callbacks = [*callbacks, jsonargparse.Namespace(
+        class_path="tempo_pl.callbacks.TempoProgressBar", init_args=jsonargparse.Namespace(refresh_rate=1, leave=False))]
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return object
 
 
 def print_metrics_table(metrics, prefix: str = "val/") -> None:
