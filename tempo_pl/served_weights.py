@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator, Optional
 
 from torch import Tensor, nn
@@ -128,7 +129,7 @@ def _merged_weight(layer: nn.Module, adapter: Optional[str]) -> Tensor:
     from peft.utils.integrations import dequantize_module_weight
 
     base = layer.get_base_layer()
-    weight = _dequantized(base) if type(base.weight).__name__ == "Params4bit" else dequantize_module_weight(base)
+    weight = _dequantized(base) if _is_4bit(base) else dequantize_module_weight(base)
     weight = weight.detach()
     if layer.merged or getattr(layer, "disable_adapters", False):
         return weight  # the deltas are in the weight already, or the policy runs without them
@@ -140,6 +141,15 @@ def _merged_weight(layer: nn.Module, adapter: Optional[str]) -> Tensor:
     for delta in deltas:
         merged = merged + delta.detach().float()
     return merged.to(weight.dtype)
+
+
+def _is_4bit(layer: nn.Module) -> bool:
+    # by the layer, not its weight: FSDP2 gathers a Params4bit as a plain parameter
+    if "bitsandbytes" not in sys.modules:  # no 4-bit layer can exist; do not pay for the import
+        return False
+    import bitsandbytes as bnb
+
+    return isinstance(layer, bnb.nn.Linear4bit)
 
 
 def _dequantized(base: nn.Module) -> Tensor:

@@ -205,7 +205,7 @@ class VLLMEngine(HFGenerateEngine):
         _check_attention_head_size(hf.config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="tempo_vllm_")
         config = hf.config.to_dict()
-        config["architectures"] = [type(hf).__name__]
+        config["architectures"] = [_architecture(hf)]
         # vLLM serves the merged, dequantized weights: a 4-bit base's quantization config does not apply to them
         config.pop("quantization_config", None)
         with open(os.path.join(self._config_dir.name, "config.json"), "w") as f:
@@ -347,6 +347,13 @@ def _check_attention_head_size(config) -> None:
     if head_dim not in supported:
         raise ValueError(f"vLLM's CPU backend supports attention head sizes {supported}; the policy's is {head_dim} "
                          "(config head_dim)")
+
+
+def _architecture(hf: nn.Module) -> str:
+    """The model's transformers class name, as vLLM looks it up (FSDP2 renames a sharded model's class)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(hf).__mro__ if not issubclass(cls, FSDPModule)).__name__
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -158,3 +158,26 @@ def test_fsdp2_gathers_one_unit_at_a_time_and_serves_the_full_lora_merge(tiny_po
         assert _unsharded_units(policy) == []
     assert _unsharded_units(policy) == []
     torch.testing.assert_close(_served_logits(policy)[0], _logits(policy), rtol=0, atol=1e-5)
+
+
+def test_fsdp2_around_a_shared_qlora_base_serves_the_dequantized_policy(tiny_policy_spec, one_rank_mesh) -> None:
+    """FSDP2 gathers a 4-bit weight as a plain parameter (its quantization state stays on the layer): the layer, not
+    the weight's type, says it is to be dequantized."""
+    from tempo_pl.models import CriticSpec, LoraSpec
+    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.strategies import FSDP2Recipe, shard_module
+
+    class Holder(torch.nn.Module):
+        pass
+
+    holder = Holder()
+    holder.policy, holder.critic = build_shared_actor_critic(
+        replace(tiny_policy_spec, lora=LoraSpec(r=4), load_in_4bit=True), CriticSpec(seed=1, lora=LoraSpec(r=4)))
+    _randomize_lora_b(holder.policy.model)
+    expected = _logits(holder.policy)
+    shard_module(holder, one_rank_mesh, FSDP2Recipe(param_dtype="float32"))
+    holder.policy(input_ids=PROBE, labels=PROBE).loss.backward()
+    holder.critic(input_ids=PROBE)  # the critic adapter active, as after an E-step
+    logits, missing = _served_logits(holder.policy)
+    assert not missing and _unsharded_units(holder.policy) == []
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)

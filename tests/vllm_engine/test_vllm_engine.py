@@ -358,3 +358,39 @@ def test_two_ranks_sample_the_same_with_their_own_engines_or_one_tensor_parallel
         # step 1 sampled after the step-0 update: its gap shows the sync reached every rank's engine
         assert all(r["metrics"]["train/rollout/logprob_gap_max"] < LOGPROB_TOLERANCE for r in own + shared)
     assert not set(runs[2][0][0]["prompt_ids"]) & set(runs[2][1][0]["prompt_ids"])
+
+
+def test_fsdp2_around_a_shared_qlora_base_syncs_every_rank_unit_by_unit(tmp_path: Path) -> None:
+    """FSDP2 on 2 processes around policy and critic as two adapters of one NF4 base: each rank's vLLM takes the
+    policy adapter merged into the dequantized base, gathered one decoder layer at a time (E, M, E, M)."""
+    import yaml
+
+    from _tiny_run import ROOT, rollout_records, schedule, tiny_config, write_config
+
+    def edit(cfg: dict) -> None:
+        schedule(cfg)["init_args"] = {"mode": "alternate", "e_steps": 1, "m_steps": 1}
+        trainer, init = cfg["trainer"], cfg["model"]["init_args"]
+        trainer["devices"] = 2
+        trainer["strategy"] = yaml.safe_load((ROOT / "configs" / "fsdp2_tiny.yaml").read_text())["trainer"]["strategy"]
+        trainer["strategy"]["init_args"]["recipe"]["param_dtype"] = "float32"  # the 4-bit storage dtype
+        # no RL-step checkpoints: saving a shared base under FSDP2 is not what this test is about
+        trainer["callbacks"] = [c for c in trainer["callbacks"] if not c["class_path"].endswith("RLStepCheckpoint")]
+        lora = {"r": 4, "alpha": 8}
+        init["policy"] = {**tiny_policy_config(), "lora": lora, "load_in_4bit": True}
+        init["critic"] = {"seed": 1, "lora": lora, "head_init_std": 0.1}
+        init["shared_base"] = True
+        # a large step: vLLM's log-probs would be far from the trainer's if the update did not reach it
+        init["policy_optimizer"]["init_args"]["lr"] = 1e-2
+        init["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine", "init_args": dict(ENGINE_OPTIONS)}
+
+    path = write_config(tiny_config(tmp_path, edit, steps=4), tmp_path / "fsdp2_qlora.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "tempo_pl", "fit", "--config", str(path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=540)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for rank in (0, 1):
+        records = rollout_records(tmp_path / "rollouts", rank)
+        assert [r["phase"] for r in records] == ["E", "M", "E", "M"]
+        # step 3 samples after step 1's policy update: only a synced engine matches the trainer there
+        for record in (records[1], records[3]):
+            assert record["metrics"]["train/rollout/logprob_gap_max"] < LOGPROB_TOLERANCE, (rank, record["rl_step"])
