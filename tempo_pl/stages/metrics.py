@@ -27,6 +27,7 @@ def step_metrics(
     for name, rows in (("labeled", lab), ("unlabeled", ~lab)):
         if rows.any():
             m[f"score/{name}_mean"] = float(reward.scores[rows].mean())
+            m[f"score/{name}_std"] = float(reward.scores[rows].std(unbiased=False))
             if stats.values is not None:
                 m[f"values/{name}_mean"] = float(masked_mean(stats.values[rows], mask[rows]))
                 m[f"values/{name}_explained_variance"] = float(
