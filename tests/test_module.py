@@ -103,7 +103,7 @@ def test_scrambled_unlabeled_answers_do_not_change_training(tmp_path: Path) -> N
 
 REQUIRED_SCALARS = [
     "train/phase", "train/rl_step",
-    "train/score/labeled_mean", "train/score/unlabeled_mean",
+    "train/score/labeled_mean", "train/score/unlabeled_mean", "train/score/unlabeled_std",
     "train/advantages/mean", "train/advantages/max", "train/advantages/min",
     "train/returns/mean", "train/values/mean", "train/values/explained_variance",
     "train/critic/loss", "train/critic/vf_clipfrac",
