@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
@@ -194,8 +195,11 @@ class TempoDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         if self._eval_rows is None:
             raise RuntimeError("TempoDataModule.val_dataloader() needs setup() first")
+        # Each new iterator of a DataLoader draws a base seed from its generator; without one it draws from the
+        # global torch RNG, so every evaluation would shift the rollouts that follow it.
         return [
-            DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=rows_to_batch)
+            DataLoader(rows, batch_size=self.eval_batch_size, shuffle=False, collate_fn=rows_to_batch,
+                       generator=torch.Generator().manual_seed(self.seed))
             for rows in self._eval_rows
         ]
 
