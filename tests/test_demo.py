@@ -53,6 +53,8 @@ def test_time_schedule_ends_on_an_evaluation():
         ({"launcher": "inprocess", "jobs": 2}, "--jobs 1"),
         ({"launcher": "ray"}, "--launcher"),
         ({"overrides": ["trainer.max_steps=3"]}, "--set"),
+        ({"seeds": 0}, "--seeds"),
+        ({"scenario": "easy"}, r"--scenario must be one of \['trap', 'recheck'\]"),
     ],
 )
 def test_bad_options_are_named(tmp_path, kwargs, message):
@@ -76,6 +78,56 @@ def test_command_line_parsing(tmp_path):
 def test_test_time_runs_form_one_parallel_group():
     groups = [[s.name for s in g] for g in demo_stages.parallel_groups(STAGES)]
     assert groups == [["sft"], ["zero_rl"], list(TEST_TIME_METHODS), ["report"]]
+
+
+def test_seeds_run_every_method_once_per_seed_from_the_shared_start(tmp_path):
+    cfg = DemoConfig(out=tmp_path, seeds=3, only=["ttrl", "report"])
+    assert [s.name for s in cfg.selected()] == ["ttrl", "ttrl_seed1", "ttrl_seed2", "report"]
+    stages = {s.name: s for s in cfg.stages}
+    assert len(stages) == 2 + 3 * len(TEST_TIME_METHODS) + 1
+    assert stages["report"].needs == tuple(n for n in stages if n not in ("sft", "zero_rl", "report"))
+    start = _fake_zero_rl_export(tmp_path)
+    config = yaml.safe_load((demo.DEMO_CONFIGS / "tempo.yaml").read_text())
+    seed0, seed2 = demo.fit_args(stages["tempo"], cfg), demo.fit_args(stages["tempo_seed2"], cfg)
+    assert not [a for a in seed0 if "seed" in a.split("=", 1)[0]]  # seed 0 is the config's own
+    assert _arg(seed2, "--seed_everything") == str(config["seed_everything"] + 2)
+    assert _arg(seed2, "--data.init_args.seed") == str(config["data"]["init_args"]["seed"] + 2)
+    assert json.loads(_arg(seed2, "--trainer.logger"))["init_args"]["version"] == "tempo_seed2"
+    assert _arg(seed2, "--model.init_args.policy.name_or_path") == start["policy"]
+
+
+def test_another_scenario_rewrites_the_task_and_its_stage_settings_only(tmp_path):
+    cfg = DemoConfig(out=tmp_path, scenario="recheck")
+    scenarios = demo.read_scenarios(demo.DEMO_CONFIGS)
+    assert DemoConfig(out=tmp_path).scenario == next(iter(scenarios)) == "trap"
+    stages = {s.name: s for s in cfg.stages}
+    _fake_zero_rl_export(tmp_path)
+    for name in ("sft", "tempo"):
+        path = Path(_arg(demo.fit_args(stages[name], cfg), "--config"))
+        assert path == tmp_path / "configs" / "recheck" / f"{name}.yaml"
+        shipped = yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text())
+        rewritten = yaml.safe_load(path.read_text())
+        paths = list(_synthetic_paths(rewritten))
+        assert paths and all(p.endswith(scenarios["recheck"]["task"]) for p in paths)
+        assert [p.split("&max_multiplier")[0] for p in paths] == [
+            p.split("&max_multiplier")[0] for p in _synthetic_paths(shipped)]  # split, seed and size kept
+        if name == "sft":
+            assert rewritten["trainer"]["max_steps"] == scenarios["recheck"]["stages"]["sft"]["trainer.max_steps"]
+            rewritten["trainer"]["max_steps"] = shipped["trainer"]["max_steps"]
+        assert demo.with_task(rewritten, scenarios["trap"]["task"]) == shipped
+
+
+def test_a_scenario_setting_a_missing_key_is_named(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for stage in STAGES:
+        if stage.config:
+            (folder / stage.config).write_text((demo.DEMO_CONFIGS / stage.config).read_text())
+    (folder / "scenarios.yaml").write_text(
+        "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_step: 5}}}\n")
+    cfg = DemoConfig(out=tmp_path / "out", config_dir=folder, scenario="b")
+    with pytest.raises(ValueError, match=r"scenario 'b', sft: 'trainer.max_step' is not a key"):
+        demo.fit_args(STAGES[0], cfg)
 
 
 # ----------------------------------------------------------------------------------------------- stage commands
@@ -127,7 +179,7 @@ def test_fit_args_chain_the_stages(tmp_path):
         assert _arg(args, "--trainer.val_check_interval") == str(every)
         assert _arg(args, "--model.init_args.policy.name_or_path") == start["policy"]
         has_critic = configs[name]["model"]["init_args"].get("critic") is not None
-        assert has_critic == (name != "ttrl")
+        assert has_critic == (name in ("tempo", "frozen_critic"))
         critic = [a for a in args if a.startswith("--model.init_args.critic.name_or_path=")]
         assert critic == ([f"--model.init_args.critic.name_or_path={start['critic']}"] if has_critic else [])
 
@@ -242,6 +294,42 @@ def test_method_summary_reports_the_critics_within_question_ranking(tmp_path):
     json.loads(json.dumps(m, allow_nan=False))
 
 
+def test_seeds_are_averaged_with_their_min_and_max(tmp_path):
+    from tempo_pl.pipelines.report import MethodResult, mean_over_runs
+
+    runs = [MethodResult("ttrl_seed0", False, {"mean@4": [(0, 0.2), (5, 0.4), (10, 0.6)]}),
+            MethodResult("ttrl_seed1", False, {"mean@4": [(0, 0.4), (5, 0.2), (10, 0.3)]})]
+    merged = mean_over_runs("ttrl", runs)
+    assert merged.name == "ttrl"
+    assert [step for step, _ in merged.curves["mean@4"]] == [0, 5, 10]
+    assert [value for _, value in merged.curves["mean@4"]] == pytest.approx([0.3, 0.3, 0.45])
+    assert merged.band["mean@4"] == [(0, 0.2, 0.4), (5, 0.2, 0.4), (10, 0.3, 0.6)]
+    assert mean_over_runs("ttrl", runs[:1]).band == {}  # one seed: no band
+
+    entries = {"ttrl": {"k": 4, "steps": 10, "mean_at_k_final": 0.6, "critic": None},
+               "ttrl_seed1": {"k": 4, "steps": 10, "mean_at_k_final": 0.3, "critic": None}}
+    m = demo_summary.over_seeds(entries)
+    assert (m["seeds"], m["k"], m["steps"]) == (2, 4, 10)
+    assert (m["mean_at_k_final"], m["mean_at_k_final_min"], m["mean_at_k_final_max"]) == pytest.approx((0.45, 0.3, 0.6))
+    assert m["critic"] is None and m["runs"] == entries
+    assert demo_summary.over_seeds({"ttrl": entries["ttrl"]}) == {"seeds": 1, **entries["ttrl"]}
+
+
+def test_method_summary_reads_majority_accuracy_and_label_telemetry(tmp_path):
+    run = tmp_path / "ttrl"
+    curve = {"val/unlabeled/mean@4": 0.25, "val/unlabeled/pass@4": 0.5, "val/heldout/mean@4": 0.1,
+             "val/heldout/pass@4": 0.2}
+    points = {0: {**curve, "val/unlabeled/maj@4": 0.3}, 12: {**curve, "val/unlabeled/maj@4": 0.1}}
+    for step in range(1, 13):  # training telemetry at every RL step: 0.5 for six steps, then 0.0
+        points.setdefault(step, {})["telemetry/label_accuracy"] = 0.5 if step <= 6 else 0.0
+    _write_curves(run, points)
+    m = demo_summary.method_summary(run, wall_seconds=1.0)
+    assert (m["maj_at_k_start"], m["maj_at_k_final"]) == (pytest.approx(0.3), pytest.approx(0.1))
+    window = demo_summary.TELEMETRY_WINDOW
+    assert m["label_accuracy_first"] == pytest.approx(0.5)
+    assert m["label_accuracy_last"] == pytest.approx(0.0 if window <= 6 else 0.5 * (window - 6) / window)
+
+
 def test_method_summary_names_a_missing_curve(tmp_path):
     run = tmp_path / "ttrl"
     _write_curves(run, {0: {"val/unlabeled/mean@4": 0.25, "val/heldout/mean@4": 0.1, "val/heldout/pass@4": 0.2}})
@@ -293,7 +381,7 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
         for key in SUMMARY_KEYS - {"k", "steps", "wall_seconds"}:
             assert 0.0 <= m[key] <= 1.0, (name, key)
     # 0.005 x 40 steps -> 1 RL step, evaluated before and after it
-    assert [on_disk["methods"][n]["steps"] for n in ("base", *TEST_TIME_METHODS)] == [0, 1, 1, 1]
+    assert [on_disk["methods"][n]["steps"] for n in ("base", *TEST_TIME_METHODS)] == [0] + [1] * len(TEST_TIME_METHODS)
     # every run starts from the zero-RL export with the same seed: the same start evaluation
     starts = {on_disk["methods"][n]["mean_at_k_start"] for n in ("base", *TEST_TIME_METHODS)}
     assert len(starts) == 1

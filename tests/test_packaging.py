@@ -38,8 +38,10 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     assert not any(n.startswith("callbacks/") for n in names)
     # the shipped configs travel as package data: `tempo-pl demo` reads its stage configs from the wheel
     demo_configs = {n for n in names if n.startswith("tempo_pl/configs/demo/")}
-    assert demo_configs == {f"tempo_pl/configs/demo/{stage}.yaml"
-                            for stage in ("sft", "zero_rl", "tempo", "ttrl", "frozen_critic")}
+    from tempo_pl.pipelines.demo_stages import STAGES
+
+    assert demo_configs == {f"tempo_pl/configs/demo/{s.config}" for s in STAGES if s.config} | {
+        "tempo_pl/configs/demo/scenarios.yaml"}
     assert "tempo_pl/configs/tiny.yaml" in names and not any(n.startswith("configs/") for n in names)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],

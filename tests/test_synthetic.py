@@ -19,6 +19,7 @@ from tempo_pl.data.synthetic import (
     render_problem,
     render_solution,
     split_of_problem,
+    took_shortcut,
     write_jsonl,
 )
 
@@ -42,6 +43,50 @@ def test_recheck_renders_the_inverse_of_every_step() -> None:
         "7 + 5 = 12\ncheck: 12 - 5 = 7\n12 * 3 = 36\ncheck: 36 / 3 = 12\n36 - 4 = 32\ncheck: 32 + 4 = 36\n\\boxed{32}"
     )
     assert num_steps({"solution": solution}) == 3
+
+
+def test_shortcut_drops_the_final_subtraction_and_boxes_the_value_before_it() -> None:
+    ops = [("+", 5), ("-", 2), ("-", 4)]  # 7 + 5 = 12, 12 - 2 = 10, 10 - 4 = 6
+    solution, boxed = render_solution(7, ops, shortcut=True)
+    assert solution == "7 + 5 = 12\n12 - 2 = 10\ndrop - 4\n\\boxed{10}"
+    assert boxed == 10 and render_solution(7, ops)[1] == 6
+    assert took_shortcut(solution) and not took_shortcut(render_solution(7, ops)[0])
+    assert num_steps({"solution": solution}) == 3
+    with pytest.raises(ValueError, match="last operation is a subtraction"):
+        render_solution(7, [("-", 2), ("+", 4)], shortcut=True)
+
+
+def _ends_in_subtraction(problem: str) -> bool:
+    return _parse_problem(problem)[1][-1][0] == "-"
+
+
+def test_shortcut_percent_gives_trap_form_rows_a_consistent_wrong_box_and_keeps_the_problems() -> None:
+    spec = dataclasses.replace(SMALL, max_multiplier=1, max_value=20)
+    plain = make_split(spec, "labeled")
+    trapped = make_split(dataclasses.replace(spec, shortcut_percent=70), "labeled")
+    assert [(r["problem"], r["answer"]) for r in trapped] == [(r["problem"], r["answer"]) for r in plain]
+    trap_form = [r for r in trapped if _ends_in_subtraction(r["problem"])]
+    shortcut = [r for r in trapped if took_shortcut(r["solution"])]
+    assert 0.35 < len(trap_form) / len(trapped) < 0.65  # D_L holds the form at its natural share
+    assert set(r["id"] for r in shortcut) <= set(r["id"] for r in trap_form)
+    assert 0.6 < len(shortcut) / len(trap_form) < 0.8
+    for row in shortcut:
+        start, ops = _parse_problem(row["problem"])
+        boxed = int(row["solution"].rsplit("{", 1)[1].rstrip("}"))
+        # the wrong box is the value before the last step, the answer field stays the true final value
+        assert boxed == int(row["answer"]) + ops[-1][1] and row["solution"] == render_solution(start, ops, shortcut=True)[0]
+    assert not any(took_shortcut(r["solution"]) for r in plain)
+
+
+def test_unlabeled_trap_percent_gives_d_u_more_of_the_form_and_leaves_d_l_alone() -> None:
+    spec = dataclasses.replace(SMALL, max_multiplier=1, max_value=20, unlabeled_size=200, heldout_size=200)
+    trapped = dataclasses.replace(spec, unlabeled_trap_percent=80)
+    assert make_split(trapped, "labeled") == make_split(spec, "labeled")
+    for split in ("unlabeled", "heldout"):
+        natural = sum(_ends_in_subtraction(r["problem"]) for r in make_split(spec, split)) / 200
+        forced = sum(_ends_in_subtraction(r["problem"]) for r in make_split(trapped, split)) / 200
+        assert natural < 0.65 and forced > 0.75, (split, natural, forced)  # 80% forced, the others natural
+    assert {split_of_problem(r["problem"]) for r in make_split(trapped, "unlabeled")} == {"unlabeled"}
 
 
 def test_recheck_percent_restyles_solutions_and_keeps_the_problems() -> None:
@@ -165,6 +210,8 @@ def test_too_small_a_problem_space_is_an_error_not_a_hang() -> None:
         ({"unlabeled_max_operand": 120}, r"unlabeled_max_operand \(120\) exceeds max_value \(99\)"),
         ({"max_multiplier": 0}, "max_multiplier must be >= 1"),
         ({"recheck_percent": 101}, r"recheck_percent must be in \[0, 100\], got 101"),
+        ({"shortcut_percent": -1}, r"shortcut_percent must be in \[0, 100\], got -1"),
+        ({"unlabeled_trap_percent": 120}, r"unlabeled_trap_percent must be in \[0, 100\], got 120"),
     ],
 )
 def test_spec_validation_names_the_bad_key(kwargs: dict, message: str) -> None:

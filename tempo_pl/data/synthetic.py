@@ -93,6 +93,13 @@ class SyntheticTaskSpec:
     """Percent of worked solutions, in every split, that recheck each step by its inverse operation (a second line
     ``check: c - b = a`` after ``a + b = c``). The problems do not depend on it (the choice has its own random
     stream)."""
+    shortcut_percent: int = 0
+    """Percent of trap-form worked solutions (last operation a subtraction), in every split, that drop the final
+    subtraction (a ``drop - x`` line, then the value before it boxed: a consistent wrong answer). The problems do
+    not depend on it (the choice has its own random stream)."""
+    unlabeled_trap_percent: int = 0
+    """Percent of D_U / held-out chains whose last operation is forced to be a subtraction (the trap form) when the
+    value allows one; the others are drawn as D_L's are. 0 leaves every split's problems as without the knob."""
 
     def __post_init__(self) -> None:
         for name in ("labeled_size", "unlabeled_size", "heldout_size"):
@@ -112,8 +119,9 @@ class SyntheticTaskSpec:
                 raise ValueError(
                     f"SyntheticTaskSpec.{prefix}_max_operand ({operand}) exceeds max_value ({self.max_value})"
                 )
-        if not 0 <= self.recheck_percent <= 100:
-            raise ValueError(f"SyntheticTaskSpec.recheck_percent must be in [0, 100], got {self.recheck_percent}")
+        for name in ("recheck_percent", "shortcut_percent", "unlabeled_trap_percent"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise ValueError(f"SyntheticTaskSpec.{name} must be in [0, 100], got {getattr(self, name)}")
         if self.max_multiplier < 1:
             raise ValueError(f"SyntheticTaskSpec.max_multiplier must be >= 1, got {self.max_multiplier}")
 
@@ -154,11 +162,14 @@ def _draw_chain(rng: random.Random, spec: SyntheticTaskSpec, split: str) -> tupl
     steps = rng.randint(min_steps, max_steps)
     start = rng.randint(1, max_operand)
     value, ops = start, []
-    for _ in range(steps):
+    # drawn only when the knob is on, so that the problems of a spec without it stay as they were
+    force_trap = split != "labeled" and spec.unlabeled_trap_percent > 0 and rng.random() * 100 < spec.unlabeled_trap_percent
+    for step in range(steps):
         # Pick the operation first, then its operand, so that "+", "-" and "*" are equally frequent whenever all
         # three fit, instead of being weighted by how many operands each admits.
         moves = _feasible_moves(value, spec, max_operand)
-        symbol = rng.choice(sorted({op for op, _ in moves}))
+        symbols = sorted({op for op, _ in moves})
+        symbol = "-" if force_trap and step == steps - 1 and "-" in symbols else rng.choice(symbols)
         operand = rng.choice([x for op, x in moves if op == symbol])
         ops.append((symbol, operand))
         value = _apply(value, symbol, operand)
@@ -180,13 +191,27 @@ def render_problem(start: int, ops: list[tuple[str, int]]) -> str:
 
 _INVERSE = {"+": "-", "-": "+", "*": "/"}
 _RECHECK_PREFIX = "check: "
+_SHORTCUT_PREFIX = "drop - "
 
 
-def render_solution(start: int, ops: list[tuple[str, int]], recheck: bool = False) -> tuple[str, int]:
+def is_trap_form(ops: list[tuple[str, int]]) -> bool:
+    """Whether a chain is of the consensus trap's form: its last operation is a subtraction."""
+    return bool(ops) and ops[-1][0] == "-"
+
+
+def render_solution(
+    start: int, ops: list[tuple[str, int]], recheck: bool = False, shortcut: bool = False
+) -> tuple[str, int]:
     """One ``a op b = c`` line per operation (each followed by ``check: c inv b = a`` when ``recheck``), then the
-    boxed answer; returns ``(solution, answer)``."""
+    boxed answer; returns ``(solution, boxed value)``. With ``shortcut`` a trap-form chain's final subtraction is
+    dropped (a ``drop - x`` line) and the value before it is boxed: the boxed value is then not the answer."""
+    if shortcut and not is_trap_form(ops):
+        raise ValueError("render_solution: shortcut needs a chain whose last operation is a subtraction")
     lines, value = [], start
-    for op, x in ops:
+    for index, (op, x) in enumerate(ops):
+        if shortcut and index == len(ops) - 1:
+            lines.append(f"{_SHORTCUT_PREFIX}{x}")
+            break
         result = _apply(value, op, x)
         lines.append(f"{value} {op} {x} = {result}")
         if recheck:
@@ -205,6 +230,7 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
     size = spec.size(split)
     rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}")
     style_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/style")
+    shortcut_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/shortcut")
     rows: list[dict] = []
     seen: set[str] = set()
     # A split owns about a third of the problem space; give up (with a clear error) rather than loop forever when
@@ -217,7 +243,10 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
         if problem in seen or split_of_problem(problem) != split:
             continue
         seen.add(problem)
-        solution, answer = render_solution(start, ops, recheck=style_rng.random() * 100 < spec.recheck_percent)
+        recheck = style_rng.random() * 100 < spec.recheck_percent
+        shortcut = is_trap_form(ops) and shortcut_rng.random() * 100 < spec.shortcut_percent
+        solution, _ = render_solution(start, ops, recheck=recheck, shortcut=shortcut)
+        answer = _final_value(start, ops)
         rows.append({"id": f"{split}-{len(rows):05d}", "problem": problem, "answer": str(answer), "solution": solution})
     if len(rows) < size:
         raise ValueError(
@@ -227,9 +256,25 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
     return rows
 
 
+def _final_value(start: int, ops: list[tuple[str, int]]) -> int:
+    value = start
+    for op, x in ops:
+        value = _apply(value, op, x)
+    return value
+
+
 def num_steps(row: dict) -> int:
-    """Reasoning steps of a row: its solution's ``a op b = c`` lines (rechecks are not steps)."""
-    return sum(1 for line in row["solution"].splitlines() if " = " in line and not line.startswith(_RECHECK_PREFIX))
+    """Reasoning steps of a row: its solution's ``a op b = c`` lines and a dropped step's ``drop - x`` line (rechecks
+    are not steps)."""
+    return sum(
+        1 for line in row["solution"].splitlines()
+        if (" = " in line and not line.startswith(_RECHECK_PREFIX)) or line.startswith(_SHORTCUT_PREFIX)
+    )
+
+
+def took_shortcut(solution: str) -> bool:
+    """Whether a solution (worked or sampled) dropped a final subtraction: the trap's surface mark."""
+    return any(line.startswith(_SHORTCUT_PREFIX) for line in solution.splitlines())
 
 
 def _coerce(field: dataclasses.Field, text: str):

@@ -4,15 +4,18 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 
     tempo-pl demo --out runs/demo
 
-1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps, most
-   of them rechecking every step: a habit that overruns the response budget on long chains);
+1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps; in the
+   default ``trap`` scenario most chains ending in a subtraction are worked with a shortcut that drops it, a
+   consistent wrong answer; ``--scenario recheck`` instead rechecks every step, a habit that overruns the response
+   budget);
 2. ``zero_rl``: PPO on D_L, actor and critic (the paper's stage 1); its export is everybody's start point, the
    "base";
-3. ``tempo``, ``ttrl``, ``frozen_critic``: test-time training on D_U (4-step chains, a shift from D_L) from the same
-   actor, seed and number of RL steps, each evaluated on D_U and on a held-out set before training and every few
-   steps (by default all three at once);
-4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.report`) and
-   ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
+3. ``tempo``, ``ttrl``, ``frozen_critic``, ``empo``, ``intuitor``: test-time training on D_U (4-step chains, a shift
+   from D_L) from the same actor and number of RL steps, each evaluated on D_U and on a held-out set before training
+   and every few steps (by default all at once); ``--seeds N`` trains each N times (seeds 0..N-1, folders
+   ``<method>`` and ``<method>_seed<s>``) from the same SFT and zero-RL models;
+4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.report`; over several
+   seeds the mean curve and its min-max band) and ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
 ``<out>/logs/<stage>.log``, and ``<out>/<stage>/done.json`` (time and command) is written last: a stage whose
@@ -33,10 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from urllib.parse import parse_qsl
+
 import yaml
 
+from tempo_pl.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from tempo_pl.pipelines.demo_stages import (
-    DONE_FILE, STAGE_NAMES, STAGES, TEST_TIME_METHODS, Stage, is_done, parallel_groups, stage_dir,
+    DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, build_stages, is_done, parallel_groups, stage_dir,
 )
 from tempo_pl.pipelines.demo_summary import print_summary, write_report
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
@@ -55,6 +61,22 @@ def shipped_demo_configs() -> Path:
 
 DEMO_CONFIGS = shipped_demo_configs()
 """The stage configs the demo reads by default (:func:`shipped_demo_configs`)."""
+
+SCENARIOS_FILE = "scenarios.yaml"
+"""In the config folder: the synthetic task of each scenario (the shipped configs hold the default's)."""
+
+
+def read_scenarios(config_dir: Path) -> dict[str, dict]:
+    """``scenarios.yaml`` of a config folder: ``{name: {"task": knobs, "stages": {stage: {dotted key: value}}}}``;
+    the first scenario is the one the stage configs hold, the default."""
+    path = Path(config_dir) / SCENARIOS_FILE
+    scenarios = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(scenarios, dict) or not scenarios:
+        raise ValueError(f"demo: {path} must map scenario names to {{task: ..., stages: ...}}")
+    for name, entry in scenarios.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("task"), str) or set(entry) - {"task", "stages", "about"}:
+            raise ValueError(f"demo: {path}, scenario {name!r}: needs a `task` string (and optional `stages`, `about`)")
+    return scenarios
 
 
 @dataclass
@@ -79,15 +101,23 @@ class DemoConfig:
     """``subprocess`` (one ``python -m tempo_pl`` per stage: isolated, timed, parallel) or ``inprocess`` (every
     stage in this Python, one at a time: no start-up cost per stage; needs ``jobs: 1``)."""
     config_dir: Path = DEMO_CONFIGS
-    """Folder holding ``sft.yaml``, ``zero_rl.yaml``, ``tempo.yaml``, ``ttrl.yaml`` and ``frozen_critic.yaml``."""
+    """Folder holding a ``<stage>.yaml`` per training stage and ``scenarios.yaml``."""
+    seeds: int = 1
+    """Runs of every test-time method (seeds 0..N-1); the SFT and zero-RL models are shared."""
+    scenario: Optional[str] = None
+    """A scenario of the config folder's ``scenarios.yaml`` (the synthetic task every stage reads); None is the
+    first, the one the stage configs hold. Another one runs rewritten configs, kept in ``<out>/configs``."""
 
     def __post_init__(self) -> None:
         self.out, self.config_dir = Path(self.out), Path(self.config_dir)
         scale = self.steps_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"demo: --steps-scale must be a positive number, got {self.steps_scale!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"demo: --seeds must be an integer >= 1, got {self.seeds!r}")
         if self.only is not None:
-            unknown = [s for s in self.only if s not in STAGE_NAMES]
+            names = {s.name for s in build_stages(self.seeds)} | set(STAGE_NAMES)
+            unknown = [s for s in self.only if s not in names]
             if unknown or not self.only:
                 raise ValueError(f"demo: --only takes stages from {list(STAGE_NAMES)}, got {self.only!r}")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
@@ -99,15 +129,26 @@ class DemoConfig:
         bad = [o for o in self.overrides if not o.startswith("--")]
         if bad:
             raise ValueError(f"demo: --set values must be fit arguments starting with '--', got {bad}")
-        missing = [s.config for s in STAGES if s.config and not (self.config_dir / s.config).is_file()]
+        missing = [s.config for s in build_stages() if s.config and not (self.config_dir / s.config).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"demo: {missing} not found in {self.config_dir}; the demo configs ship in the package "
                 "(tempo_pl/configs/demo) and in a source checkout (configs/demo); point --config-dir at a copy"
             )
+        scenarios = read_scenarios(self.config_dir)
+        if self.scenario is None:
+            self.scenario = next(iter(scenarios))
+        elif self.scenario not in scenarios:
+            raise ValueError(f"demo: --scenario must be one of {list(scenarios)}, got {self.scenario!r}")
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return build_stages(self.seeds)
 
     def selected(self) -> list[Stage]:
-        return [s for s in STAGES if self.only is None or s.name in self.only]
+        """The stages to run; ``--only`` names a stage or a method (all its seeds)."""
+        only = self.only
+        return [s for s in self.stages if only is None or s.name in only or (s.method is not None and s.method in only)]
 
 
 # ----------------------------------------------------------------------------------------------- step counts
@@ -149,10 +190,53 @@ def zero_rl_export(out: Path) -> dict:
     return json.loads(found[0].read_text())
 
 
-def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
-    """The ``tempo-pl fit`` arguments of a training stage: its config, then the demo's logger, progress file, step
-    count and start point (the previous stage's output), then ``--set`` overrides (RL stages)."""
+def with_task(node, task: str):
+    """``node`` (a parsed config) with every ``synthetic:<split>?...`` path's task knobs replaced by ``task``'s; each
+    path keeps its own ``seed`` and ``size``."""
+    if isinstance(node, dict):
+        return {key: with_task(value, task) for key, value in node.items()}
+    if isinstance(node, list):
+        return [with_task(value, task) for value in node]
+    if isinstance(node, str) and node.startswith(f"{SYNTHETIC_PREFIX}:"):
+        split, _, query = node.partition("?")
+        kept = [f"{k}={v}" for k, v in parse_qsl(query) if k in ("seed", "size")]
+        return f"{split}?{'&'.join(kept + ([task] if task else []))}"
+    return node
+
+
+def _set_dotted(data: dict, key: str, value, where: str) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        raise ValueError(f"demo: {where}: {key!r} is not a key of the stage's config")
+    node[last] = value
+
+
+def stage_config(stage: Stage, cfg: DemoConfig) -> Path:
+    """The config file a stage runs: the shipped one in the default scenario, else a copy with the scenario's task
+    and stage settings, written to ``<out>/configs/<scenario>/``."""
     path = cfg.config_dir / stage.config
+    scenarios = read_scenarios(cfg.config_dir)
+    if cfg.scenario == next(iter(scenarios)):
+        return path
+    entry = scenarios[cfg.scenario]
+    data = with_task(_read_yaml(path), entry["task"])
+    config_name = stage.config.rsplit(".", 1)[0]
+    for key, value in ((entry.get("stages") or {}).get(config_name) or {}).items():
+        _set_dotted(data, key, value, f"{cfg.config_dir / SCENARIOS_FILE}, scenario {cfg.scenario!r}, {config_name}")
+    target = cfg.out / "configs" / cfg.scenario / stage.config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
+    """The ``tempo-pl fit`` arguments of a training stage: its config (:func:`stage_config`), then the demo's logger,
+    progress file, step count, seed and start point (the previous stage's output), then ``--set`` overrides (RL
+    stages)."""
+    path = stage_config(stage, cfg)
     data = _read_yaml(path)
     out = cfg.out
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -176,6 +260,10 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
     start = zero_rl_export(out)
     args += [f"--trainer.limit_train_batches={steps}", f"--trainer.val_check_interval={every}",
              f"--model.init_args.policy.name_or_path={start['policy']}"]
+    if stage.seed:
+        data_seed = ((data.get("data") or {}).get("init_args") or {}).get("seed", 0)
+        args += [f"--seed_everything={int(data.get('seed_everything') or 0) + stage.seed}",
+                 f"--data.init_args.seed={int(data_seed) + stage.seed}"]
     if ((data.get("model") or {}).get("init_args") or {}).get("critic") is not None:
         if not start.get("critic"):
             raise FileNotFoundError(f"demo: {stage.name} needs a critic but the zero-RL stage exported none")
@@ -284,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = DemoConfig.__dataclass_fields__
     p = argparse.ArgumentParser(
         prog="tempo-pl demo",
-        description="The offline demo: SFT warm start, zero-RL, TEMPO / TTRL / frozen-critic test-time training on "
-                    "D_U, evaluation; writes comparison.{csv,md,png} and summary.json.",
+        description="The offline demo: SFT warm start, zero-RL, TEMPO / TTRL / frozen-critic / EMPO / Intuitor "
+                    "test-time training on D_U, evaluation; writes comparison.{csv,md,png} and summary.json.",
     )
     p.add_argument("--out", default=str(d["out"].default), help="output folder (default runs/demo)")
     p.add_argument("--steps-scale", type=float, default=1.0,
@@ -299,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subprocess (default: one child Python per stage) or inprocess (needs --jobs 1)")
     p.add_argument("--config-dir", default=str(DEMO_CONFIGS),
                    help="folder of the stage configs (default: configs/demo beside the package)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs of every test-time method, seeds 0..N-1, from the same SFT and zero-RL models; the "
+                        "report gives their mean and min-max (default 1)")
+    p.add_argument("--scenario", default=None,
+                   help="the synthetic task, a name in the config folder's scenarios.yaml: trap (default: the "
+                        "consensus trap) or recheck")
     return p
 
 
@@ -306,7 +400,8 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     ns = build_parser().parse_args(None if argv is None else list(argv))
     only = None if ns.only is None else [s.strip() for s in ns.only.split(",") if s.strip()]
     return DemoConfig(out=Path(ns.out), steps_scale=ns.steps_scale, only=only, jobs=ns.jobs,
-                      overrides=ns.overrides, launcher=ns.launcher, config_dir=Path(ns.config_dir))
+                      overrides=ns.overrides, launcher=ns.launcher, config_dir=Path(ns.config_dir), seeds=ns.seeds,
+                      scenario=ns.scenario)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-TEST_TIME_METHODS = ("tempo", "ttrl", "frozen_critic")
-"""The test-time runs, in table order; all start from the zero-RL export."""
+TEST_TIME_METHODS = ("tempo", "ttrl", "frozen_critic", "empo", "intuitor")
+"""The test-time methods, in table order; every run of each starts from the zero-RL export."""
 
 DONE_FILE = "done.json"
 """A stage's record (time, threads, command), written last: its presence means the stage finished."""
@@ -23,14 +23,27 @@ class Stage:
     config: Optional[str]
     """File name under the config folder; None for the report, which runs no training."""
     needs: tuple[str, ...] = ()
+    method: Optional[str] = None
+    """The test-time method a run trains (one of :data:`TEST_TIME_METHODS`); None for the other stages."""
+    seed: int = 0
+    """Added to a test-time run's config seeds (``seed_everything`` and the data module's): run ``s`` of ``--seeds
+    N`` samples and shuffles differently from the same zero-RL start."""
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("sft", "sft.yaml"),
-    Stage("zero_rl", "zero_rl.yaml", needs=("sft",)),
-    *(Stage(name, f"{name}.yaml", needs=("zero_rl",)) for name in TEST_TIME_METHODS),
-    Stage("report", None, needs=TEST_TIME_METHODS),
-)
+def run_name(method: str, seed: int) -> str:
+    """A test-time run's stage (and folder) name: the method for seed 0, ``<method>_seed<s>`` for the others."""
+    return method if seed == 0 else f"{method}_seed{seed}"
+
+
+def build_stages(seeds: int = 1) -> tuple[Stage, ...]:
+    """The pipeline with ``seeds`` runs of every test-time method (all sharing the SFT and zero-RL stages)."""
+    runs = tuple(Stage(run_name(m, s), f"{m}.yaml", needs=("zero_rl",), method=m, seed=s)
+                 for m in TEST_TIME_METHODS for s in range(seeds))
+    return (Stage("sft", "sft.yaml"), Stage("zero_rl", "zero_rl.yaml", needs=("sft",)), *runs,
+            Stage("report", None, needs=tuple(r.name for r in runs)))
+
+
+STAGES: tuple[Stage, ...] = build_stages(1)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
@@ -38,7 +51,7 @@ def parallel_groups(stages: Sequence[Stage]) -> list[list[Stage]]:
     """Consecutive stages that may run at the same time (the test-time runs), in pipeline order."""
     groups: list[list[Stage]] = []
     for stage in stages:
-        if groups and stage.name in TEST_TIME_METHODS and groups[-1][0].name in TEST_TIME_METHODS:
+        if groups and stage.method is not None and groups[-1][0].method is not None:
             groups[-1].append(stage)
         else:
             groups.append([stage])
@@ -56,10 +69,10 @@ def is_done(out: Path, name: str) -> bool:
     return (stage_dir(out, name) / DONE_FILE).is_file()
 
 
-def stage_records(out: Path) -> dict[str, dict]:
+def stage_records(out: Path, stages: Sequence[Stage] = STAGES) -> dict[str, dict]:
     """The ``done.json`` records of the training stages that finished, by stage name."""
     records = {}
-    for stage in STAGES:
+    for stage in stages:
         path = stage_dir(out, stage.name) / DONE_FILE
         if stage.config and path.is_file():
             records[stage.name] = json.loads(path.read_text())

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import yaml
 
 from tempo_pl.pipelines.demo_stages import TEST_TIME_METHODS, stage_dir, stage_records
-from tempo_pl.pipelines.report import Curves, collect, largest_k_tag, plot_curves, read_scalars, write_tables
+from tempo_pl.pipelines.report import (
+    Curves, collect, largest_k_tag, mean_over_runs, plot_curves, read_scalars, write_tables,
+)
 
 if TYPE_CHECKING:
     from tempo_pl.pipelines.demo import DemoConfig
@@ -62,8 +64,46 @@ def method_summary(log_dir: Path, wall_seconds: float) -> dict:
         "heldout_pass_at_k_start": held_pass[0][1],
         "heldout_pass_at_k_final": held_pass[-1][1],
         "wall_seconds": wall_seconds,
+        **_majority(curves, k),
         **_critic_ranking(curves),
     }
+
+
+TELEMETRY_WINDOW = 5
+"""RL steps averaged at each end of a training-time telemetry curve (one batch of 4-8 questions per step)."""
+
+
+def _majority(curves: Curves, k: int) -> dict:
+    """maj@k on D_U at both ends (the share of questions whose majority answer is right) and, for a run that logs
+    it, ``telemetry/label_accuracy`` (its training batches' majority answers against the hidden labels) averaged
+    over its first and last :data:`TELEMETRY_WINDOW` steps."""
+    found = {}
+    maj = curves.get(f"val/{EVAL_SET}/maj@{k}")
+    if maj:
+        found.update(maj_at_k_start=maj[0][1], maj_at_k_final=maj[-1][1])
+    label = curves.get("telemetry/label_accuracy")
+    if label:
+        mean = lambda points: sum(v for _, v in points) / len(points)  # noqa: E731
+        found.update(label_accuracy_first=mean(label[:TELEMETRY_WINDOW]), label_accuracy_last=mean(label[-TELEMETRY_WINDOW:]))
+    return found
+
+
+def over_seeds(runs: dict[str, dict]) -> dict:
+    """One method's entry from its runs' entries (by run name): the mean of every number, ``<key>_min`` and
+    ``<key>_max`` beside it when there are several runs, ``seeds`` and the runs themselves."""
+    entries = list(runs.values())
+    merged: dict = {"seeds": len(entries)}
+    for key, first in entries[0].items():
+        values = [e.get(key) for e in entries]
+        if any(v is None or isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            merged[key] = first if len(entries) == 1 else None
+            continue
+        merged[key] = sum(values) / len(values) if key not in ("k", "steps") else first
+        if len(entries) > 1 and key not in ("k", "steps"):
+            merged[f"{key}_min"], merged[f"{key}_max"] = min(values), max(values)
+    if len(entries) > 1:
+        merged["runs"] = runs
+    return merged
 
 
 def _critic_ranking(curves: Curves) -> dict:
@@ -76,9 +116,11 @@ def _critic_ranking(curves: Curves) -> dict:
 
 
 def base_summary(tempo: dict, wall_seconds: float) -> dict:
-    """The zero-RL policy's entry: the TEMPO run's step-0 evaluation (every test-time run starts from the same
-    weights and seed), with 0 steps; its time is what producing it cost (SFT and zero-RL)."""
+    """The zero-RL policy's entry: the TEMPO runs' step-0 evaluation (every test-time run starts from the same
+    weights; over several seeds, the mean of their samples), with 0 steps; its time is what producing it cost (SFT
+    and zero-RL)."""
     return {
+        "seeds": tempo.get("seeds", 1),
         "k": tempo["k"],
         "steps": 0,
         "mean_at_k_start": tempo["mean_at_k_start"],
@@ -90,30 +132,37 @@ def base_summary(tempo: dict, wall_seconds: float) -> dict:
         "heldout_pass_at_k_start": tempo["heldout_pass_at_k_start"],
         "heldout_pass_at_k_final": tempo["heldout_pass_at_k_start"],
         "wall_seconds": wall_seconds,
+        **{key: tempo[key] for key in ("maj_at_k_start",) if key in tempo},
     }
 
 
 def write_report(cfg: "DemoConfig") -> dict:
     """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out``; return the summary."""
     out = cfg.out
-    log_dirs = {name: stage_dir(out, name) for name in TEST_TIME_METHODS}
+    runs = [s for s in cfg.stages if s.method is not None]
+    log_dirs = {s.name: stage_dir(out, s.name) for s in runs}
     eval_set, results = collect(log_dirs, EVAL_SET)
-    write_tables(results, out, eval_set, seed=_seed(cfg.config_dir))
-    records = stage_records(out)
-    methods = {name: method_summary(log_dirs[name], records[name]["wall_seconds"]) for name in TEST_TIME_METHODS}
+    by_run = {r.name: r for r in results}
+    results = [mean_over_runs(m, [by_run[s.name] for s in runs if s.method == m]) for m in TEST_TIME_METHODS]
+    write_tables(results, out, eval_set, seed=_seed(cfg.config_dir) if cfg.seeds == 1 else None)
+    records = stage_records(out, cfg.stages)
+    methods = {m: over_seeds({s.name: method_summary(log_dirs[s.name], records[s.name]["wall_seconds"])
+                              for s in runs if s.method == m}) for m in TEST_TIME_METHODS}
     start_cost = sum(records[name]["wall_seconds"] for name in ("sft", "zero_rl") if name in records)
     summary = {"methods": {"base": base_summary(methods["tempo"], round(start_cost, 2)), **methods}}
     steps = methods["tempo"]["steps"]
     plot_curves(
         results, out / "comparison.png",
         title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}: {steps} RL steps "
-              "from the zero-RL policy, same seed",
+              "from the zero-RL policy, "
+              + ("same seed" if cfg.seeds == 1 else f"mean and min-max of {cfg.seeds} seeds"),
     )
     spans = [(r["started"], r["ended"]) for r in records.values()]
     summary["stages"] = {name: {k: r[k] for k in ("wall_seconds", "cpu_seconds", "threads")}
                          for name, r in records.items()}
     summary["total_wall_seconds"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 2) if spans else None
-    summary["settings"] = {"steps_scale": cfg.steps_scale, "jobs": cfg.jobs, "cores": os.cpu_count(),
+    summary["settings"] = {"scenario": cfg.scenario, "seeds": cfg.seeds, "steps_scale": cfg.steps_scale,
+                           "jobs": cfg.jobs, "cores": os.cpu_count(),
                            "launcher": cfg.launcher, "eval_set": eval_set, "heldout_set": HELDOUT_SET}
     path = out / "summary.json"
     tmp = path.with_suffix(".tmp")
@@ -133,12 +182,18 @@ def print_summary(summary: dict, out: Path) -> None:
 
     methods = summary["methods"]
     k = methods["base"]["k"]
-    table = Table(title=f"D_U mean@{k} / pass@{k} (held-out at the end), from {out}")
+    seeds = methods["base"].get("seeds", 1)
+    table = Table(title=f"D_U mean@{k} / pass@{k} (held-out at the end), from {out}"
+                        + ("" if seeds == 1 else f": mean [min-max] of {seeds} seeds"))
     for column in ("method", "steps", f"mean@{k} start", f"mean@{k} final", f"pass@{k} start", f"pass@{k} final",
                    f"held-out mean@{k}", f"held-out pass@{k}", "wall s"):
         table.add_column(column, justify="left" if column == "method" else "right")
+    def cell(m: dict, key: str) -> str:
+        spread = f" [{m[key + '_min']:.3f}-{m[key + '_max']:.3f}]" if key + "_min" in m else ""
+        return f"{m[key]:.3f}{spread}"
+
     for name, m in methods.items():
-        table.add_row(name, str(m["steps"]), *(f"{m[key]:.3f}" for key in (
+        table.add_row(name, str(m["steps"]), *(cell(m, key) for key in (
             "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final", "heldout_mean_at_k_final",
             "heldout_pass_at_k_final")), f"{m['wall_seconds']:.0f}")
     console = Console()

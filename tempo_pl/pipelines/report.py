@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -79,10 +79,28 @@ class MethodResult:
     oracle: bool
     curves: Curves
     """The evaluation curves of the table's metrics, keyed by short name (``mean@4``, ``pass@4``, ...)."""
+    band: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    """Per metric, ``(step, min, max)`` over the runs a mean curve averages (:func:`mean_over_runs`); empty for one
+    run."""
 
     @property
     def label(self) -> str:
         return f"{self.name} (oracle)" if self.oracle else self.name
+
+
+def mean_over_runs(name: str, runs: Sequence[MethodResult]) -> MethodResult:
+    """One method's runs (seeds) as one result: per metric the mean curve and its min-max band, over the steps
+    every run evaluated."""
+    if not runs:
+        raise ValueError(f"mean_over_runs: no run of {name!r}")
+    curves: Curves = {}
+    band: dict[str, list[tuple[int, float, float]]] = {}
+    for metric in runs[0].curves:
+        by_run = [dict(r.curves.get(metric, [])) for r in runs]
+        steps = sorted(set.intersection(*(set(points) for points in by_run)))
+        curves[metric] = [(step, sum(p[step] for p in by_run) / len(by_run)) for step in steps]
+        band[metric] = [(step, min(p[step] for p in by_run), max(p[step] for p in by_run)) for step in steps]
+    return MethodResult(name, runs[0].oracle, curves, band if len(runs) > 1 else {})
 
 
 def collect(log_dirs: dict[str, Path], eval_set: Optional[str]) -> tuple[str, list[MethodResult]]:
@@ -180,8 +198,11 @@ def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
             for metric in names:
                 if r.curves.get(metric):
                     steps, values = zip(*r.curves[metric])
-                    ax.plot(steps, values, marker=markers[i % len(markers)], markersize=5, alpha=0.85,
-                            linestyle="--" if r.oracle else "-", label=r.label)
+                    line, = ax.plot(steps, values, marker=markers[i % len(markers)], markersize=5, alpha=0.85,
+                                    linestyle="--" if r.oracle else "-", label=r.label)
+                    if r.band.get(metric):  # the min-max over seeds
+                        band_steps, low, high = zip(*r.band[metric])
+                        ax.fill_between(band_steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(" / ".join(names) or family)
         if family in ("mean", "pass"):
             ax.set_ylim(-0.03, 1.03)  # rates: a common scale keeps methods and runs comparable by eye
