@@ -86,6 +86,11 @@ class TrainingConfig:
     """Prompts per optimizer step (each brings its n responses); the reference uses a quarter of the RL batch."""
     micro_batch_size: int = 8
     """Rows (responses) per forward/backward pass; gradients accumulate over a mini-batch."""
+    micro_batch_tokens: Optional[int] = None
+    """Token budget of a forward/backward pass instead of ``micro_batch_size`` rows: each mini-batch's rows are
+    sorted by length and grouped while rows x (longest prompt + longest response) of the group fits, so short rows
+    share a pass and no row is padded to a long one's length (a row over the budget gets a pass of its own). The
+    gradient is the same; the memory peak follows the budget. null = ``micro_batch_size`` rows per pass."""
     forward_batch_size: int = 16
     """Rows per no-grad forward pass (old log-probs, values)."""
     generation_batch_size: Optional[int] = None
@@ -113,6 +118,8 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ValueError(f"training.micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"training.generation_batch_size must be >= 1 or null, got {self.generation_batch_size}")
         for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):

@@ -372,9 +372,7 @@ class TempoModule(RLStepLogging, LightningModule):
         # configure_optimizers lists the policy's scheduler first, the critic's last
         scheduler = (schedulers if isinstance(schedulers, list) else [schedulers])[
             0 if which == "policy" else -1] if has_scheduler else None
-        cfg = self.training_cfg
-        plan = MiniBatchPlan(rows_per_mini_batch=cfg.mini_batch_size * rollout.n_per_prompt,
-                             rows_per_micro_batch=cfg.micro_batch_size, epochs=cfg.ppo_epochs, grad_clip=grad_clip)
+        plan = MiniBatchPlan.of(self.training_cfg, rollout, grad_clip)
         clip = lambda opt, value: self.clip_gradients(opt, value, gradient_clip_algorithm="norm")  # noqa: E731
         mask = rollout.response_mask * (rollout.is_labeled.unsqueeze(-1) if which == "critic" else 1)
         return optimize(rollout.num_rows, plan, optimizer, scheduler, micro_loss, self.manual_backward, clip,

@@ -70,11 +70,15 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of ``softmax(logits)`` per position, in nats: ``logsumexp(l) - sum_v p_v l_v``."""
 
     def rows(x: Tensor) -> Tensor:
-        probs = torch.softmax(x, dim=-1)
-        # a banned token (logit -inf) contributes 0 * -inf; its true contribution to the entropy is 0
-        return torch.logsumexp(x, dim=-1) - torch.where(probs > 0, probs * x, torch.zeros_like(x)).sum(-1)
+        return _entropy(x, torch.logsumexp(x, dim=-1))
 
     return _per_row(logits, rows)
+
+
+def _entropy(x: Tensor, log_partition: Tensor) -> Tensor:
+    # a banned token (logit -inf) has p = 0 and contributes 0, not 0 * -inf: its logit is clamped to the lowest
+    # finite value first (cheaper than a where over the vocabulary, and its gradient is 0, not NaN)
+    return log_partition - (torch.softmax(x, dim=-1) * x.clamp(min=torch.finfo(x.dtype).min)).sum(-1)
 
 
 def self_certainty_from_logits(logits: Tensor) -> Tensor:
@@ -112,13 +116,13 @@ def head_token_stats(
     ``out_features`` is the vocabulary, or else the last dimension of ``hidden``, for an identity). ``hidden``
     (N, T, H) are the head's inputs at the positions that predict ``labels`` (N, T); only the positions where
     ``mask`` (N, T) is non-zero go through the head (padding costs nothing), ``LOGITS_CHUNK_ELEMENTS // vocabulary``
-    positions at a time, each chunk's logits upcast to float32. With gradients on, every chunk is
+    positions at a time, each chunk's half-precision logits upcast to float32. With gradients on, every chunk is
     checkpointed: its logits are recomputed in the backward pass rather than kept, so forward and backward hold one
     chunk's (C, V) logits at a time, and the gradients are those of the whole (N, T, V) logits. The entropy enters
     the graph only with ``entropy_grad`` (an entropy that is only logged costs no backward).
 
     Returns:
-        (N, T, S) float32, zero where ``mask`` is 0: the columns are log-prob, then entropy (``with_entropy``), then
+        (N, T, S) float32 (float64 for float64 logits), zero where ``mask`` is 0: the columns are log-prob, then entropy (``with_entropy``), then
         self-certainty (``with_self_certainty``).
     """
     check_same_shape(labels=labels, mask=mask)
@@ -127,14 +131,18 @@ def head_token_stats(
     columns = 1 + with_entropy + with_self_certainty
 
     def chunk_stats(h: Tensor, y: Tensor) -> Tensor:
-        logits = forward(h).float()
+        logits = forward(h)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
         if temperature != 1.0:
             logits = logits / temperature
-        out = [logprobs_from_logits(logits, y)]
+        log_partition = torch.logsumexp(logits, dim=-1)  # once for all three columns
+        out = [logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - log_partition]
         if with_entropy:
-            out.append(entropy_from_logits(logits if entropy_grad else logits.detach()))
+            out.append(_entropy(logits, log_partition) if entropy_grad else
+                       _entropy(logits.detach(), log_partition.detach()))
         if with_self_certainty:
-            out.append(self_certainty_from_logits(logits))
+            out.append(log_partition - logits.mean(-1) - math.log(logits.shape[-1]))
         return torch.stack(out, -1)
 
     valid = (mask.reshape(-1) != 0).nonzero().squeeze(-1)
@@ -147,7 +155,7 @@ def head_token_stats(
         if recompute else chunk_stats(h[start : start + size], y[start : start + size])
         for start in range(0, len(valid), size)
     ]
-    stats = torch.cat(pieces) if pieces else h.new_zeros(0, columns, dtype=torch.float32)
+    stats = torch.cat(pieces) if pieces else h.new_zeros(0, columns, dtype=torch.promote_types(h.dtype, torch.float32))
     out = stats.new_zeros(mask.numel(), columns).index_copy(0, valid, stats)
     return out.reshape(*mask.shape, columns)
 

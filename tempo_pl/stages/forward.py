@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tempo_pl.stages.minibatch import index_chunks, row_inputs
+from tempo_pl.stages.minibatch import full_width, index_chunks, row_inputs
 from tempo_pl.models import critic_response_values, policy_response_stats
 from tempo_pl.types import ForwardStats, Rollout
 
@@ -36,22 +36,23 @@ def rollout_stats(
     if critic is not None:
         critic.eval()
     inputs = row_inputs(rollout, device)
+    width = rollout.response_ids.shape[1]
     for rows in index_chunks(rollout.num_rows, batch_rows):
-        ids, attn, resp_ids, resp_mask = inputs(rows)
+        ids, attn, resp_ids, resp_mask = inputs(rows)  # without the padding columns the rows share
         if with_policy:
             out = policy_response_stats(policy, ids, attn, resp_ids, resp_mask, temperature=temperature,
                                         with_entropy=True, with_self_certainty=with_self_certainty)
-            parts["logprobs"].append(out["logprobs"])
-            parts["entropy"].append(out["entropy"])
+            parts["logprobs"].append(full_width(out["logprobs"], width))
+            parts["entropy"].append(full_width(out["entropy"], width))
             if with_self_certainty:
-                parts["self_certainty"].append(out["self_certainty"])
+                parts["self_certainty"].append(full_width(out["self_certainty"], width))
         if critic is not None:
-            parts["values"].append(critic_response_values(critic, ids, attn, resp_mask))
+            parts["values"].append(full_width(critic_response_values(critic, ids, attn, resp_mask), width))
         if reference is not None:
             with reference() as ref_model:
                 ref = policy_response_stats(ref_model, ids, attn, resp_ids, resp_mask, temperature=temperature,
                                             with_entropy=False)
-            parts["ref"].append(ref["logprobs"])
+            parts["ref"].append(full_width(ref["logprobs"], width))
     policy.train()
     if critic is not None:
         critic.train()

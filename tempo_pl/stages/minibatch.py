@@ -1,5 +1,6 @@
 """Mini-batch optimization of one RL step: rows cut into mini-batches (one optimizer step each) and micro-batches
-(one forward/backward each), over ``ppo_epochs`` passes (``docs/algorithm.md``, "One RL step")."""
+(one forward/backward each, ``micro_batch_size`` rows or a token budget), over ``ppo_epochs`` passes
+(``docs/algorithm.md``, "One RL step" and "Micro-batches and long responses")."""
 
 from __future__ import annotations
 
@@ -24,16 +25,51 @@ def index_chunks(total: int, size: int) -> list[Tensor]:
     return [torch.arange(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def token_budget_chunks(prompt_tokens: Tensor, response_tokens: Tensor, budget: int) -> list[Tensor]:
+    """Positions ``0..n-1`` of rows with these prompt and response lengths, grouped into micro-batches of at most
+    ``budget`` padded tokens: rows x (longest prompt + longest response) of the group, the width a micro-batch has
+    once :func:`row_inputs` has cut the padding every row of it shares. Rows go longest first, each group taking rows
+    while they fit, so rows of like lengths share a pass; a row longer than the budget is a group of its own."""
+    order = torch.argsort(prompt_tokens + response_tokens, descending=True, stable=True).tolist()
+    groups: list[list[int]] = []
+    width = (0, 0)
+    for i in order:
+        grown = (max(width[0], int(prompt_tokens[i])), max(width[1], int(response_tokens[i])))
+        if not groups or (len(groups[-1]) + 1) * sum(grown) > budget:
+            groups.append([])
+            grown = (int(prompt_tokens[i]), int(response_tokens[i]))
+        groups[-1].append(i)
+        width = grown
+    return [torch.tensor(group, dtype=torch.long) for group in groups]
+
+
+def row_tokens(rollout: Rollout) -> tuple[Tensor, Tensor]:
+    """Each row's prompt tokens and response tokens (without padding)."""
+    return (rollout.prompt_mask != 0).sum(-1), (rollout.response_mask != 0).sum(-1)
+
+
 def row_inputs(rollout: Rollout, device: torch.device) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Concatenates prompt and response once; returns ``rows -> (input ids, attention mask, response ids,
-    response mask)`` of those rows on ``device``."""
+    response mask)`` of those rows on ``device``, without the padding columns all of them share: the prompt's on the
+    left, the response's on the right (so the response columns number at most R; :func:`full_width` pads a result
+    back). A valid token's position counts the valid tokens before it, so no result changes."""
     ids, attn, _ = sequence_inputs(rollout)
+    prompt_width = rollout.prompt_ids.shape[1]
 
     def take(rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return (ids[rows].to(device), attn[rows].to(device), rollout.response_ids[rows].to(device),
-                rollout.response_mask[rows].to(device))
+        first = int((rollout.prompt_mask[rows] != 0).any(0).long().argmax()) if prompt_width else 0
+        used = (rollout.response_mask[rows] != 0).any(0).nonzero()
+        last = int(used.max()) + 1 if len(used) else min(1, rollout.response_ids.shape[1])
+        columns = slice(first, prompt_width + last)
+        return (ids[rows, columns].to(device), attn[rows, columns].to(device),
+                rollout.response_ids[rows, :last].to(device), rollout.response_mask[rows, :last].to(device))
 
     return take
+
+
+def full_width(per_token: Tensor, width: int) -> Tensor:
+    """A (rows, r) result of :func:`row_inputs`' response columns zero-padded on the right to ``width`` columns."""
+    return torch.nn.functional.pad(per_token, (0, width - per_token.shape[-1]))
 
 
 def grad_norm(optimizer: torch.optim.Optimizer) -> float:
@@ -53,6 +89,30 @@ class MiniBatchPlan:
     epochs: int
     grad_clip: float
     """Gradient-norm clip (0 = off)."""
+    tokens_per_micro_batch: Optional[int] = None
+    """Token budget of a micro-batch (:func:`token_budget_chunks`) instead of ``rows_per_micro_batch``."""
+    row_tokens: Optional[tuple[Tensor, Tensor]] = None
+    """Every row's prompt and response tokens (:func:`row_tokens`), read with ``tokens_per_micro_batch``."""
+
+    @staticmethod
+    def of(training, rollout: Rollout, grad_clip: float) -> "MiniBatchPlan":
+        """The plan of ``training`` (a :class:`~tempo_pl.config.TrainingConfig`) for ``rollout``."""
+        return MiniBatchPlan(training.mini_batch_size * rollout.n_per_prompt, training.micro_batch_size,
+                             training.ppo_epochs, grad_clip, training.micro_batch_tokens, row_tokens(rollout))
+
+    def micro_batches(self, mini: Tensor, ranks: Ranks = Ranks()) -> list[Tensor]:
+        """The micro-batches of a mini-batch's rows, as positions in ``mini``. Under a token budget every rank
+        makes as many as the rank that needs most (its largest groups halved): each backward pass of DDP or FSDP
+        is a collective that all ranks must join."""
+        if self.tokens_per_micro_batch is None:
+            return index_chunks(len(mini), self.rows_per_micro_batch)
+        prompt, response = self.row_tokens
+        groups = token_budget_chunks(prompt[mini], response[mini], self.tokens_per_micro_batch)
+        wanted = max(ranks.gather(len(groups))) if ranks.world > 1 else len(groups)
+        while len(groups) < wanted and max(len(g) for g in groups) > 1:
+            largest = max(range(len(groups)), key=lambda i: len(groups[i]))
+            groups[largest:largest + 1] = list(torch.tensor_split(groups[largest], 2))
+        return groups
 
 
 def mini_batches(
@@ -88,7 +148,8 @@ def optimize(
     """``plan.epochs`` passes of mini-batch steps (see :func:`mini_batches`), gradients accumulated over
     micro-batches.
 
-    ``units(rows)`` counts what a micro-batch's loss averages over (rows with a valid token for the sequence-mean
+    Micro-batches hold ``plan.rows_per_micro_batch`` rows, or rows grouped by length within a token budget
+    (``plan.tokens_per_micro_batch``). ``units(rows)`` counts what a micro-batch's loss averages over (rows with a valid token for the sequence-mean
     losses, valid tokens for ``token-mean``; the critic counts labeled rows only). Each micro-batch loss is weighted
     by its units over the mini-batch's units on ALL ranks, times the number of ranks (which DDP and FSDP divide by
     again): the step's gradient is the mean over the mini-batch's units wherever they sit, as one process on the
@@ -107,7 +168,7 @@ def optimize(
                 counts["skipped_mini_batches"] += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
-            for micro in index_chunks(len(mini), plan.rows_per_micro_batch):
+            for micro in plan.micro_batches(mini, ranks):
                 rows = mini[micro]
                 loss, metrics = micro_loss(rows)
                 backward(loss * (units(rows) * ranks.world / total))

@@ -26,9 +26,10 @@ def critic_micro_loss(
 
     def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
         ids, attn, _, resp_mask = inputs(rows)
+        width = resp_mask.shape[1]  # the response columns some row of the micro-batch uses
         values = critic_response_values(critic, ids, attn, resp_mask)
         mask = resp_mask.float() * labeled[rows].to(resp_mask.device)
-        loss, metrics = value_loss(values, stats.values[rows], returns[rows], mask)
+        loss, metrics = value_loss(values, stats.values[rows, :width], returns[rows, :width], mask)
         return loss, {"loss": loss, **metrics}
 
     return micro_loss
@@ -50,16 +51,20 @@ def policy_micro_loss(
 
     def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
         ids, attn, resp_ids, resp_mask = inputs(rows)
+        width = resp_mask.shape[1]  # the response columns some row of the micro-batch uses
         mask = resp_mask.float()
+        # an entropy that is only logged stays out of the graph
         out = policy_response_stats(policy, ids, attn, resp_ids, resp_mask, temperature=temperature,
-                                    with_entropy=config.entropy_coef > 0 or on_policy)
+                                    with_entropy=config.entropy_coef > 0 or on_policy,
+                                    entropy_grad=config.entropy_coef > 0)
         if on_policy:
-            stats.old_logprobs[rows] = out["logprobs"].detach().float().to(stats.old_logprobs.device)
-            stats.entropy[rows] = out["entropy"].detach().float().to(stats.entropy.device)
-        old = stats.old_logprobs[rows].to(out["logprobs"].device)
-        loss, metrics = policy_loss(out["logprobs"], old, advantages[rows], mask)
+            stats.old_logprobs[rows, :width] = out["logprobs"].detach().float().to(stats.old_logprobs.device)
+            stats.entropy[rows, :width] = out["entropy"].detach().float().to(stats.entropy.device)
+        old = stats.old_logprobs[rows, :width].to(out["logprobs"].device)
+        ref = stats.ref_logprobs[rows, :width] if stats.ref_logprobs is not None else None
+        loss, metrics = policy_loss(out["logprobs"], old, advantages[rows, :width], mask)
         loss, metrics = add_policy_regularizers(loss, metrics, mask, config, entropy=out.get("entropy"),
-                                                logprobs=out["logprobs"], ref_logprobs=stats.ref_logprobs, rows=rows)
+                                                logprobs=out["logprobs"], ref_logprobs=ref)
         return loss, {"loss": loss, **metrics}
 
     return micro_loss
