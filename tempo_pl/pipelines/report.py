@@ -198,7 +198,9 @@ def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
             for metric in names:
                 if r.curves.get(metric):
                     steps, values = zip(*r.curves[metric])
-                    line, = ax.plot(steps, values, marker=markers[i % len(markers)], markersize=5, alpha=0.85,
+                    # markers shrink run by run, so that curves that coincide (all at 0) all stay visible
+                    line, = ax.plot(steps, values, marker=markers[i % len(markers)], alpha=0.85,
+                                    markersize=max(3.0, 9 - 1.5 * i),
                                     linestyle="--" if r.oracle else "-", label=r.label)
                     if r.band.get(metric):  # the min-max over seeds
                         band_steps, low, high = zip(*r.band[metric])
