@@ -64,6 +64,14 @@ def test_a_detached_entropy_gives_no_gradient_and_the_same_values():
     assert grad.abs().max() > 0
 
 
+def test_a_banned_token_adds_nothing_to_the_entropy_or_its_gradient():
+    logits = torch.tensor([[0.0, 0.0, -math.inf]], requires_grad=True)
+    entropy = entropy_from_logits(logits)
+    entropy.sum().backward()
+    assert entropy.item() == pytest.approx(math.log(2.0))
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().max() < 1e-7  # a uniform pair is a maximum
+
+
 def _inputs(seed: int = 0):
     torch.manual_seed(seed)
     # row 0: two prompt pads on the left and two response pads on the right; row 1 unpadded
