@@ -154,9 +154,9 @@ class VLLMEngine(HFGenerateEngine):
         token_ids, kept = self._encode_prompts(prompts, spec)
         prompt_batch = prompts.select(kept)
         extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
-        if not kept:
-            return Rollout.empty(prompt_batch, extra)
         self._check_length(token_ids, spec)
+        # a rank whose prompts were all dropped still takes part: vLLM's start-up, the weight load's gathers and a
+        # tensor-parallel group's pooling are collective
         if self.llm is None:
             self._build(model)
         else:
@@ -165,10 +165,14 @@ class VLLMEngine(HFGenerateEngine):
         # own copy, so the gathered one is freed rather than held beside it for the whole rollout
         release_gathered(model)
         stop_ids = self._stop_ids(model)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        requests = [(ids, seed + g * n) for g, ids in enumerate(token_ids)]
-        outputs = self._sample(requests, spec, n, stop_ids)
+        outputs = []
+        if kept or self.llm_options["tensor_parallel_size"] > 1:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            requests = [(ids, seed + g * n) for g, ids in enumerate(token_ids)]
+            outputs = self._sample(requests, spec, n, stop_ids)
         self._sleep()
+        if not kept:
+            return Rollout.empty(prompt_batch, extra)
         device = _device_of(model)
         prompt_ids, prompt_mask = self._prompt_tensors(token_ids, n, device)
         responses, logprobs = _response_tensors(outputs, self.tokenizer.pad_token_id, device)
@@ -188,7 +192,7 @@ class VLLMEngine(HFGenerateEngine):
     # ------------------------------------------------------------------------------------------------ helpers
     def _check_length(self, token_ids: list[list[int]], spec: SamplingSpec) -> None:
         limit = self.llm_options["max_model_len"]
-        longest = max(len(ids) for ids in token_ids)
+        longest = max((len(ids) for ids in token_ids), default=0)
         if limit is not None and longest + spec.max_new_tokens > limit:
             raise ValueError(
                 f"VLLMEngine.max_model_len={limit} is shorter than the longest prompt ({longest} tokens) plus "

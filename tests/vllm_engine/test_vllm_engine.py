@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules
     stopped = torch.isin(got.response_ids, torch.tensor([tokenizer.eos_token_id, stop])) & got.response_mask.bool()
     assert torch.equal(got.truncated, ~stopped.any(-1))
     assert torch.equal(got.response_mask.sum(-1)[got.truncated], torch.full((int(got.truncated.sum()),), 12.0))
+    nothing = engine.generate(policy, _prompt_batch(["far too long for the budget " * 8]))
+    assert nothing.num_rows == 0 and nothing.extra["num_dropped"] == 1
 
     # sampling: shapes, log-probs on the response only, and the same samples from the same torch seed
     sampled_spec = SamplingSpec(n=3, temperature=1.0, max_new_tokens=10, max_prompt_length=64)
@@ -206,7 +209,7 @@ def test_lora_policies_serve_their_merged_adapter(vllm_policy_spec, kind: str) -
     _close(engine)
 
 
-def _vllm_tiny_config(tmp_path: Path, steps: int, epochs: int = 1):
+def _vllm_tiny_config(tmp_path: Path, steps: int, epochs: int = 1, validate: bool = False):
     from _tiny_run import schedule, tiny_config
 
     def edit(cfg: dict) -> None:
@@ -216,13 +219,15 @@ def _vllm_tiny_config(tmp_path: Path, steps: int, epochs: int = 1):
         cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine",
                                                        "init_args": dict(ENGINE_OPTIONS)}
 
-    return tiny_config(tmp_path, edit, steps=steps)
+    return tiny_config(tmp_path, edit, steps=steps, validate=validate)
 
 
 def test_tempo_fit_with_the_vllm_engine_through_the_cli(tmp_path: Path) -> None:
+    """configs/tiny.yaml with the engine: evaluation before training and after step 2 (its own k and budget), an
+    E-step and an M-step."""
     from _tiny_run import rollout_records, write_config
 
-    cfg = _vllm_tiny_config(tmp_path, steps=2)
+    cfg = _vllm_tiny_config(tmp_path, steps=2, validate=True)
     path = write_config(cfg, tmp_path / "vllm.yaml")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "tempo_pl", "fit", "--config", str(path)], cwd=tmp_path, env=env,
@@ -230,6 +235,10 @@ def test_tempo_fit_with_the_vllm_engine_through_the_cli(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     records = rollout_records(tmp_path / "rollouts")
     assert [r["phase"] for r in records] == ["E", "M"]
+    evals = sorted((tmp_path / "runs").glob("*/version_*/eval/heldout_step*.jsonl"))
+    assert [p.name for p in evals] == ["heldout_step000000.jsonl", "heldout_step000002.jsonl"]
+    k = cfg["model"]["init_args"]["evaluation"]["k"]
+    assert all(len(json.loads(line)["responses"]) == k for line in evals[0].read_text().splitlines())
     # the M-step's no-grad pass gives the trainer's log-probs of what vLLM sampled (an E-step may skip the policy's)
     assert "train/rollout/logprob_gap_max" in records[1]["metrics"] and "train/policy/loss" in records[1]["metrics"]
     for record in records:
