@@ -250,6 +250,8 @@ def main(argv=None) -> None:
     if "trl" in sides and importlib.util.find_spec("trl") is None:
         print(TRL_MISSING)
         sides.remove("trl")
+    if not sides:
+        return
     with tempfile.TemporaryDirectory(prefix="vs_trl_models_") as folder:
         for size in args.sizes:
             model_dir = save_model(size, Path(folder))

@@ -377,7 +377,8 @@ class TempoModule(RLStepLogging, LightningModule):
         mask = rollout.response_mask * (rollout.is_labeled.unsqueeze(-1) if which == "critic" else 1)
         return optimize(rollout.num_rows, plan, optimizer, scheduler, micro_loss, self.manual_backward, clip,
                         labeled=rollout.is_labeled, generator=self._mini_batch_generator,
-                        units=loss_units(mask, self.algorithm.loss_agg_mode), ranks=Ranks.of(self._trainer))
+                        units=loss_units(mask, self.algorithm.loss_agg_mode), ranks=Ranks.of(self._trainer),
+                        rows_with_loss=rollout.is_labeled if which == "critic" else None)
 
     # ------------------------------------------------------------------ evaluation
     @override

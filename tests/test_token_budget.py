@@ -140,3 +140,51 @@ def test_the_config_key_reaches_the_plan_and_is_checked():
     assert MiniBatchPlan.of(TrainingConfig(), rollout, 1.0).tokens_per_micro_batch is None
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         TrainingConfig(micro_batch_tokens=0)
+
+
+def test_the_critic_update_runs_on_its_labeled_rows_only_with_the_same_step(tiny_policy_spec):
+    rollout = _rollout(2)  # rows 0-3 labeled
+    base = build_critic(CriticSpec(init_from_policy=True, seed=0, head_init_std=0.1), tiny_policy_spec).double()
+    shape = rollout.response_mask.shape
+    stats = ForwardStats(old_logprobs=None, entropy=None, values=torch.randn(shape, dtype=torch.float64) * 0.3)
+    returns = torch.randn(shape, dtype=torch.float64)
+    mask = rollout.response_mask * rollout.is_labeled.unsqueeze(-1)
+
+    def run(rows_with_loss):
+        model, seen = copy.deepcopy(base), []
+        take = row_inputs(rollout, torch.device("cpu"))
+        micro = critic_micro_loss(model, lambda rows: (seen.extend(rows.tolist()), take(rows))[1], rollout, stats,
+                                  returns, lambda v, old, ret, m: value_loss(v, old, ret, m, 0.5))
+        generator = torch.Generator().manual_seed(3)
+        out = optimize(rollout.num_rows, MiniBatchPlan(4, 2, 2, 0.0), torch.optim.SGD(model.parameters(), lr=1.0),
+                       None, micro, lambda v: v.backward(), lambda *a: None, labeled=rollout.is_labeled,
+                       generator=generator, units=loss_units(mask, "seq-mean-token-mean"),
+                       rows_with_loss=rows_with_loss)
+        return model, seen, generator.get_state(), out
+
+    every, every_seen, every_rng, every_out = run(None)
+    labeled, labeled_seen, labeled_rng, labeled_out = run(rollout.is_labeled)
+    assert sorted(every_seen) == sorted(list(range(8)) * 2)  # 2 epochs of every row
+    assert sorted(labeled_seen) == sorted(list(range(4)) * 2)  # 2 epochs of the labeled rows alone
+    assert torch.equal(every_rng, labeled_rng)
+    assert every_out["skipped_mini_batches"] == labeled_out["skipped_mini_batches"] == 0
+    for (name, a), b in zip(every.named_parameters(), labeled.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)
+
+
+def test_ranks_keep_as_many_rows_when_their_rows_with_loss_differ():
+    """Another rank has 3 rows with a loss in its mini-batch, this one 1: it keeps 2 rows without a loss (they weigh
+    0), so both ranks hold 3 rows and make 2 passes."""
+    seen = []
+    other_rank_has_3 = Ranks(world=2, gather=lambda count: [count, 3],
+                             sum=lambda values: [values[0] + 3.0])
+
+    def micro_loss(rows):
+        seen.append(rows.tolist())
+        return torch.zeros((), requires_grad=True), {}
+
+    with_loss = torch.tensor([False, True, False, False])
+    optimize(4, MiniBatchPlan(4, 2, 1, 0.0), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), None,
+             micro_loss, lambda v: v.backward(), lambda *a: None, units=lambda rows: float(with_loss[rows].sum()),
+             ranks=other_rank_has_3, rows_with_loss=with_loss)
+    assert seen == [[1, 0], [2]]  # the row with a loss first, then rows without, 3 in all

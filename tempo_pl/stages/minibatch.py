@@ -102,8 +102,8 @@ class MiniBatchPlan:
 
     def micro_batches(self, mini: Tensor, ranks: Ranks = Ranks()) -> list[Tensor]:
         """The micro-batches of a mini-batch's rows, as positions in ``mini``. Under a token budget every rank
-        makes as many as the rank that needs most (its largest groups halved): each backward pass of DDP or FSDP
-        is a collective that all ranks must join."""
+        makes as many as the rank that needs most (its largest groups halved; the ranks' mini-batches hold as many
+        rows): each backward pass of DDP or FSDP is a collective that all ranks must join."""
         if self.tokens_per_micro_batch is None:
             return index_chunks(len(mini), self.rows_per_micro_batch)
         prompt, response = self.row_tokens
@@ -144,12 +144,18 @@ def optimize(
     generator: Optional[torch.Generator] = None,
     units: Optional[Callable[[Tensor], float]] = None,
     ranks: Ranks = Ranks(),
+    rows_with_loss: Optional[Tensor] = None,
 ) -> dict[str, float]:
     """``plan.epochs`` passes of mini-batch steps (see :func:`mini_batches`), gradients accumulated over
     micro-batches.
 
     Micro-batches hold ``plan.rows_per_micro_batch`` rows, or rows grouped by length within a token budget
-    (``plan.tokens_per_micro_batch``). ``units(rows)`` counts what a micro-batch's loss averages over (rows with a valid token for the sequence-mean
+    (``plan.tokens_per_micro_batch``). ``rows_with_loss`` (bool per row) keeps only those rows of each mini-batch once
+    it is dealt: a row whose loss is masked out entirely (an unlabeled row in the critic's update) adds no unit and no
+    gradient, so it gets no forward or backward pass (on several ranks, each keeps as many rows as the rank with the
+    most); the deal, and the RNG it draws from, are those of every row.
+
+    ``units(rows)`` counts what a micro-batch's loss averages over (rows with a valid token for the sequence-mean
     losses, valid tokens for ``token-mean``; the critic counts labeled rows only). Each micro-batch loss is weighted
     by its units over the mini-batch's units on ALL ranks, times the number of ranks (which DDP and FSDP divide by
     again): the step's gradient is the mean over the mini-batch's units wherever they sit, as one process on the
@@ -163,6 +169,12 @@ def optimize(
     counts = {"nonfinite_grad_skips": 0.0, "skipped_mini_batches": 0.0}
     for _ in range(plan.epochs):
         for mini in mini_batches(num_rows, plan.rows_per_mini_batch, labeled, generator):
+            if rows_with_loss is not None:
+                has_loss = rows_with_loss.cpu()[mini]
+                keep = int(has_loss.sum())
+                if ranks.world > 1:  # as many rows on every rank (rows without loss weigh 0): the same passes
+                    keep = int(max(ranks.gather(keep)))
+                mini = mini[torch.argsort((~has_loss).long(), stable=True)[:keep]]
             total = ranks.sum([units(mini)])[0]
             if total == 0:
                 counts["skipped_mini_batches"] += 1
