@@ -109,9 +109,11 @@ PATHOLOGICAL = {
 
 @pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
 def test_lenient_extraction_is_fast_on_pathological_responses(name):
+    # a backtracking pattern would take minutes on these; the bound is the grader's per-call contract (2 s), which
+    # leaves room for a loaded machine (about 0.2 s quiet)
     start = time.perf_counter()
     extract_answer(PATHOLOGICAL[name], LENIENT)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0
 
 
 @pytest.mark.parametrize("extraction", sorted(EXTRACTION_MODES))
