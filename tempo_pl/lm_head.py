@@ -9,7 +9,7 @@ It happens inside the model's own forward, where FSDP2 has gathered the head's w
 
 Example::
 
-    log_partition = lambda head, h: head.forward(h).logsumexp(-1)   # head(h) would run the hooks again
+    log_partition = lambda head, inputs: head.forward(inputs[0]).logsumexp(-1)   # head(...) runs the hooks again
     with stats_instead_of_logits(model.get_output_embeddings(), log_partition) as produced:
         out = model(input_ids=ids).logits     # the lambda's result: (N, T) log-partitions
     assert out is produced["stats"]          # False when the model reworks the head's output (soft-capping)
@@ -24,17 +24,22 @@ from torch import Tensor, nn
 
 
 @contextlib.contextmanager
-def stats_instead_of_logits(head: nn.Module, stats: Callable[[nn.Module, Tensor], Tensor]) -> Iterator[dict]:
-    """While open, ``head`` computes nothing and returns ``stats(head, its input)``, also kept as
-    ``produced["stats"]`` so the caller can check that the model returned it untouched."""
-    produced: dict[str, Tensor] = {}
+def stats_instead_of_logits(head: nn.Module, stats: Callable[[nn.Module, list[Tensor]], Tensor],
+                            calls: int = 1) -> Iterator[dict]:
+    """While open, ``head`` computes nothing; its ``calls``-th call returns ``stats(head, the inputs of every call)``
+    (a model's forward on shared prompts calls it twice), also kept as ``produced["stats"]`` so the caller can check
+    that the model returned it untouched."""
+    produced: dict = {"inputs": []}
 
     def take_input(module: nn.Module, args: tuple) -> tuple:
-        produced["input"] = args[0]
+        produced["inputs"].append(args[0])
         return (args[0][..., :0, :],)
 
     def give_stats(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        produced["stats"] = stats(module, produced.pop("input"))
+        if len(produced["inputs"]) < calls:
+            return output
+        produced["stats"] = stats(module, produced.pop("inputs"))
+        produced["inputs"] = []
         return produced["stats"]
 
     handles = [head.register_forward_pre_hook(take_input), head.register_forward_hook(give_stats)]

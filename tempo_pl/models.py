@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 
 from tempo_pl.algorithms.token_stats import head_token_stats
 from tempo_pl.lm_head import stats_instead_of_logits
+from tempo_pl.shared_prompts import forward_on_shared_prompts, prompt_groups, response_positions, whole_pass
 from tempo_pl.lora import bnb_config, disable_bnb_avx512bf16, is_loaded_quantized, lora_config, quantize_via_disk
 from tempo_pl.load_report import held_load_report
 from tempo_pl.pretrained_sources import loading, loading_tokenizer
@@ -404,26 +405,24 @@ def policy_response_stats(
     so ``logprobs`` are those of the distribution the rollout was drawn from (before top-k/top-p truncation).
     Gradients flow outside ``torch.no_grad`` (into the entropy only with ``entropy_grad``). The LM head runs on valid
     response tokens only, a chunk at a time (:func:`~tempo_pl.algorithms.token_stats.head_token_stats`): no (N, R,
-    vocabulary) logits are ever held, forward or backward.
-
-    Returns:
-        ``{"logprobs", "entropy"?, "self_certainty"?}``; ``self_certainty`` is KL(Uniform || pi) per token.
+    vocabulary) logits are ever held. Rows that share a prompt run it once (:mod:`tempo_pl.shared_prompts`).
+    Returns ``{"logprobs", "entropy"?, "self_certainty"?}``; ``self_certainty`` is KL(Uniform || pi) per token.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask)
+    position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
     num_response = response_ids.shape[1]
     kwargs = {"logits_to_keep": num_response + 1} if _accepts(policy, "logits_to_keep") else {}
-    forward = lambda: policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,  # noqa
-                             use_cache=False, **kwargs).logits  # no KV cache: nothing decodes after this pass
-    stats = lambda head, head_inputs: head_token_stats(  # noqa: E731
-        head, head_inputs[:, -num_response - 1 : -1], response_ids, response_mask, temperature, with_entropy,
-        entropy_grad, with_self_certainty)
-    with stats_instead_of_logits(hf_model(policy).get_output_embeddings(), stats) as produced:
-        out = forward()
-    if out is not produced.get("stats"):  # the model reworks its head's output (soft-capping...): whole logits
-        out = stats(nn.Identity(), forward())
+    inputs = (input_ids, attention_mask, position_ids)
+    groups = prompt_groups(policy, input_ids, attention_mask, num_response)  # the n rows of a prompt run it once
+    stats = lambda head, outputs: head_token_stats(  # noqa: E731  (outputs: the head's inputs, of each pass)
+        head, response_positions(outputs, num_response, groups), response_ids, response_mask, temperature,
+        with_entropy, entropy_grad, with_self_certainty)
+    with stats_instead_of_logits(hf_model(policy).get_output_embeddings(), stats, 1 + (groups is not None)) as made:
+        out = (whole_pass(policy, *inputs, **kwargs) if groups is None else
+               forward_on_shared_prompts(policy, groups, *inputs, num_response)[1]).logits
+    if out is not made.get("stats"):  # the model reworks its head's output (soft-capping...): whole logits
+        out = stats(nn.Identity(), [whole_pass(policy, *inputs, **kwargs).logits])
     names = ["logprobs"] + ["entropy"] * with_entropy + ["self_certainty"] * with_self_certainty
     return dict(zip(names, out.unbind(-1)))
 
@@ -440,11 +439,11 @@ def critic_response_values(
     The value at response index t is the head's read-out of the hidden state at position P-1+t, the token before
     y_t: the value of the state before emitting y_t (docs/algorithm.md, "Advantages").
     """
-    if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask)
+    position_ids = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
     num_response = response_mask.shape[1]
-    scores = critic(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).logits
-    values = scores[:, -num_response - 1 : -1, 0].float()
+    groups = prompt_groups(critic, input_ids, attention_mask, num_response)  # the n rows of a prompt run it once
+    inputs = (input_ids, attention_mask, position_ids)
+    passes = ([whole_pass(critic, *inputs)] if groups is None else
+              forward_on_shared_prompts(critic, groups, *inputs, num_response))
+    values = response_positions([out.logits for out in passes], num_response, groups)[..., 0].float()
     return values * response_mask.to(values.dtype)

@@ -22,7 +22,7 @@ from tempo_pl.models import build_policy, policy_response_stats, position_ids_fr
 
 def _whole_logits_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, temperature: float):
     """The unchunked path: every position's logits at once, then the statistics, times the mask."""
-    logits = logits.float() / temperature
+    logits = (logits if logits.dtype == torch.float64 else logits.float()) / temperature
     return torch.stack([logprobs_from_logits(logits, labels) * mask, entropy_from_logits(logits) * mask,
                         self_certainty_from_logits(logits) * mask], -1)
 
@@ -42,11 +42,11 @@ def test_chunked_head_stats_equal_the_whole_logits_values_and_gradients_in_float
     whole = _whole_logits_stats(head(hidden), labels, mask, temperature)
     expected = torch.autograd.grad((whole * weights).sum(), [hidden, head.weight, head.bias])
 
-    assert chunked.shape == (2, 5, 3) and chunked.dtype == torch.float32
-    torch.testing.assert_close(chunked.double(), whole.double(), rtol=0, atol=1e-6)
+    assert chunked.shape == (2, 5, 3) and chunked.dtype == torch.float64  # float64 logits stay float64
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
     assert (chunked[0, 4] == 0).all()
     for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert grads[0][0, 4].abs().max() == 0  # a padded position takes no gradient
 
 
