@@ -111,22 +111,25 @@ def test_another_scenario_rewrites_the_task_and_its_stage_settings_only(tmp_path
         assert paths and all(p.endswith(scenarios["recheck"]["task"]) for p in paths)
         assert [p.split("&max_multiplier")[0] for p in paths] == [
             p.split("&max_multiplier")[0] for p in _synthetic_paths(shipped)]  # split, seed and size kept
-        if name == "sft":
-            assert rewritten["trainer"]["max_steps"] == scenarios["recheck"]["stages"]["sft"]["trainer.max_steps"]
-            rewritten["trainer"]["max_steps"] = shipped["trainer"]["max_steps"]
         assert demo.with_task(rewritten, scenarios["trap"]["task"]) == shipped
 
 
-def test_a_scenario_setting_a_missing_key_is_named(tmp_path):
+def test_a_scenario_sets_stage_keys_and_names_a_missing_one(tmp_path):
     folder = tmp_path / "configs"
     folder.mkdir()
     for stage in STAGES:
         if stage.config:
             (folder / stage.config).write_text((demo.DEMO_CONFIGS / stage.config).read_text())
     (folder / "scenarios.yaml").write_text(
-        "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_step: 5}}}\n")
-    cfg = DemoConfig(out=tmp_path / "out", config_dir=folder, scenario="b")
-    with pytest.raises(ValueError, match=r"scenario 'b', sft: 'trainer.max_step' is not a key"):
+        "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_steps: 5}}}\n"
+        "c: {task: 'max_value=30', stages: {sft: {trainer.max_step: 5}}}\n")
+    written = Path(_arg(demo.fit_args(STAGES[0], DemoConfig(out=tmp_path / "b", config_dir=folder, scenario="b")),
+                        "--config"))
+    config = yaml.safe_load(written.read_text())
+    assert config["trainer"]["max_steps"] == 5
+    assert config["data"]["init_args"]["path"].endswith("&max_value=30")
+    cfg = DemoConfig(out=tmp_path / "c", config_dir=folder, scenario="c")
+    with pytest.raises(ValueError, match=r"scenario 'c', sft: 'trainer.max_step' is not a key"):
         demo.fit_args(STAGES[0], cfg)
 
 
