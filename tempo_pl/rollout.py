@@ -19,6 +19,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from tempo_pl.lora import disable_bnb_avx512bf16
 from tempo_pl.models import hf_model
 from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.shared_prompts import shared_prompt_cache
 from tempo_pl.types import PromptBatch, Rollout
 
 __all__ = ["HFGenerateEngine", "PromptFormat", "RolloutEngine", "SamplingSpec", "encode_prompts"]
@@ -218,9 +219,11 @@ class HFGenerateEngine:
         pad_id = self.tokenizer.pad_token_id
         prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
         prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids], dtype=torch.long)
+        cache = shared_prompt_cache(model, prompt_ids.to(device), prompt_mask.to(device), n)  # prefilled once
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
-        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                   **({} if cache is None else {"cache": cache}))
         return prompt_ids, prompt_mask, sequences[:, width:]
 
     def _assemble(

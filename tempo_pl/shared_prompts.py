@@ -8,6 +8,8 @@ row's own attention mask and positions. The results are those of the whole pass 
 positions reach every response token); the prompt columns cost 1/n of the work. The hidden state of a prompt's last
 position, which predicts the first response token, comes from the prompt pass.
 
+:func:`shared_prompt_cache` does the same for ``generate``: each prompt is prefilled once for its n samples.
+
 It is used where it is safe: a model whose forward takes a ``cache`` (Hugging Face models, peft models and the
 shared-base views around them), not sharded with FSDP (two forwards before one backward) and without gradient
 checkpointing (which turns caches off); otherwise the caller runs the whole pass.
@@ -83,6 +85,25 @@ def forward_on_shared_prompts(
     response_out = model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
                          position_ids=position_ids[:, width:], cache=cache, use_cache=False, **kwargs)
     return prompt_out, response_out
+
+
+def shared_prompt_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, n: int) -> Optional[Any]:
+    """For ``generate`` of n samples per prompt: the KV cache of every prompt but its last token, computed once per
+    prompt and copied to its n rows (``generate`` then runs the last token and samples); None where ``model`` cannot
+    share (see :func:`prompt_groups`) or there is nothing to share."""
+    from transformers import DynamicCache
+
+    from tempo_pl.models import hf_model, position_ids_from_mask
+
+    hf = hf_model(model)
+    if n < 2 or prompt_ids.shape[1] < 2 or not _can_share(model, hf):
+        return None
+    cache = DynamicCache(config=hf.config)
+    positions = position_ids_from_mask(prompt_mask)
+    model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions[:, :-1],
+          cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(n)
+    return cache
 
 
 def whole_pass(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, **kwargs: Any):

@@ -187,4 +187,4 @@ def test_ranks_keep_as_many_rows_when_their_rows_with_loss_differ():
     optimize(4, MiniBatchPlan(4, 2, 1, 0.0), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), None,
              micro_loss, lambda v: v.backward(), lambda *a: None, units=lambda rows: float(with_loss[rows].sum()),
              ranks=other_rank_has_3, rows_with_loss=with_loss)
-    assert seen == [[1, 0], [2]]  # the row with a loss first, then rows without, 3 in all
+    assert seen == [[0, 1], [2]]  # the row with a loss (1) and two without, 3 in all, in row order

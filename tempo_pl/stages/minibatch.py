@@ -104,8 +104,9 @@ class MiniBatchPlan:
         """The micro-batches of a mini-batch's rows, as positions in ``mini``. Under a token budget every rank
         makes as many as the rank that needs most (its largest groups halved; the ranks' mini-batches hold as many
         rows): each backward pass of DDP or FSDP is a collective that all ranks must join."""
-        if self.tokens_per_micro_batch is None:
-            return index_chunks(len(mini), self.rows_per_micro_batch)
+        if self.tokens_per_micro_batch is None:  # in row order: the rows of a prompt share a pass, and run it once
+            order = torch.argsort(mini, stable=True)
+            return [order[chunk] for chunk in index_chunks(len(mini), self.rows_per_micro_batch)]
         prompt, response = self.row_tokens
         groups = token_budget_chunks(prompt[mini], response[mini], self.tokens_per_micro_batch)
         wanted = max(ranks.gather(len(groups))) if ranks.world > 1 else len(groups)
