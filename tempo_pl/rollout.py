@@ -142,13 +142,7 @@ class HFGenerateEngine:
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``, with ``sampling`` in place
         of the engine's own spec when given."""
-        spec = sampling or self.sampling
-        n = spec.n if n is None else n
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        token_ids, kept = self._encode_prompts(prompts, spec)
-        prompt_batch = prompts.select(kept)
-        extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
+        spec, n, token_ids, kept, prompt_batch, extra = self._prepare(prompts, n, sampling)
         if not kept:
             return Rollout.empty(prompt_batch, extra)
         device = _device_of(model)
@@ -163,6 +157,17 @@ class HFGenerateEngine:
         return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def _prepare(self, prompts: PromptBatch, n: Optional[int], sampling: Optional[SamplingSpec]):
+        """The call's sampling spec and n, the kept prompts' token ids and indices, their PromptBatch, and the
+        rollout's ``extra`` (prompts dropped and truncated)."""
+        spec = sampling or self.sampling
+        n = spec.n if n is None else n
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        token_ids, kept = self._encode_prompts(prompts, spec)
+        extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
+        return spec, n, token_ids, kept, prompts.select(kept), extra
+
     def _encode_prompts(self, prompts: PromptBatch, spec: SamplingSpec) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
         encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format)

@@ -147,13 +147,7 @@ class VLLMEngine(HFGenerateEngine):
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call builds vLLM and loads ``model``'s weights into it."""
-        spec = sampling or self.sampling
-        n = spec.n if n is None else n
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        token_ids, kept = self._encode_prompts(prompts, spec)
-        prompt_batch = prompts.select(kept)
-        extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
+        spec, n, token_ids, kept, prompt_batch, extra = self._prepare(prompts, n, sampling)
         self._check_length(token_ids, spec)
         # a rank whose prompts were all dropped still takes part: vLLM's start-up, the weight load's gathers and a
         # tensor-parallel group's pooling are collective
