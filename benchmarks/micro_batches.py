@@ -133,7 +133,8 @@ def main() -> None:
         _, shapes, peak = peaks[name]
         padded = sum(rows * width for rows, width in shapes)
         print(f"{name:<23}: {rates[name]:8.0f} tokens/s (median {median:.2f} s); {len(shapes):3d} passes, "
-              f"{padded} padded tokens, largest pass {max(r * w for r, w in shapes)} tokens; peak {peak / 2**20:.0f} MiB")
+              f"{padded} padded tokens, largest pass {max(r * w for r, w in shapes)} tokens; "
+              f"peak {peak / 2**20:.0f} MiB")
     print(f"ratio token budget / fixed rows : {rates['token budget'] / rates['fixed rows']:.2f} (target >= 1.3)")
     print(f"ratio token budget / full width : {rates['token budget'] / rates['fixed rows, full width']:.2f}")
 

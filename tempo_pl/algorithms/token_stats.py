@@ -122,8 +122,8 @@ def head_token_stats(
     the graph only with ``entropy_grad`` (an entropy that is only logged costs no backward).
 
     Returns:
-        (N, T, S) float32 (float64 for float64 logits), zero where ``mask`` is 0: the columns are log-prob, then entropy (``with_entropy``), then
-        self-certainty (``with_self_certainty``).
+        (N, T, S) float32 (float64 for float64 logits), zero where ``mask`` is 0: the columns are log-prob, then
+        entropy (``with_entropy``), then self-certainty (``with_self_certainty``).
     """
     check_same_shape(labels=labels, mask=mask)
     vocab = getattr(head, "out_features", None) or hidden.shape[-1]
