@@ -67,6 +67,11 @@ class RecordingTempo(TempoModule):
             {**self._pending, "policy_loss": metrics.get("train/policy/loss"),
              "critic_loss": metrics.get("train/critic/loss")})
 
+    def on_train_start(self):
+        super().on_train_start()
+        self.initial_policy = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
     def on_train_end(self):
-        torch.save({"records": self.records, "policy": self.policy.state_dict(), "critic": self.critic.state_dict()},
+        torch.save({"records": self.records, "policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                    "initial_policy": self.initial_policy},
                    os.path.join(os.environ["TEMPO_TEST_OUT"], f"rank{self.global_rank}.pt"))

@@ -93,6 +93,11 @@ def experiment_config(out: Path, devices: int, epochs: int = EPOCHS) -> dict:
         trainer["max_epochs"] = epochs
         if devices > 1:  # the strategy of configs/fsdp2_tiny.yaml: float32, activation checkpointing
             trainer["strategy"] = yaml.safe_load(FSDP2_TINY.read_text())["trainer"]["strategy"]
+        # SGD: weights move by the gradients themselves. Adam's first steps move every weight by about its lr
+        # whatever the gradient's size, so float rounding in a near-zero gradient (the LM head's chunks differ with
+        # the rows per pass) would show in the trained models as if the sharding were wrong
+        for name in ("policy_optimizer", "critic_optimizer"):
+            init[name] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
         cfg["data"]["init_args"]["batch_size"] = PROMPTS_PER_STEP // devices
         # one optimizer step per RL step on every rank: the per-rank mini-batch is the rank's whole batch
         init["training"].update(mini_batch_size=PROMPTS_PER_STEP // devices, micro_batch_size=64)
@@ -738,6 +743,8 @@ def qlora_config(out: Path, shared_base: bool = True) -> dict:
         init["shared_base"] = shared_base
         cfg["data"]["init_args"]["batch_size"] = PROMPTS_PER_STEP // 2
         init["training"].update(mini_batch_size=PROMPTS_PER_STEP // 2, micro_batch_size=64, group_filter=False)
+        cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
+                                       if not cb["class_path"].endswith("RLStepCheckpoint")]
 
     return tiny_config(out, edit, steps=4)
 

@@ -32,6 +32,10 @@ def _run(tmp_path: Path, devices: int) -> list[dict]:
         args["training"] = {"mini_batch_size": 2 * (3 - devices), "micro_batch_size": 64, "group_filter": True,
                             "max_generation_batches": 4}
         cfg["data"]["init_args"]["batch_size"] = 2 * (3 - devices)
+        # SGD: the weights move by the gradients themselves; Adam's first steps move every weight by about its lr
+        # whatever the gradient's size, so float noise of 1e-9 in a near-zero gradient would show as 1e-6 there
+        for name in ("policy_optimizer", "critic_optimizer"):
+            args[name] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
         cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(out / "runs")
 
     cfg = tiny_config(out, edit, steps=STEPS)
@@ -68,6 +72,7 @@ def test_two_ranks_compute_what_one_process_computes_on_their_batch(tmp_path: Pa
     # of labeled rows, where a per-rank mean would weigh the critic's rows differently from one process
     assert any(sum(r["labeled"]) < 8 for r in one["records"])
     assert any(sum(two[0]["records"][s]["labeled"]) != sum(two[1]["records"][s]["labeled"]) for s in range(STEPS))
+    assert any(not torch.equal(one["policy"][k], one["initial_policy"][k]) for k in one["policy"])
     for name in ("policy", "critic"):
         for key, value in one[name].items():
             assert torch.allclose(two[0][name][key], value, atol=1e-6), f"{name}.{key}"
