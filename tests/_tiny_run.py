@@ -74,3 +74,19 @@ def run_cli(subcommand: str, cfg: dict, tmp_path: Path):
     scalars = EventAccumulator(str(version))
     scalars.Reload()
     return version, scalars
+
+
+def straight_and_resumed(tmp_path: Path, edit: Callable[[dict], None], steps: int) -> tuple[list, list, list]:
+    """Two epochs of ``steps`` RL steps straight, and the same as one epoch, a checkpoint and a resumed second epoch
+    (``edit`` sets max_epochs to 2). Returns the rollout records of the straight run, of the first half, and of the
+    split run."""
+    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+    straight_dir.mkdir(), split_dir.mkdir()
+    fit(tiny_config(straight_dir, edit, steps=steps), straight_dir)
+    first = tiny_config(split_dir, edit, steps=steps)
+    first["trainer"]["max_epochs"] = 1
+    cli = fit(first, split_dir, name="first.yaml")
+    cli.trainer.save_checkpoint(split_dir / "mid.ckpt")
+    first_half = rollout_records(split_dir / "rollouts")
+    fit(tiny_config(split_dir, edit, steps=steps), split_dir, ckpt_path=str(split_dir / "mid.ckpt"), name="second.yaml")
+    return rollout_records(straight_dir / "rollouts"), first_half, rollout_records(split_dir / "rollouts")

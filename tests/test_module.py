@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _tiny_run import ROOT, fit, rollout_records, run_cli, schedule, tiny_config
+from _tiny_run import ROOT, fit, rollout_records, run_cli, schedule, straight_and_resumed, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -43,21 +43,9 @@ def test_resume_mid_phase_matches_straight_run(tmp_path: Path) -> None:
         _alternate_2_2(cfg)
         cfg["trainer"]["max_epochs"] = 2
 
-    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
-    straight_dir.mkdir(), split_dir.mkdir()
-    fit(tiny_config(straight_dir, edit, steps=3), straight_dir)
-
-    first = tiny_config(split_dir, edit, steps=3)
-    first["trainer"]["max_epochs"] = 1
-    cli = fit(first, split_dir, name="first.yaml")
-    ckpt = split_dir / "mid.ckpt"
-    cli.trainer.save_checkpoint(ckpt)
+    straight, first_half, resumed = straight_and_resumed(tmp_path, edit, steps=3)
     # the schedule stopped inside an M phase: E, E, M | M, E, E
-    assert [r["phase"] for r in rollout_records(split_dir / "rollouts")] == ["E", "E", "M"]
-    fit(tiny_config(split_dir, edit, steps=3), split_dir, ckpt_path=str(ckpt), name="second.yaml")
-
-    straight = rollout_records(straight_dir / "rollouts")
-    resumed = rollout_records(split_dir / "rollouts")
+    assert [r["phase"] for r in first_half] == ["E", "E", "M"]
     assert [r["phase"] for r in straight] == ["E", "E", "M", "M", "E", "E"]
     # the comparison below is over real numbers: each step logged the loss of what it updated
     assert all("train/critic/loss" in r["metrics"] for r in straight if r["phase"] == "E")

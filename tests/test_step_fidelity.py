@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
-from _tiny_run import ROOT, fit, rollout_records, schedule, tiny_config
+from _tiny_run import ROOT, fit, rollout_records, schedule, straight_and_resumed, tiny_config
 from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, mini_batches, optimize
 
 
@@ -150,15 +149,8 @@ def test_mixed_resume_continues_the_mini_batch_deal(tmp_path: Path):
         _mixed(cfg)
         cfg["trainer"]["max_epochs"] = 2
 
-    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
-    straight_dir.mkdir(), split_dir.mkdir()
-    fit(tiny_config(straight_dir, edit, steps=2), straight_dir)
-    first = tiny_config(split_dir, edit, steps=2)
-    first["trainer"]["max_epochs"] = 1
-    cli = fit(first, split_dir, name="first.yaml")
-    cli.trainer.save_checkpoint(split_dir / "mid.ckpt")
-    fit(tiny_config(split_dir, edit, steps=2), split_dir, ckpt_path=str(split_dir / "mid.ckpt"), name="second.yaml")
-    _assert_same_trajectory(rollout_records(straight_dir / "rollouts"), rollout_records(split_dir / "rollouts"))
+    straight, _, resumed = straight_and_resumed(tmp_path, edit, steps=2)
+    _assert_same_trajectory(straight, resumed)
 
 
 def test_micro_batches_weigh_by_the_units_their_loss_averages_over():
