@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from tempo_pl.types import PHASE_CODES, StepPlan
 
-SCHEDULE_MODES = ("alternate", "mixed", "unlabeled", "labeled")
+SCHEDULE_MODES = ("alternate", "mixed", "unlabeled", "labeled", "critic")
 
 E_STEP = StepPlan("E", "labeled", update_critic=True, update_policy=False)
 """Critic recalibration on D_L."""
@@ -38,6 +38,8 @@ def plan_for_step(
         return M_STEP
     if mode == "labeled":
         return RL_STEP
+    if mode == "critic":
+        return E_STEP
     raise ValueError(f"EMSchedule mode must be one of {SCHEDULE_MODES}, got {mode!r}")
 
 
@@ -57,12 +59,14 @@ class EMSchedule(Callback):
     - ``unlabeled``: M-steps on D_U only, no recalibration: the "incomplete EM" ablation and the critic-free
       baselines (TTRL, EMPO, Intuitor).
     - ``labeled``: ``RL`` steps on D_L (critic and policy): zero-RL stage 1.
+    - ``critic``: E-steps only (the critic on D_L, the policy left as it is): a critic's calibration before test
+      time, as verl's ``critic_warmup`` (the offline demo's stage 1).
 
     The schedule's position and both stream positions after the last completed step are saved in checkpoints, so a
     run resumed mid-phase continues with the same plans and the same prompts.
 
     Args:
-        mode: one of ``alternate``, ``mixed``, ``unlabeled``, ``labeled``.
+        mode: one of ``alternate``, ``mixed``, ``unlabeled``, ``labeled``, ``critic``.
         e_steps: E-steps per cycle (``alternate`` only).
         m_steps: M-steps per cycle (``alternate`` only).
         critic_warmup_steps: the first steps are E-steps whatever the mode (not with ``unlabeled``, which has no
@@ -90,6 +94,9 @@ class EMSchedule(Callback):
                 f"EMSchedule: e_steps/m_steps only apply to mode='alternate'; mode={mode!r} got e_steps={e_steps}, "
                 f"m_steps={m_steps}"
             )
+        if mode == "critic" and critic_warmup_steps:
+            raise ValueError("EMSchedule: critic_warmup_steps has no effect with mode='critic', whose every step is "
+                             "an E-step; set critic_warmup_steps=0")
         if mode == "unlabeled" and critic_warmup_steps:
             raise ValueError(
                 "EMSchedule: critic_warmup_steps needs critic updates, which mode='unlabeled' never does; "

@@ -36,6 +36,7 @@ def test_plans_of_each_mode():
     assert [EMSchedule("mixed").plan(s) for s in range(3)] == [em_plan] * 3
     assert [EMSchedule("unlabeled").plan(s) for s in range(3)] == [m_plan] * 3
     assert [EMSchedule("labeled").plan(s) for s in range(3)] == [rl_plan] * 3
+    assert [EMSchedule("critic").plan(s) for s in range(3)] == [e_plan] * 3
     # The warm-up overrides every mode that updates the critic.
     assert [EMSchedule("mixed", critic_warmup_steps=2).plan(s) for s in range(4)] == [e_plan, e_plan, em_plan, em_plan]
     assert [EMSchedule("labeled", critic_warmup_steps=1).plan(s) for s in range(3)] == [e_plan, rl_plan, rl_plan]
@@ -51,6 +52,7 @@ def test_plans_of_each_mode():
         ({"critic_warmup_steps": -1}, "critic_warmup_steps must be an integer >= 0"),
         ({"critic_warmup_steps": True}, "critic_warmup_steps must be an integer"),
         ({"mode": "unlabeled", "critic_warmup_steps": 2}, "critic_warmup_steps needs critic updates"),
+        ({"mode": "critic", "critic_warmup_steps": 2}, "critic_warmup_steps has no effect with mode='critic'"),
         ({"mode": "mixed", "e_steps": 2}, "e_steps/m_steps only apply to mode='alternate'"),
         ({"mode": "labeled", "m_steps": 3}, "e_steps/m_steps only apply to mode='alternate'"),
     ],
