@@ -201,13 +201,24 @@ class CriticView(nn.Module):
         self._shared.train(mode)
         return self
 
+    @property
+    def shared(self) -> nn.Module:
+        """The shared peft model, so that every name :meth:`named_parameters` gives resolves by attribute."""
+        return self._shared
+
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
-        """The critic adapter's parameters (named as in the shared model, under ``shared.``) and the value head's."""
-        critic = _adapter_key(CRITIC_ADAPTER)
-        base = f"{prefix}." if prefix else ""
-        for name, param in self._shared.named_parameters():
-            if "lora_" in name and critic in name:
-                yield f"{base}shared.{name}", param
+        """The critic adapter's parameters (named as in the shared model, under ``shared.``) and the value head's.
+
+        ``recurse=False`` lists this module's own parameters only, as ``nn.Module`` does: none. Distributed
+        checkpointing walks a model module by module with ``recurse=False``; listing the adapter there too would name
+        it twice, once through the policy view that owns it and once through ``shared``.
+        """
+        if recurse:
+            critic = _adapter_key(CRITIC_ADAPTER)
+            base = f"{prefix}." if prefix else ""
+            for name, param in self._shared.named_parameters():
+                if "lora_" in name and critic in name:
+                    yield f"{base}shared.{name}", param
         yield from super().named_parameters(prefix, recurse, remove_duplicate)
 
     def merged_model(self) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -235,3 +236,63 @@ def test_build_errors_name_the_bad_key(tiny_policy_spec) -> None:
         build_shared_actor_critic(lora_spec, CriticSpec(name_or_path="somewhere"))
     with pytest.raises(ValueError, match="critic spec"):
         build_shared_actor_critic(lora_spec, None)
+
+
+def test_distributed_checkpoint_names_both_views_and_restores_what_trains_on(tiny_policy_spec) -> None:
+    """torch.distributed.checkpoint (what FSDP2 checkpoints go through) on a module holding both views: the critic
+    adapter is named once, under the policy view that owns it; the state round-trips into the same parameter
+    objects, so both optimizers keep updating every trainable tensor after a save and a restore."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from tempo_pl.models import CriticSpec, LoraSpec
+    from tempo_pl.shared_base import build_shared_actor_critic
+
+    holder = torch.nn.Module()
+    holder.policy, holder.critic = build_shared_actor_critic(replace(tiny_policy_spec, lora=LoraSpec(r=2)),
+                                                             CriticSpec(seed=1, head_init_std=0.1))
+    views = {"policy": (holder.policy, _policy_loss), "critic": (holder.critic, _values_loss)}
+    optimizers = {name: torch.optim.AdamW([p for p in view.parameters() if p.requires_grad], lr=1e-2)
+                  for name, (view, _) in views.items()}
+
+    def train_step() -> None:
+        for name, (view, loss) in views.items():
+            optimizers[name].zero_grad()
+            loss(view).backward()
+            optimizers[name].step()
+
+    def trainable() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in holder.named_parameters() if p.requires_grad}
+
+    # every name a view gives resolves by attribute to that parameter
+    for view, _ in views.values():
+        assert all(view.get_parameter(n) is p for n, p in view.named_parameters())
+    # and, as nn.Module's contract says (DCP walks modules by it), a view's own parameters exclude the shared model's
+    assert list(holder.critic.named_parameters(recurse=False)) == []
+    train_step()
+    model_state = {k: v.clone() for k, v in get_model_state_dict(holder).items()}
+    optim_states = {name: copy.deepcopy(get_optimizer_state_dict(holder, opt)) for name, opt in optimizers.items()}
+    saved = trainable()
+    critic_adapter = {k for k in model_state if ".lora_" in k and ".critic." in k}
+    assert len(critic_adapter) == 28 and all(k.startswith("policy.model.") for k in critic_adapter)
+    assert not any(k.startswith("critic.shared") for k in model_state)
+    assert set(optim_states["critic"]["state"]) == critic_adapter | {"critic.score.weight", "critic.score.bias"}
+    assert len(optim_states["policy"]["state"]) == 28
+
+    train_step()
+    set_model_state_dict(holder, model_state)
+    for name, opt in optimizers.items():
+        set_optimizer_state_dict(holder, opt, optim_states[name])
+    restored = trainable()
+    assert all(torch.equal(restored[n], saved[n]) for n in saved)
+    for name, (view, _) in views.items():
+        held = {id(p) for group in optimizers[name].param_groups for p in group["params"]}
+        assert held == {id(p) for p in view.parameters() if p.requires_grad}, name
+    train_step()
+    after = trainable()
+    assert sorted(n for n in saved if torch.equal(after[n], saved[n])) == []
+    assert len(saved) == 2 * 28 + 2
