@@ -3,9 +3,10 @@
 The multi-process part runs this file as a script (``python tests/test_strategies.py OUT``): Lightning's launcher
 re-executes it for rank 1, so pytest never forks itself. One launch does everything the 2-process tests read
 (a straight 4-step run that checkpoints after its first epoch, a run resumed from that sharded checkpoint, reference
-outputs of the trained sharded models, all-gather counts of generation, a rank-0 initialisation); the tests compare
-it with a 1-process run done in the test process. Rollouts are a deterministic function of the prompt (no sampling), so 1 rank and 2 ranks see
-exactly the same responses and the comparison isolates the sharding.
+outputs of the trained sharded models, all-gather counts of generation, a rank-0 initialisation, and a shared-QLoRA
+run that saves a DCP checkpoint after every RL step and is resumed from one); the tests compare it with a 1-process
+run done in the test process. Rollouts of the first runs are a deterministic function of the prompt (no sampling), so
+1 rank and 2 ranks see exactly the same responses and the comparison isolates the sharding.
 """
 
 from __future__ import annotations
@@ -393,17 +394,57 @@ def test_rank0_init_builds_once_and_broadcasts(two_process_run: Path) -> None:
 
 @pytest.mark.slow
 def test_qlora_shared_base_trains_every_adapter_on_two_ranks(two_process_run: Path) -> None:
-    # policy and critic as two LoRA adapters on one NF4 base, sharded by FSDP2 over 2 ranks, 4 E/M steps: every LoRA
-    # tensor of both adapters and the critic's head moved on both ranks (their local shards)
+    # policy and critic as two LoRA adapters on one NF4 base, sharded by FSDP2 over 2 ranks, 4 E/M steps with a DCP
+    # checkpoint after each: every LoRA tensor of both adapters and the critic's head moved (full values)
     for rank in (0, 1):
-        result = json.loads((two_process_run / "qlora" / f"qlora_rank{rank}.json").read_text())
+        result = _qlora_result(two_process_run, rank)
         assert result["world"] == 2 and result["sharded"] == "DTensor"
         assert result["linear4bit"] == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 decoder layers
         assert result["critic_is_view_of_policy_base"]
-        moved = result["moved"]
-        assert len(moved["policy"]) == moved["policy_total"] == 2 * 7 * 2  # lora_A and lora_B per linear
-        assert len(moved["critic"]) == moved["critic_total"] == 2 * 7 * 2 + 2  # and the head's weight and bias
-        assert all("score" in n for n in set(moved["critic"]) - {n for n in moved["critic"] if "lora_" in n})
+        _assert_every_trainable_tensor_moved(result["moved"])
+
+
+@pytest.mark.slow
+def test_qlora_shared_base_checkpoints_every_step_and_trains_on_after_a_save(two_process_run: Path) -> None:
+    # RLStepCheckpoint saved after each of the 4 steps; between the first save (after the E-step 0) and the end, the
+    # policy trained at steps 1 and 3 and the critic at step 2: every trainable tensor of both, head included, moved
+    assert sorted(p.name for p in (two_process_run / "qlora" / "checkpoints").iterdir()) == [
+        "last.ckpt", "step000001.ckpt", "step000002.ckpt", "step000003.ckpt", "step000004.ckpt"]
+    assert len(list((two_process_run / "qlora" / "checkpoints" / "step000001.ckpt").glob("*.distcp"))) == 2
+    for rank in (0, 1):
+        result = _qlora_result(two_process_run, rank)
+        assert result["saves"] == [1, 2, 3, 4] and result["all_sharded_at_saves"]
+        _assert_every_trainable_tensor_moved(result["moved_after_first_save"])
+
+
+@pytest.mark.slow
+def test_qlora_shared_base_resumes_from_its_checkpoint_as_the_straight_run_went(two_process_run: Path) -> None:
+    # resumed from step000002.ckpt: every tensor of policy (base and adapter) and critic (adapter and head) as the
+    # straight run saved it, and after steps 2 and 3 the same weights, bit for bit, as the straight run
+    for rank in (0, 1):
+        result = _qlora_result(two_process_run, rank)
+        assert result["resumed_saves"] == [3, 4]
+        for key in ("restored_differ", "resumed_final_differ"):
+            differ = result[key]
+            assert differ["policy"] == differ["critic"] == [], f"rank {rank} {key}"
+            assert differ["critic_total"] == 2 * 7 * 2 + 2 and differ["policy_total"] > 2 * 7 * 2
+        straight = _records(two_process_run / "qlora", rank)
+        resumed = _records(two_process_run / "qlora" / "resumed", rank)
+        assert [r["rl_step"] for r in resumed] == [2, 3]
+        for a, b in zip(straight[2:], resumed):
+            assert (a["phase"], a["prompt_ids"]) == (b["phase"], b["prompt_ids"])
+            for name in LOSS_NAMES[a["phase"]]:
+                assert _loss(b, name) == _loss(a, name), f"rank {rank} step {a['rl_step']} {name}"
+
+
+def _qlora_result(two_process_run: Path, rank: int) -> dict:
+    return json.loads((two_process_run / "qlora" / f"qlora_rank{rank}.json").read_text())
+
+
+def _assert_every_trainable_tensor_moved(moved: dict) -> None:
+    assert len(moved["policy"]) == moved["policy_total"] == 2 * 7 * 2  # lora_A and lora_B per linear
+    assert len(moved["critic"]) == moved["critic_total"] == 2 * 7 * 2 + 2  # and the head's weight and bias
+    assert {n for n in moved["critic"] if "lora_" not in n} == {"score.weight", "score.bias"}
 
 
 def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
@@ -730,7 +771,8 @@ def test_gpu_check_runs_on_cpu() -> None:
 
 def qlora_config(out: Path, shared_base: bool = True) -> dict:
     """configs/fsdp2_tiny.yaml's strategy in bfloat16 around QLoRA: policy and critic as two LoRA adapters (the
-    critic's value head trained in full) on one shared NF4 base, over 2 ranks; E, M, E, M."""
+    critic's value head trained in full) on one shared NF4 base, over 2 ranks; E, M, E, M, with tiny.yaml's
+    RLStepCheckpoint saving a DCP folder after every RL step (all kept, under ``out/checkpoints``)."""
 
     def edit(cfg: dict) -> None:
         trainer, init = cfg["trainer"], cfg["model"]["init_args"]
@@ -743,33 +785,63 @@ def qlora_config(out: Path, shared_base: bool = True) -> dict:
         init["shared_base"] = shared_base
         cfg["data"]["init_args"]["batch_size"] = PROMPTS_PER_STEP // 2
         init["training"].update(mini_batch_size=PROMPTS_PER_STEP // 2, micro_batch_size=64, group_filter=False)
-        cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
-                                       if not cb["class_path"].endswith("RLStepCheckpoint")]
+        (checkpoint,) = [cb for cb in trainer["callbacks"] if cb["class_path"].endswith("RLStepCheckpoint")]
+        checkpoint["init_args"].update(dirpath=str(out / "checkpoints"), save_top_k=-1)
 
     return tiny_config(out, edit, steps=4)
 
 
 class TrainableProbe(Callback):
-    """Copies of every trainable tensor (local shards) of policy and critic at the start; which moved at the end."""
+    """Full (gathered) values of every parameter of policy and critic: at the start of training, and at each
+    checkpoint save, keyed by the RL steps done (a save has just resharded every FSDP module, so every value is read
+    from the sharded parameters, in the dtype the optimizer updates)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict = {}
+        self.all_sharded = True
+
+    def _snapshot(self, pl_module) -> dict[str, dict[str, torch.Tensor]]:
+        from torch.distributed.tensor import DTensor
+
+        snapshot = {}
+        for name in ("policy", "critic"):
+            tensors = {}
+            for n, p in getattr(pl_module, name).named_parameters():
+                self.all_sharded &= isinstance(p, DTensor)
+                tensors[n] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+            snapshot[name] = tensors
+        return snapshot
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.before = {name: self._tensors(model) for name, model in (("policy", pl_module.policy),
-                                                                      ("critic", pl_module.critic))}
+        self.snapshots["start"] = self._snapshot(pl_module)
 
-    @staticmethod
-    def _tensors(model) -> dict[str, torch.Tensor]:
-        return {n: getattr(p, "to_local", lambda p=p: p)().detach().float().clone()
-                for n, p in model.named_parameters() if p.requires_grad}
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.snapshots[pl_module.rl_step] = self._snapshot(pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.moved = {}
-        for name, model in (("policy", pl_module.policy), ("critic", pl_module.critic)):
-            after = self._tensors(model)
-            self.moved[name] = sorted(n for n, t in after.items() if not torch.equal(t, self.before[name][n]))
-            self.moved[name + "_total"] = len(after)
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # bytewise: packed 4-bit weights viewed as bfloat16 hold NaN patterns, and NaN != NaN
+    return a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _moved(module, before: dict, after: dict) -> dict:
+    """Per model: the trainable tensors whose values differ between two snapshots, and how many are trainable."""
+    result = {}
+    for name in ("policy", "critic"):
+        trainable = [n for n, p in getattr(module, name).named_parameters() if p.requires_grad]
+        result[name] = sorted(n for n in trainable if not _same(before[name][n], after[name][n]))
+        result[name + "_total"] = len(trainable)
+    return result
+
+
+def _differ(a: dict, b: dict) -> dict:
+    """Per model: the tensors (trainable or frozen) that differ between two snapshots, and how many there are."""
+    return {**{name: sorted(n for n in a[name] if not _same(a[name][n], b[name][n])) for name in a},
+            **{name + "_total": len(a[name]) for name in a}}
 
 
 def run_qlora_experiment(out: Path, shared_base: bool = True) -> None:
+    """The shared-QLoRA run (4 steps, a checkpoint after each), then a run resumed from its checkpoint after step 2."""
     import bitsandbytes as bnb
 
     out.mkdir(parents=True, exist_ok=True)
@@ -779,8 +851,23 @@ def run_qlora_experiment(out: Path, shared_base: bool = True) -> None:
     cli.trainer.callbacks.append(probe)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     module = cli.model
+    straight = probe.snapshots
+
+    resumed_dir = out / "resumed"
+    resumed_dir.mkdir(exist_ok=True)
+    resumed = build(qlora_config(resumed_dir, shared_base), resumed_dir)
+    resumed_probe = TrainableProbe()
+    resumed.trainer.callbacks.append(resumed_probe)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule,
+                        ckpt_path=str(out / "checkpoints" / "step000002.ckpt"))
     result = {
-        "moved": probe.moved,
+        "saves": [k for k in straight if k != "start"],
+        "all_sharded_at_saves": probe.all_sharded and resumed_probe.all_sharded,
+        "moved": _moved(module, straight["start"], straight[4]),
+        "moved_after_first_save": _moved(module, straight[1], straight[4]),
+        "restored_differ": _differ(straight[2], resumed_probe.snapshots["start"]),
+        "resumed_saves": [k for k in resumed_probe.snapshots if k != "start"],
+        "resumed_final_differ": _differ(straight[4], resumed_probe.snapshots[4]),
         "linear4bit": sum(isinstance(m, bnb.nn.Linear4bit) for m in module.policy.modules()),
         "critic_is_view_of_policy_base": module.critic.get_base_model() is module.policy.get_base_model(),
         "sharded": type(next(p for p in module.policy.parameters() if p.requires_grad)).__name__,
