@@ -45,6 +45,14 @@ PROSE_CASES = [
     ("total is 1,000 dollars", "1000"),
     ("1 000", "1000"),
     ("Soucis : 2,74 $ a..", "2.74"),
+    # a leading group of 0 is not a thousands group: "0,111" has a decimal comma (math-verify reads it so); after an
+    # anchor too, where a bare number on its line is read as a number
+    ("0,111", "0.111"),
+    ("so x is -0,5", "-0.5"),
+    ("Answer: 0,5", "0.5"),
+    ("The answer is 0,125.", "0.125"),
+    ("Answer: 1 000", "1000"),
+    ("The answer is 50%", "50\\%"),
     ("#### 18", "18"),
     ("nothing here", None),
     ("AZYUK2A", None),
@@ -67,6 +75,13 @@ def test_prose_answers_are_right_only_in_lenient_mode():
     assert grade_many(responses, golds) == [False, False, False, True]
     assert grade_many(responses, golds, extraction="lenient") == [True, True, False, True]
     assert grade(responses[0], golds[0], extraction="lenient") is True
+
+
+def test_a_decimal_comma_after_zero_is_not_a_thousands_separator():
+    """ "0,125" read as 125 would accept a wrong answer; as 0.125 it is right (math-verify's reading)."""
+    responses = ["The answer is 0,125.", "The answer is 0,125.", "so x is 0,111", "Answer: 0,5", "total: 1,000"]
+    golds = ["125", "0.125", "0.111", "0.5", "1000"]
+    assert grade_many(responses, golds, extraction="lenient") == [False, True, True, True, True]
 
 
 def test_an_answer_identical_to_the_gold_is_right_before_the_power_tower_guard():

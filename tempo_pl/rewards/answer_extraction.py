@@ -120,7 +120,7 @@ def _extract_gsm8k(response: str) -> Optional[str]:
 # a plain number (1,000.5 / -3 / .5, a trailing percent) or an arithmetic expression that starts with a digit and
 # holds an operator (3/4, 2^10, (1+2)*3); the character before it must not be a letter or digit ("x2", "A3" are not
 # answers), as in math-verify's anchors
-_NUMBER = r"-?(?:\d{1,3}(?:(?:,| (?=\d{3}\b))\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+"
+_NUMBER = r"-?(?:[1-9]\d{0,2}(?:(?:,| (?=\d{3}\b))\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+"
 _EXPRESSION = r"-?\(?-?\d[\d.\s+\-*×/^()÷]*[+\-*×/^÷][\d.\s+\-*×/^()÷]*[\d)]"
 _PLAIN = re.compile(rf"(?<![\w.\\])[$€£]?(?P<value>{_EXPRESSION}|{_NUMBER})(?P<percent>\s*(?:\\?%|percent\b))?")
 # $$...$$, $...$ (one line, not after a digit or backslash: "5$" is money), \(...\), \[...\], a bare \frac{a}{b}
@@ -149,13 +149,14 @@ def _math_value(match: re.Match) -> str:
     return text.strip()
 
 
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?")
+# digit groups after a leading group that is not 0: "0,111" is a decimal comma (0.111), not 111
+_THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:[ ,]\d{3})+(?:\.\d+)?")
 _DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
 
 
 def _plain_value(match: re.Match) -> str:
     value = match.group("value").strip()
-    # as math-verify reads plain numbers: "1 000" and "1,000" are thousands, "2,74" a decimal comma
+    # as math-verify reads plain numbers: "1 000" and "1,000" are thousands, "2,74" and "0,111" decimal commas
     if _THOUSANDS.fullmatch(value):
         value = value.replace(",", "").replace(" ", "")
     elif _DECIMAL_COMMA.fullmatch(value):
@@ -181,7 +182,8 @@ def _value_at(text: str, start: int) -> Optional[str]:
         return _math_value(found)
     line = _math_line(text, start)
     if line:
-        return line
+        plain = _PLAIN.fullmatch(line)  # a bare number is read as one ("0,5" has a decimal comma, "1 000" is 1000)
+        return _plain_value(plain) if plain else line
     found = _PLAIN.match(text, start)
     if found:
         return _plain_value(found)
