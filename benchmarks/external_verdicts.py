@@ -26,11 +26,15 @@ Sources (``SOURCE`` argument) and what a row's ``options`` record about the grad
   recorded where it bears on the pair (``extra_normalization``): a percent sign dropped, ``\\`` read as ``\``,
   comma lists compared in order (as strings).
 
-The rule that decides which rows judge math-verify's default notion of equivalence lives in
-``grading_agreement._default_options``; it was fixed before any of these rows was graded.
+A source whose grader compares two bare answers (all but math-verify's suite) marks its rows ``"pred_as":
+"answer"``: ``grading_agreement.py`` then grades the prediction as the answer it is (``\boxed{pred}``, so that no
+extraction is involved) unless told ``--pred-as-response``.
 
-``CHECKOUT`` is a work tree or a bare git directory (as the ``fetch`` tool gives: ``/work/.mirror/<owner>+<name>/repo``),
-read at ``HEAD``. Run::
+The rule that decides which rows judge math-verify's default notion of equivalence lives in
+``grading_agreement._default_options``; its clauses for the NeMo-Skills, hendrycks/math and simple-evals settings were
+written before any of their rows was graded.
+
+``CHECKOUT`` is a work tree or a bare git directory (a mirror without a work tree), read at ``HEAD``. Run::
 
     python benchmarks/external_verdicts.py math-verify /path/to/Math-Verify -o /tmp/math_verify_tests.jsonl
     python benchmarks/external_verdicts.py nemo-skills /path/to/NeMo-Skills -o /tmp/nemo_skills_tests.jsonl
@@ -236,7 +240,8 @@ def nemo_skills_rows(checkout: Checkout, skipped: Skipped) -> Iterator[dict[str,
                     extra = _nemo_extra_normalization(gold, pred)
                     options = {"match_types": ["latex"], "whole_answer_in_math_mode": True}
                     yield {"gold": gold, "pred": pred, "expected": expected,
-                           "source": f"nemo-skills {name}::{func.name}[{i}] gold=arg{g}", "gold_as": "answer",
+                           "source": f"nemo-skills {name}::{func.name}[{i}] gold=arg{g}",
+                           "gold_as": "answer", "pred_as": "answer",
                            "options": {**options, **({"extra_normalization": extra} if extra else {})}}
 
 
@@ -258,8 +263,10 @@ def simple_evals_rows(checkout: Checkout, skipped: Skipped) -> Iterator[dict[str
     for i, m in enumerate(_EXAMPLE.finditer(examples)):
         note = m.group("note") or ""
         options = {"simplification": "trivial only"} if "actually equal" in note else {}
-        yield {"gold": m.group("gold").strip(), "pred": m.group("pred").strip(), "expected": m.group("verdict") == "Yes",
-               "source": f"simple-evals {name}::EQUALITY_TEMPLATE[{i}]", "gold_as": "answer", "options": options}
+        yield {"gold": m.group("gold").strip(), "pred": m.group("pred").strip(),
+               "expected": m.group("verdict") == "Yes",
+               "source": f"simple-evals {name}::EQUALITY_TEMPLATE[{i}]", "gold_as": "answer", "pred_as": "answer",
+               "options": options}
 
 
 # ---------------------------------------------------------------------------------------------- hendrycks/math
@@ -296,7 +303,7 @@ def hendrycks_math_rows(checkout: Checkout, skipped: Skipped) -> Iterator[dict[s
             pred, gold = (values[a.id] for a in args[:2])
             extra = _hendrycks_extra_normalization(gold, pred)
             yield {"gold": gold, "pred": pred, "expected": _call_name(node) == "assertTrue",
-                   "source": f"hendrycks-math {name}::{func.name}", "gold_as": "answer",
+                   "source": f"hendrycks-math {name}::{func.name}", "gold_as": "answer", "pred_as": "answer",
                    "options": {"extra_normalization": extra} if extra else {}}
 
 
