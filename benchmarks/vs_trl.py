@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -49,6 +50,9 @@ TRL_MISSING = ("TRL is not installed: it is an optional benchmark dependency. In
                "/tmp/trl-venv/bin/pip install -e '.[bench]') and run this script with that python. "
                "Running the tempo-pl sides only.")
 CLIP_LOW, CLIP_HIGH, LR = 3e-4, 5e-4, 1e-6
+STAGES = ("generation", "scoring", "update")
+"""A tempo-pl step's stages as the module times them (``train/time/<stage>_s``): collection with generation, the
+no-grad pass (the critic's values) with scoring and advantages, the critic and policy updates."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,15 +122,21 @@ class StepClock:
     def __init__(self) -> None:
         self.ends = [time.perf_counter()]
         self.generate: list[tuple[float, int]] = []
+        self.stages: list[dict[str, float]] = []
 
-    def step_ended(self, clock: GenerateClock) -> None:
+    def step_ended(self, clock: GenerateClock, stages: Optional[dict[str, float]] = None) -> None:
         self.ends.append(time.perf_counter())
         self.generate.append((clock.seconds, clock.tokens))
+        if stages is not None:
+            self.stages.append(stages)
 
     def report(self, warmup: int) -> dict:
         steps = [b - a for a, b in zip(self.ends, self.ends[1:])][warmup:]
         gen = [(b[0] - a[0], b[1] - a[1]) for a, b in zip([(0.0, 0)] + self.generate, self.generate)][warmup:]
-        return {"step_seconds": steps, "generate_seconds": [s for s, _ in gen], "generate_tokens": [t for _, t in gen]}
+        out = {"step_seconds": steps, "generate_seconds": [s for s, _ in gen], "generate_tokens": [t for _, t in gen]}
+        for name in STAGES if self.stages else ():
+            out[f"{name}_seconds"] = [stages[name] for stages in self.stages[warmup:]]
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- the sides
@@ -214,7 +224,8 @@ def run_tempo(args: argparse.Namespace, model_dir: str, side: str) -> dict:
             steps.ends = [time.perf_counter()]
 
         def on_train_batch_end(self, trainer, pl_module, *a):
-            steps.step_ended(holder["clock"])
+            logged = pl_module.last_step.metrics
+            steps.step_ended(holder["clock"], {name: logged[f"train/time/{name}_s"] for name in STAGES})
 
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=total, limit_val_batches=0,
                       num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -256,11 +267,11 @@ def main(argv=None) -> None:
         for size in args.sizes:
             model_dir = save_model(size, Path(folder))
             params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-            results = {side: {"step_seconds": [], "generate_seconds": [], "generate_tokens": []} for side in sides}
+            results = {side: {} for side in sides}
             for _ in range(args.runs):
                 for side in sides:
                     for key, values in run_side(args, side, model_dir).items():
-                        results[side][key].extend(values)
+                        results[side].setdefault(key, []).extend(values)
             report(size, params, args, results)
 
 
@@ -274,6 +285,9 @@ def report(size: str, params: int, args: argparse.Namespace, results: dict) -> N
         gen[side] = sum(r["generate_tokens"]) / sum(r["generate_seconds"])
         print(f"{side:<13}: step median {step[side]:7.3f} s (min {min(r['step_seconds']):.3f}, max "
               f"{max(r['step_seconds']):.3f}); generate {gen[side]:8.1f} tokens/s")
+        if r.get("update_seconds"):
+            print(" " * 15 + "stage medians: " + ", ".join(
+                f"{name} {statistics.median(r[f'{name}_seconds']):.3f} s" for name in STAGES))
     if "trl" in step and "grpo" in step:
         print(f"step throughput tempo-pl grpo / TRL : {step['trl'] / step['grpo']:.2f}x (target >= 1.2)")
         print(f"generation tokens/s tempo-pl / TRL  : {gen['grpo'] / gen['trl']:.2f}x")

@@ -42,4 +42,9 @@ def test_the_tempo_side_times_its_steps_and_generation(vs_trl, tmp_path):
     assert len(result["step_seconds"]) == 2 and all(s > 0 for s in result["step_seconds"])
     assert result["generate_tokens"] == [2 * 2 * 3, 2 * 2 * 3]  # every response forced to 3 tokens
     assert all(0 < g < s for g, s in zip(result["generate_seconds"], result["step_seconds"]))
+    # the module's own stage clocks: inside the step, and generation's holds the generate calls
+    stages = [result[f"{name}_seconds"] for name in vs_trl.STAGES]
+    assert all(len(times) == 2 for times in stages)
+    assert all(sum(parts) < s for *parts, s in zip(*stages, result["step_seconds"]))
+    assert all(g <= c for g, c in zip(result["generate_seconds"], result["generation_seconds"]))
     assert vs_trl.reward(["p"], ["a1b2"]) == [0.5]
