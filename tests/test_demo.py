@@ -200,6 +200,8 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
             assert init[key] == cfgs["tempo"]["model"]["init_args"][key], (name, key)
         kl = cfgs["tempo"]["model"]["init_args"]["algorithm"].get("kl_coef", 0.0)
         assert init["algorithm"].get("kl_coef", 0.0) == kl, name
+        for key in ("policy_loss", "clip_low", "clip_high", "loss_agg_mode"):  # one update, the paper configs'
+            assert init["algorithm"][key] == cfgs["tempo"]["model"]["init_args"]["algorithm"][key], (name, key)
         data = c["data"]["init_args"]
         # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
         assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
@@ -409,3 +411,14 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
     assert {s: (out / s / "done.json").read_text() for s in marks if s != "ttrl"} == {
         s: v for s, v in marks.items() if s != "ttrl"}
     assert (out / "summary.json").stat().st_mtime_ns != summary_mtime
+
+
+def test_the_demo_runs_the_paper_configs_update():
+    """GSPO, its clip range, the sequence-level value clip and group filtering: configs/tempo's choices, at demo size."""
+    demo_init = yaml.safe_load((demo.DEMO_CONFIGS / "tempo.yaml").read_text())["model"]["init_args"]
+    paper = Path(__file__).resolve().parents[1] / "configs" / "tempo" / "olmo3_7b_aime.yaml"
+    paper_init = yaml.safe_load(paper.read_text())["model"]["init_args"]
+    for key in ("advantage", "policy_loss", "clip_low", "clip_high", "loss_agg_mode", "value_clip_mode",
+                "cliprange_value"):
+        assert demo_init["algorithm"][key] == paper_init["algorithm"][key], key
+    assert demo_init["training"]["group_filter"] is paper_init["training"]["group_filter"] is True
