@@ -62,6 +62,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,6 +78,11 @@ TEMPLATES = (
 )
 VALUE_TEMPLATE = "So $x = {a}$."  # only for golds that are values (no equation, no text)
 PLAIN_TEMPLATE = "That makes {a} in total."
+# the answer written bare, without math delimiters, as MATH-500 writes it: the whole response (no distractor), on its
+# own line after the distractor, after "the answer is", after a prose lead with no anchor word
+WHOLE_TEMPLATE = "{a}"
+BARE_TEMPLATES = ("\n{a}", "So the answer is {a}", "Thus we get {a}.")
+DELIMITED, BARE = "delimited", "bare"
 
 
 def _plain_number(answer: str) -> bool:
@@ -84,7 +90,8 @@ def _plain_number(answer: str) -> bool:
 
 
 def prose_pairs(data_dir: Path) -> list[tuple[str, str, bool, str]]:
-    """(response, gold, expected, template) rows of the prose set."""
+    """(response, gold, expected, template) rows of the prose set; the distractor line comes first except in the
+    whole-response template ``{a}``."""
     rows = [json.loads(line) for line in (data_dir / "math500.jsonl").read_text().splitlines() if line.strip()]
     golds = [r["answer"] for r in rows]
     other = [golds[(i + 1) % len(golds)] for i in range(len(golds))]
@@ -93,10 +100,16 @@ def prose_pairs(data_dir: Path) -> list[tuple[str, str, bool, str]]:
     for gold, wrong, wrong_is_right in zip(golds, other, same):
         templates = [t for t in TEMPLATES if t != VALUE_TEMPLATE or not re.search(r"=|\\text", gold + wrong)]
         templates += [PLAIN_TEMPLATE] if _plain_number(gold) and _plain_number(wrong) else []
-        for template in templates:
-            pairs.append((DISTRACTOR + template.format(a=gold), gold, True, template))
-            pairs.append((DISTRACTOR + template.format(a=wrong), gold, bool(wrong_is_right), template))
+        for template in [*templates, WHOLE_TEMPLATE, *BARE_TEMPLATES]:
+            lead = "" if template == WHOLE_TEMPLATE else DISTRACTOR
+            pairs.append((lead + template.format(a=gold), gold, True, template))
+            pairs.append((lead + template.format(a=wrong), gold, bool(wrong_is_right), template))
     return pairs
+
+
+def template_kind(template: str) -> str:
+    """``bare`` for the templates that write the answer without math delimiters, else ``delimited``."""
+    return BARE if template == WHOLE_TEMPLATE or template in BARE_TEMPLATES else DELIMITED
 
 
 def _default_options(options: dict) -> bool:
@@ -140,17 +153,26 @@ def report(name: str, expected: list[bool], got: list[bool], labels: list[str], 
             print(f"      {'ACCEPTED WRONG' if i in accepted_wrong else 'refused right '}: {labels[i]}")
 
 
-def run_set(title: str, pairs: list[tuple[str, str, bool, str, str]], math_verify: bool, show: bool) -> None:
-    """Grade (response, gold for grade, expected, label, gold as math-verify reads it) rows in both modes."""
+def run_set(title: str, pairs: list[tuple[str, str, bool, str, str]], math_verify: bool, show: bool,
+            groups: Optional[dict[str, list[int]]] = None) -> None:
+    """Grade (response, gold for grade, expected, label, gold as math-verify reads it) rows in both modes, and report
+    the rows of each of ``groups`` (name: row indices) from the same verdicts."""
     responses, golds, expected, labels, raw_golds = (list(x) for x in zip(*pairs))
     print(f"\n{title}: {len(pairs)} pairs ({sum(expected)} right, {len(pairs) - sum(expected)} wrong)")
+
+    def report_all(name: str, got: list[bool], show_misses: bool) -> None:
+        report(name, expected, got, labels, show_misses)
+        for group, rows in (groups or {}).items():
+            report(f"  {group}", [expected[i] for i in rows], [got[i] for i in rows], [labels[i] for i in rows],
+                   False)
+
     for mode in ("boxed", "lenient"):
         start = time.perf_counter()
         got = grading.grade_many(responses, golds, timeout=2.0, extraction=mode)
-        report(f"grade({mode})", expected, got, labels, show and mode == "lenient")
+        report_all(f"grade({mode})", got, show and mode == "lenient")
         print(f"  {'':<22} {time.perf_counter() - start:.1f} s")
     if math_verify:
-        report("math-verify alone", expected, math_verify_verdicts(list(zip(responses, raw_golds))), labels, False)
+        report_all("math-verify alone", math_verify_verdicts(list(zip(responses, raw_golds))), False)
 
 
 def verdict_pairs(path: Path, pred_as_response: bool = False) -> list[tuple[tuple, dict]]:
@@ -217,9 +239,15 @@ def main() -> None:
     print(f"{len(os.sched_getaffinity(0))} CPUs available; grading workers: {grading.default_processes()}")
     if not args.no_prose:
         prose = prose_pairs(Path(args.data_dir))
+        groups: dict[str, list[int]] = {}
+        for i, (_, _, _, template) in enumerate(prose):
+            groups.setdefault(f"{template_kind(template)} answers", []).append(i)
+        for i, (_, _, _, template) in enumerate(prose):
+            if template_kind(template) == BARE:
+                groups.setdefault(f"  {template!r}", []).append(i)
         run_set("prose answers (MATH-500 golds in sentence templates)",
-                [(r, g, e, f"{t!r} gold={g!r} response={r[len(DISTRACTOR):]!r}", f"${g}$") for r, g, e, t in prose],
-                not args.no_math_verify, False)
+                [(r, g, e, f"{t!r} gold={g!r} response={r.removeprefix(DISTRACTOR)!r}", f"${g}$")
+                 for r, g, e, t in prose], not args.no_math_verify, args.show_misses, groups)
     every: list[tuple[tuple, dict]] = []
     for path in args.verdicts:
         pairs = verdict_pairs(Path(path), args.pred_as_response)
