@@ -32,6 +32,23 @@ def prompt_batch(ids: list[str], labeled: bool = True) -> PromptBatch:
                        is_labeled=[labeled] * len(ids))
 
 
+def test_mini_batches_count_prompts_when_a_reward_kept_groups_of_unequal_size():
+    """3 prompts whose groups kept 5, 1 and 1 rows: one prompt per mini-batch is 3 mini-batches, not the 4 that
+    rows // prompts = 2 rows each would make."""
+    from types import SimpleNamespace
+
+    from tempo_pl.stages.minibatch import mini_batches
+
+    full = make_rollout(prompt_batch(["a", "b", "c"], labeled=False), n=5)
+    kept = full.select_rows(torch.tensor([0, 1, 2, 3, 4, 5, 10]))
+    training = SimpleNamespace(mini_batch_size=1, micro_batch_size=4, ppo_epochs=1, micro_batch_tokens=None)
+    plan = MiniBatchPlan.of(training, kept, grad_clip=0.0)
+    assert plan.rows_per_mini_batch == 3  # ceil(7 rows / 3 prompts)
+    assert [len(m) for m in mini_batches(kept.num_rows, plan.rows_per_mini_batch)] == [3, 3, 1]
+    # equal groups: exactly mini_batch_size x n rows, as before
+    assert MiniBatchPlan.of(SimpleNamespace(**{**vars(training), "mini_batch_size": 2}), full, 0.0).rows_per_mini_batch == 10
+
+
 # ---------------------------------------------------------------------------------------------- collection
 def test_groups_without_signal_are_labeled_groups_whose_scores_all_agree():
     batch = PromptBatch(ids=["a", "b", "c"], prompts=["a", "b", "c"], answers=["1", "1", None],

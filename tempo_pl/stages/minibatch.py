@@ -96,8 +96,12 @@ class MiniBatchPlan:
 
     @staticmethod
     def of(training, rollout: Rollout, grad_clip: float) -> "MiniBatchPlan":
-        """The plan of ``training`` (a :class:`~tempo_pl.config.TrainingConfig`) for ``rollout``."""
-        return MiniBatchPlan(training.mini_batch_size * rollout.n_per_prompt, training.micro_batch_size,
+        """The plan of ``training`` (a :class:`~tempo_pl.config.TrainingConfig`) for ``rollout``: as many
+        mini-batches as ``mini_batch_size`` prompts make, of the rows there are (a reward that keeps only some rows
+        leaves groups of unequal size, so the rows are not prompts x n)."""
+        prompts = max(len(rollout.prompt_batch), 1)
+        rows_per_mini_batch = max(1, math.ceil(training.mini_batch_size * rollout.num_rows / prompts))
+        return MiniBatchPlan(rows_per_mini_batch, training.micro_batch_size,
                              training.ppo_epochs, grad_clip, training.micro_batch_tokens, row_tokens(rollout))
 
     def micro_batches(self, mini: Tensor, ranks: Ranks = Ranks()) -> list[Tensor]:
