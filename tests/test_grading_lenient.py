@@ -3,6 +3,7 @@ as math-verify's gold, and the bound and never-raise contract in both modes."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -64,6 +65,76 @@ def test_lenient_extraction(response, expected):
     assert extract_answer(response, LENIENT) == expected
 
 
+# (response, what lenient extraction reads): an expression without math delimiters is read whole, a number ending
+# a prose sentence stays a number
+BARE_CASES = [
+    ("x^2 + 2*x + 1", "x^2 + 2*x + 1"),
+    ("\\tfrac83", "\\tfrac83"),
+    ("\\mathrm{E}", "\\mathrm{E}"),
+    ("E", "E"),
+    ("p - q", "p - q"),
+    ("10\\text{ units}", "10\\text{ units}"),
+    ("\\frac{1}{8} + 2", "\\frac{1}{8} + 2"),
+    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}"),
+    ("First, $2+3=5$ and 7 more steps give 12.\nThus we get \\frac{\\sqrt{21}}{5}.", "\\frac{\\sqrt{21}}{5}"),
+    ("First, $2+3=5$ and 7 more steps give 12.\n\n(-\\sqrt{3}, \\sqrt{3})", "(-\\sqrt{3}, \\sqrt{3})"),
+    ("So the answer is x^2+2x+1", "x^2+2x+1"),
+    ("The answer is x^2 + 2x + 1, which is a square.", "x^2 + 2x + 1"),
+    ("We get x^2 + 2x + 1 as the result.", "x^2 + 2x + 1"),
+    ("The answer is \\frac{1}{8} + 2, so done", "\\frac{1}{8} + 2"),  # not the bare \frac it starts with
+    ("we had $x$ and then x^2+1", "x^2+1"),
+    ("**x^2 + 1**", "x^2 + 1"),
+    ("So x = 5", "x = 5"),
+    ("The answer is 5.", "5"),
+    ("That makes 12 in total.", "12"),
+    ("The distance is 12 m.", "12"),  # a letter that no operator touches is prose (or a unit), not a variable
+    ("Thus we get 17 a day", "17"),
+    ("the total = 12", "12"),
+    ("1 000", "1000"),
+    ("so we solve for x.", None),  # a lone letter ending prose is no answer
+]
+
+
+@pytest.mark.parametrize("response, expected", BARE_CASES)
+def test_lenient_extraction_reads_a_bare_expression_whole(response, expected):
+    assert extract_answer(response, LENIENT) == expected
+
+
+def test_a_bare_expression_is_graded_whole():
+    """Read as its last number, "x^2 + 2*x + 1" was graded equal to the gold 1 (a wrong answer accepted) and unequal
+    to its own gold (a right one refused); read whole, math-verify decides the expression."""
+    cases = [
+        ("x^2 + 2*x + 1", "1", False),
+        ("x^2 + 2*x + 1", "x^2+2x+1", True),
+        ("x^2 + 2*x + 1", "(x+1)^2", True),
+        ("We get x^2 + 2x + 1 as the result.", "1", False),
+        ("\\tfrac83", "\\frac{8}{3}", True),
+        ("\\tfrac83", "3", False),
+        ("\\mathrm{E}", "E", True),
+        ("Thus we get \\frac{\\sqrt{21}}{5}.", "\\frac{\\sqrt{21}}{5}", True),
+        ("Thus we get \\frac{\\sqrt{21}}{5}.", "5", False),
+        ("\\frac{1}{8} + 2", "2", False),
+        ("\\frac{1}{8} + 2", "\\frac{17}{8}", True),
+        ("The answer is 5.", "5", True),
+        ("The distance is 12 m.", "12", True),
+    ]
+    verdicts = grade_many([r for r, _, _ in cases], [g for _, g, _ in cases], extraction="lenient")
+    assert verdicts == [expected for _, _, expected in cases]
+    # the training reward reads boxes only: a bare expression is no answer there
+    assert grade("x^2 + 2*x + 1", "x^2+2x+1") is False
+
+
+def test_lenient_extraction_never_raises_on_random_math_text():
+    """Bare-expression scanning indexes into the text: random strings of its characters (braces left open, escapes
+    at the end, operators alone) must give a string or None."""
+    rng = random.Random(0)
+    alphabet = list("xa E 12.,:;=+-*/^_{}()[]$\\%'\n") + ["\\frac", "\\text{ u}", " is ", "answer is ", "\\("]
+    for _ in range(3000):
+        response = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        answer = extract_answer(response, LENIENT)
+        assert answer is None or (isinstance(answer, str) and answer)
+
+
 def test_boxed_mode_reads_boxes_and_gsm8k_only():
     assert extract_answer("The answer is 3/4.") is None
     assert extract_answer("\\boxed{-2} and \\boxed{1}") == "1"  # training: the last box, as the reference
@@ -119,6 +190,10 @@ PATHOLOGICAL = {
     "unclosed math after an anchor": "answer: $" + "x" * 1_000_000,
     "many boxes": "\\boxed{1} and " * 80_000,
     "expression": "1+" * 500_000,
+    "bare expression": "x + " * 250_000,
+    "bare letters": "a " * 500_000,
+    "open braces": "\\frac{" * 150_000,
+    "escapes": "\\" * 1_000_001,
 }
 
 

@@ -6,7 +6,10 @@ are linear in the response length. :mod:`tempo_pl.rewards.answer_normalization` 
 Two extraction modes (:data:`EXTRACTION_MODES`): ``boxed`` reads ``\boxed{}`` and ``####`` only (the training
 reward, as the reference); ``lenient`` falls back, when neither is there, to the value after the last "answer is" /
 "answer:" and then to the last LaTeX span or plain number or expression, in the order of math-verify's own
-extraction (its anchored patterns first, then the rightmost unanchored match). The fallbacks read the last
+extraction (its anchored patterns first, then the rightmost unanchored match). An expression written without math
+delimiters is taken whole, not as its last number (``x^2 + 2*x + 1``, ``\tfrac83``, ``\mathrm{E}``, "Thus we get
+\frac{\sqrt{21}}{5}."): the run of LaTeX, numbers, operators and variables around the last number, or ending the last
+line, up to a prose word; math-verify parses it, as any answer, in ``$...$``. The fallbacks read the last
 :data:`LENIENT_TAIL_CHARS` characters only, which keeps them linear and fast on any response.
 
 Example::
@@ -133,7 +136,7 @@ _MATH = re.compile(
 )
 _LINE_REST = re.compile(r"[^\n]{0,200}")
 # LaTeX commands and \text{...} arguments are not prose words; two letters in a row outside them are
-_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}|\\[A-Za-z]+")
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox|begin|end)\{[^{}]*\}|\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _SPAN_SEPARATOR = re.compile(r"\s*(?:,?\s*\band\b|,?\s*\bor\b|,)\s*")
 _ANSWER_WORD = re.compile(r"(?i)\banswer\b")
@@ -175,18 +178,161 @@ def _math_line(text: str, start: int) -> Optional[str]:
     return line if _WORD.search(words) is None else None
 
 
+# ------------------------------------------------------------------ bare expressions (no math delimiters)
+
+# a token of a bare expression: ASCII math characters (an escaped \$, spaces inside braces); a prose word outside
+# LaTeX commands, punctuation alone, or a lone letter that no operator touches ("12 m", "a day") ends the expression
+_TOKEN_CHARS = re.compile(r"(?:\\\$|[ \tA-Za-z0-9\\{}^_+\-*/=()\[\]|<>!',.:;%~&×÷·√∞≤≥≠±−π°])+")
+_SUBSTANCE = re.compile(r"[A-Za-z0-9\\+\-*/=<>^&×÷·√∞≤≥≠±−π]")
+_SYMBOL = re.compile(r"[+\-*/=<>^×÷·≤≥≠±−]+")  # an operator that cannot end an expression
+_OPERATOR = re.compile(rf"{_SYMBOL.pattern}|\\[A-Za-z]+")  # a lone letter beside one is a variable: x \in, \pi r
+_LETTER = re.compile(r"[A-Za-z]'*")
+# what makes a run of tokens an answer rather than a stray symbol: a digit, a LaTeX command or an operator
+_MATHY = re.compile(r"[\d\\^_+\-*/=<>|!%×÷·√∞≤≥≠±−π]")
+_END_PUNCTUATION = ".,;:?*"
+_MATH_TOKEN, _LETTER_TOKEN, _PROSE_TOKEN = "math", "letter", "prose"
+
+
+def _tokens(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """(start, end) of the whitespace-separated tokens of ``text[lo:hi]``; a space inside braces does not separate
+    (``10\\text{ units}`` is one token). Linear in ``hi - lo``."""
+    spans, start, depth, i, hi = [], None, 0, lo, min(hi, len(text))
+    while i < hi:
+        ch = text[i]
+        if ch in " \t" and depth == 0:
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        else:
+            start = i if start is None else start
+            if ch == "\\":
+                i += 1  # an escaped character is part of the token
+            elif ch in "{}":
+                depth = depth + 1 if ch == "{" else max(0, depth - 1)
+        i += 1
+    if start is not None:
+        spans.append((start, min(i, hi)))
+    return spans
+
+
+def _token_kind(token: str) -> str:
+    depths = [depth for _, depth in brace_depths(token)]
+    unbalanced = bool(depths) and (min(depths) < 0 or depths[-1] != 0)  # a brace never closed is no expression
+    if unbalanced or not _TOKEN_CHARS.fullmatch(token) or not _SUBSTANCE.search(token):
+        return _PROSE_TOKEN
+    if _LETTER.fullmatch(token.strip(_END_PUNCTUATION)):
+        return _LETTER_TOKEN
+    return _PROSE_TOKEN if _WORD.search(_LATEX_TEXT.sub("", token)) else _MATH_TOKEN
+
+
+class _Line:
+    """The tokens of one stretch of a line, and the runs of mathematics among them."""
+
+    def __init__(self, text: str, lo: int, hi: int):
+        self.text, self.spans = text, _tokens(text, lo, hi)
+        self.words = [text[a:b] for a, b in self.spans]
+        self.kinds = [_token_kind(word) for word in self.words]
+
+    def _operator(self, j: int, pattern: re.Pattern = _OPERATOR) -> bool:
+        return 0 <= j < len(self.words) and pattern.fullmatch(self.words[j].strip(_END_PUNCTUATION)) is not None
+
+    def joins(self, j: int) -> bool:
+        """Whether token ``j`` belongs to an expression next to it: a single letter only beside an operator."""
+        kind = self.kinds[j]
+        return kind == _MATH_TOKEN or (kind == _LETTER_TOKEN and (self._operator(j - 1) or self._operator(j + 1)))
+
+    def grow(self, first: int, last: int, left: bool = True) -> tuple[int, int]:
+        """The maximal run of joining tokens around tokens ``first..last`` (rightwards only unless ``left``)."""
+        while left and first > 0 and self.joins(first - 1):
+            first -= 1
+        while last + 1 < len(self.words) and self.joins(last + 1):
+            last += 1
+        return first, last
+
+    def text_of(self, first: int, last: int) -> tuple[int, int, str]:
+        """(start, end, text) of tokens ``first..last`` without operators at the ends (a leading minus stays) and
+        without final punctuation or ``**``."""
+        while (first <= last and self._operator(first, _SYMBOL)
+               and self.words[first].strip(_END_PUNCTUATION) not in ("-", "−")):
+            first += 1
+        while last >= first and self._operator(last, _SYMBOL):
+            last -= 1
+        if first > last:
+            return 0, 0, ""
+        start, end = self.spans[first][0], self.spans[last][1]
+        while end > start and self.text[end - 1] in _END_PUNCTUATION:
+            end -= 1
+        while start < end and self.text[start] == "*":
+            start += 1
+        return start, end, self.text[start:end]
+
+
+def _as_value(text: str) -> str:
+    plain = _PLAIN.fullmatch(text)  # a bare number is read as one ("0,5" has a decimal comma, "1 000" is 1000)
+    return _plain_value(plain) if plain else text
+
+
+def _bare_run_at(text: str, start: int) -> tuple[int, Optional[str]]:
+    """(end, value) of the bare expression that begins at ``text[start]`` and ends at the first prose on its line
+    ("x^2 + 2x + 1, which is a square" gives ``x^2 + 2x + 1``); ``(start, None)`` when none begins there."""
+    line_end = text.find("\n", start, start + 200)
+    line = _Line(text, start, start + 200 if line_end < 0 else line_end)
+    if not line.words or not line.joins(0):
+        return start, None
+    _, end, value = line.text_of(*line.grow(0, 0, left=False))
+    return (end, value) if _MATHY.search(value) else (start, None)
+
+
+def _bare_line_end(tail: str, lo: int, whole_tail: bool) -> Optional[str]:
+    """The run of mathematics that ends the last line of ``tail`` ("x^2 + 2*x + 1", "p - q", "Thus we get
+    \\frac{\\sqrt3}{3}."), not before ``lo`` (the end of the last math span); a response of one letter (``E``) when
+    ``whole_tail`` (``tail`` is the whole response)."""
+    end = len(tail.rstrip())
+    lo = max(lo, tail.rfind("\n", 0, end) + 1)
+    line = _Line(tail, lo, end)
+    if not line.words:
+        return None
+    last = len(line.words) - 1
+    if last == 0 and whole_tail and not tail[:lo].strip() and line.kinds[0] != _PROSE_TOKEN:
+        value = line.text_of(0, 0)[2]  # a response of one symbol: an answer choice such as E
+        return _as_value(value) if value else None
+    if not line.joins(last):
+        return None
+    value = line.text_of(*line.grow(last, last))[2]
+    return _as_value(value) if _MATHY.search(value) else None
+
+
+def _plain_run(tail: str, plain: re.Match, spans: list[re.Match]) -> str:
+    """The plain number or expression ``plain`` grown to the bare expression around it on its line, between the
+    math spans ("x^2 + 2x + 1 is the result" gives ``x^2 + 2x + 1``, not ``1``)."""
+    lo = max([tail.rfind("\n", 0, plain.start()) + 1] + [s.end() for s in spans if s.end() <= plain.start()])
+    line_end = tail.find("\n", plain.end())
+    hi = min([len(tail) if line_end < 0 else line_end] + [s.start() for s in spans if s.start() >= plain.end()])
+    line = _Line(tail, lo, hi)
+    inside = [j for j, (a, b) in enumerate(line.spans) if a < plain.end() and b > plain.start()]
+    if not inside or not all(line.joins(j) for j in inside):
+        return _plain_value(plain)
+    start, end, value = line.text_of(*line.grow(inside[0], inside[-1]))
+    if not value or (start >= plain.start() and end <= plain.end()):
+        return _plain_value(plain)
+    return _as_value(value)
+
+
 def _value_at(text: str, start: int) -> Optional[str]:
-    """The value stated at ``text[start]``: a math span, a line of bare mathematics, or a plain number/expression."""
-    found = _MATH.match(text, start)
-    if found:
-        return _math_value(found)
+    """The value stated at ``text[start]``: a math span, a line of bare mathematics, the bare expression that starts
+    there, or a plain number/expression."""
+    span = _MATH.match(text, start)
+    if span and span.group("frac") is None:
+        return _math_value(span)
     line = _math_line(text, start)
     if line:
-        plain = _PLAIN.fullmatch(line)  # a bare number is read as one ("0,5" has a decimal comma, "1 000" is 1000)
-        return _plain_value(plain) if plain else line
-    found = _PLAIN.match(text, start)
+        return _as_value(line)
+    run_end, run = _bare_run_at(text, start)
+    found = span or _PLAIN.match(text, start)  # a bare \frac or number, unless an expression goes on after it
+    if run and (found is None or run_end > found.end()):
+        return _as_value(run)
     if found:
-        return _plain_value(found)
+        return _math_value(found) if found is span else _plain_value(found)
     found = _LATEX_VALUE.match(text, start)
     return found.group(0).strip() if found else None
 
@@ -235,9 +381,13 @@ def _extract_last_math(response: str) -> Optional[str]:
     the one ending last; on a tie, the longer."""
     tail = response[-LENIENT_TAIL_CHARS:]
     spans = list(_MATH.finditer(tail))
+    delimited = [span for span in spans if span.group("frac") is None]  # a bare \frac is part of an expression
+    bare = _bare_line_end(tail, delimited[-1].end() if delimited else 0, len(tail) == len(response))
+    if bare:
+        return bare
     plain = _last_match(_PLAIN, tail)
     if plain is not None and (not spans or (plain.end(), -plain.start()) > (spans[-1].end(), -spans[-1].start())):
-        return _plain_value(plain) or None
+        return _plain_run(tail, plain, delimited) or None
     return _joined_spans(tail, spans) or None if spans else None
 
 
@@ -246,10 +396,13 @@ EXTRACTORS = {"boxed": extract_boxed, "boxed_all": _extract_boxed_all, "gsm8k": 
               "answer_is": _extract_answer_is, "last_math": _extract_last_math}
 r"""Answer extractors by name. ``boxed``: the last ``\boxed{...}`` or ``\fbox{...}``, brace-matched (also
 ``\boxed 5``); an unterminated last box gives no answer. ``boxed_all``: the last box joined with the boxes right
-before it that only separators part (``\boxed{1}, \boxed{2}`` gives ``1, 2``). ``gsm8k``: the rest of the line after the last ``####``.
-``final_answer``: the value after the last "final answer is" when no box follows it. ``answer_is``: the math span, LaTeX expression or number right after the last "answer" that states one ("the final
-answer is $\frac34$", "Answer: 12"). ``last_math``: the rightmost ``$...$``, ``\(...\)``, ``\[...\]``, ``$$...$$``,
-bare ``\frac{a}{b}``, or plain number or arithmetic expression."""
+before it that only separators part (``\boxed{1}, \boxed{2}`` gives ``1, 2``). ``gsm8k``: the rest of the line after
+the last ``####``. ``final_answer``: the value after the last "final answer is" when no box follows it.
+``answer_is``: the math span, LaTeX expression or number right after the last "answer" that states one ("the final
+answer is $\frac34$", "Answer: 12", "the answer is x^2 + 2x + 1, a square" gives ``x^2 + 2x + 1``). ``last_math``: a
+last line that ends in a bare expression (read whole: ``x^2 + 2*x + 1``), else the rightmost ``$...$``,
+``\(...\)``, ``\[...\]``, ``$$...$$``, bare ``\frac{a}{b}``, or plain number or arithmetic expression, grown to the
+bare expression around it ("x^2 + 2x + 1 is the result" gives ``x^2 + 2x + 1``, not ``1``)."""
 
 
 def check_extraction(extraction: str) -> tuple[str, ...]:

@@ -3,8 +3,8 @@ r"""Answer grading: extract the final answer of a response and decide whether tw
 This module is the grader's public face; the work is done in four others, one concern each:
 
 - :mod:`~tempo_pl.rewards.answer_extraction`: the final answer of a response (``\boxed{}``, ``####``; in
-  ``lenient`` mode also "the answer is ..." and the last LaTeX or plain expression), string work in the calling
-  process, linear in the response length;
+  ``lenient`` mode also "the answer is ..." and the last LaTeX or plain expression, an expression without math
+  delimiters read whole), string work in the calling process, linear in the response length;
 - :mod:`~tempo_pl.rewards.answer_normalization`: the bare answer (``$...$``, ``\(...\)``, ``\[...\]`` and boxes
   unwrapped, ``1\,000`` joined) and the pre-filter that rejects pathological answers without parsing;
 - :mod:`~tempo_pl.rewards.grading_pool`: the worker processes that bound each comparison in wall-clock time;
