@@ -8,8 +8,9 @@ checkpointing, mixed precision and optional CPU offload. Both optimizers are cre
 sharded (DTensor) parameters and their state is sharded too; checkpoints are DCP folders (sharded) or single files
 (``save_distributed_checkpoint=False``), and :mod:`tempo_pl.export` turns either into Hugging Face folders.
 
-Generation runs under :func:`gathered_for_generation`: the policy's parameters are all-gathered once before
-``generate`` and freed after it, instead of once per generated token.
+Generation with transformers runs under :func:`gathered_for_generation`: the policy's parameters are all-gathered
+once before ``generate`` and freed after it, instead of once per generated token. An engine that serves its own copy
+of the weights (``serves_own_weights``, e.g. vLLM) samples without any gather.
 
 Example (YAML)::
 
@@ -204,7 +205,25 @@ def shard_model(model: nn.Module, mesh, recipe: FSDP2Recipe) -> nn.Module:
         fully_shard(extra, **kwargs)
     if rank0_full_state is not None:
         _materialise_from_rank0(model, rank0_full_state, device)
+    initialise_roots(model)
     return model
+
+
+def initialise_roots(model: nn.Module) -> None:
+    """Run FSDP2's lazy initialisation of ``model``'s roots now that all of its units are sharded (idempotent).
+
+    FSDP2 makes the first FSDP module to run a forward the root and, at that moment, switches the root's
+    reshard-after-forward off. Done here, the root is the model's root whatever touches the model first, and a gather
+    before any forward (a rollout engine loading its own copy, :func:`gathered_for_generation`) sees the settings
+    training keeps: restoring a pre-initialisation setting left the root resharding after every forward, and a
+    shared-base critic, whose loss flows through the root's final norm but not its outputs, then ran its backward on
+    freed parameters (a segfault on 2 ranks).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # pre-order: a root before its units, which its initialisation claims
+        if isinstance(module, FSDPModule):
+            module._get_fsdp_state()._lazy_init()
 
 
 def decoder_layers(hf: nn.Module) -> list[nn.Module]:
@@ -339,16 +358,11 @@ def gathered_for_generation(model: nn.Module) -> Iterator[nn.Module]:
     """
     from torch.distributed.fsdp import FSDPModule
 
-    # pre-order: the root comes first, so its lazy initialisation sees the whole tree before any layer's
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not fsdp_modules:
         yield model
         return
-    # The root's first forward switches its reshard-after-forward off (lazy initialisation). Before a first forward,
-    # the saved setting would be the pre-initialisation one, and restoring it would leave the root resharding after
-    # every forward: a shared-base critic, whose loss flows through the root's final norm but not through the root's
-    # outputs, then ran its backward on freed parameters (a segfault on 2 ranks).
-    fsdp_modules[0]._get_fsdp_state()._lazy_init()
+    # the settings saved here are the ones training keeps: shard_model initialised the roots (initialise_roots)
     saved = [_reshard_setting(m) for m in fsdp_modules]
     try:
         handles = [m.unshard(async_op=True) for m in fsdp_modules]

@@ -600,6 +600,23 @@ def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_pol
     torch.testing.assert_close(inside, before)
 
 
+def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, one_rank_mesh) -> None:
+    # an engine with its own weights loads them (unit by unit) before the policy's first forward, and no generation
+    # gather initialises the root for it: sharding does, so every first gather sees training's settings
+    from tempo_pl.models import build_policy
+    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+
+    policy = build_policy(tiny_policy_spec)
+    shard_model(policy, one_rank_mesh["data_parallel"], FSDP2Recipe(param_dtype=None))
+    layer = policy.model.layers[0]
+    assert policy._get_fsdp_state()._is_root is True and layer._get_fsdp_state()._is_root is False
+    assert _post_forward(policy) == [None]  # the root keeps its parameters after a forward, as in training
+    assert _post_forward(layer)[0] is not None
+    with gathered_for_generation(policy):
+        pass
+    assert _post_forward(policy) == [None] and _post_forward(layer)[0] is not None
+
+
 def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
