@@ -265,8 +265,9 @@ class TempoModule(RLStepLogging, LightningModule):
             return self.engine.generate(self.policy, prompts, self.sampling.n)
 
     def generation_context(self) -> contextlib.AbstractContextManager:
-        """Gathers sharded policy parameters once for a whole ``generate`` call (FSDP2), a no-op otherwise."""
-        if self.device_mesh is None:
+        """Gathers sharded policy parameters once for a whole ``generate`` call (FSDP2), a no-op otherwise and for an
+        engine that ``serves_own_weights`` (vLLM: ``sync_weights`` gives it the weights)."""
+        if self.device_mesh is None or getattr(self.engine, "serves_own_weights", False):
             return contextlib.nullcontext()
         from tempo_pl.strategies import gathered_for_generation
 

@@ -33,7 +33,8 @@ class RolloutEngine(Protocol):
     sampling spec or the one passed (evaluation samples with its own temperature, k and budget).
 
     An engine that serves its own copy of the weights (vLLM) also has ``sync_weights(model)``: the module calls it
-    after every policy update, so the next rollout samples from the updated policy."""
+    after every policy update, so the next rollout samples from the updated policy. Such an engine sets
+    ``serves_own_weights = True``: under FSDP2 the module then gathers nothing around its ``generate`` calls."""
 
     def generate(
         self, model: nn.Module, prompts: PromptBatch, n: int, sampling: Optional["SamplingSpec"] = None
@@ -115,6 +116,9 @@ class HFGenerateEngine:
         engine = HFGenerateEngine(tokenizer, SamplingSpec(n=4, max_new_tokens=256))
         rollout = engine.generate(policy, prompt_batch, n=4)
     """
+
+    serves_own_weights = False
+    """It samples from the policy itself: under FSDP2 the module gathers the policy around every call."""
 
     def __init__(
         self,

@@ -46,11 +46,11 @@ def served_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 
 
 def release_gathered(model: nn.Module) -> None:
-    """Free the full parameters of an FSDP2-sharded policy that a caller gathered (``TempoModule`` gathers the
-    policy around every ``generate`` call, for transformers' engine); a no-op on an unsharded model.
+    """Free the full parameters of an FSDP2-sharded policy that are still gathered (a caller's gather, or the root's,
+    which FSDP2 keeps after a forward that no backward follows); a no-op on an unsharded model.
 
-    An engine that serves its own copy of the weights calls it before sampling, so the gathered copy does not stay
-    in memory, beside the engine's, for the whole rollout.
+    An engine that serves its own copy of the weights calls it before sampling, so no gathered parameters stay in
+    memory, beside the engine's copy, for the whole rollout.
     """
     from torch.distributed.fsdp import FSDPModule
 

@@ -80,8 +80,9 @@ class VLLMEngine(HFGenerateEngine):
             pool their prompts, sample them together and each keeps its own.
         enable_sleep_mode: between rollouts, vLLM's weights move to host memory and its KV cache is freed, so the
             policy update has the device to itself (CUDA and ROCm only; refused elsewhere).
-        dtype: the dtype vLLM serves: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None = the policy's own
-            parameter dtype (set ``bfloat16`` to serve a policy trained with float32 master weights in bf16).
+        dtype: the dtype vLLM serves: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None = the dtype the policy
+            computes in: FSDP2's ``param_dtype`` when the recipe sets one, else the parameters' own (set ``bfloat16``
+            to serve a policy trained with float32 weights and no mixed precision in bf16).
 
     Example (YAML)::
 
@@ -91,6 +92,9 @@ class VLLMEngine(HFGenerateEngine):
               class_path: tempo_pl.vllm_engine.VLLMEngine
               init_args: {gpu_memory_utilization: 0.3, max_model_len: 18432, dtype: bfloat16}
     """
+
+    serves_own_weights = True
+    """vLLM samples from its own copy: under FSDP2 the module gathers nothing around ``generate``."""
 
     def __init__(
         self,
@@ -155,8 +159,8 @@ class VLLMEngine(HFGenerateEngine):
             self._build(model)
         else:
             self._wake()
-        # TempoModule gathers an FSDP2 policy around every generate call, for transformers' engine; vLLM has its
-        # own copy, so the gathered one is freed rather than held beside it for the whole rollout
+        # FSDP2 keeps the root's parameters (embeddings, LM head) gathered after a forward without backward (the
+        # last step's scoring): vLLM has its own copy, so they are freed rather than held beside it for the rollout
         release_gathered(model)
         stop_ids = self._stop_ids(model)
         outputs = []
@@ -220,7 +224,7 @@ class VLLMEngine(HFGenerateEngine):
         elif options["tensor_parallel_size"] > 1:
             raise ValueError(f"VLLMEngine.tensor_parallel_size={options['tensor_parallel_size']} needs a distributed "
                              "run (trainer.devices > 1): the ranks of a group serve one vLLM copy between them")
-        dtype = self.dtype or str(hf.dtype).removeprefix("torch.")
+        dtype = self.dtype or str(_compute_dtype(hf)).removeprefix("torch.")
         start = time.perf_counter()
         with _trainer_rng_untouched():
             self.llm = LLM(
@@ -352,6 +356,18 @@ def _architecture(hf: nn.Module) -> str:
     from torch.distributed.fsdp import FSDPModule
 
     return next(cls for cls in type(hf).__mro__ if not issubclass(cls, FSDPModule)).__name__
+
+
+def _compute_dtype(hf: nn.Module) -> torch.dtype:
+    """The dtype the policy computes in: FSDP2's mixed-precision ``param_dtype`` when it sets one (the dtype its
+    gathers, ``served_weights`` included, hand out; the shards keep the optimizer's), else the parameters' dtype."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(hf, FSDPModule):
+        param_dtype = hf._get_fsdp_state()._mp_policy.param_dtype
+        if param_dtype is not None:
+            return param_dtype
+    return hf.dtype
 
 
 def _device_of(model: nn.Module) -> torch.device:

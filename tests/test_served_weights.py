@@ -181,3 +181,21 @@ def test_fsdp2_around_a_shared_qlora_base_serves_the_dequantized_policy(tiny_pol
     logits, missing = _served_logits(holder.policy)
     assert not missing and _unsharded_units(holder.policy) == []
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("param_dtype", ["bfloat16", None])
+def test_vllm_serves_the_dtype_fsdp2_gathers_in(tiny_policy_spec, one_rank_mesh, param_dtype) -> None:
+    """The module gathers nothing for vLLM, so the parameters it sees are the float32 shards: the dtype vLLM serves
+    (when not set) is the one FSDP2's gathers, ``served_weights`` included, hand out."""
+    from tempo_pl.models import build_policy, hf_model
+    from tempo_pl.served_weights import served_weights
+    from tempo_pl.strategies import FSDP2Recipe, shard_model
+    from tempo_pl.vllm_engine import _compute_dtype
+
+    policy = build_policy(tiny_policy_spec)
+    assert _compute_dtype(policy) == torch.float32
+    shard_model(policy, one_rank_mesh, FSDP2Recipe(param_dtype=param_dtype))
+    expected = torch.bfloat16 if param_dtype else torch.float32
+    assert _compute_dtype(hf_model(policy)) == expected
+    assert {tensor.dtype for _, tensor in served_weights(policy)} == {expected}
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}  # what hf.dtype alone would have said
