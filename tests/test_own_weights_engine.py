@@ -145,6 +145,12 @@ def _seen(out: Path, engine: str, rank: int) -> dict:
     return json.loads((out / engine / f"rank{rank}.json").read_text())
 
 
+def test_vllm_declares_its_own_weights_and_transformers_does_not() -> None:
+    from tempo_pl.vllm_engine import VLLMEngine  # imports without vLLM
+
+    assert VLLMEngine.serves_own_weights is True and HFGenerateEngine.serves_own_weights is False
+
+
 @pytest.mark.slow
 def test_the_module_gathers_for_transformers_and_not_for_an_engine_with_its_own_weights(two_engine_runs: Path) -> None:
     # sanity evaluation, 4 RL steps, evaluations after steps 2 and 4: 7 generate calls per rank
