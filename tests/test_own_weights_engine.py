@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from _tiny_run import ROOT, build, rollout_records, tiny_config
+from _tiny_run import ROOT, build, rollout_records, subprocess_env, tiny_config
 
 from tempo_pl.rollout import HFGenerateEngine
 
@@ -122,13 +122,6 @@ def run_engine(out: Path, engine: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- tests
-
-
-def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from _tiny_run import ROOT, build, rollout_records, tiny_config
+from _tiny_run import ROOT, build, rollout_records, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -284,14 +284,6 @@ def generation_gathers(module, prompts) -> dict[str, int]:
         counts[f"{name}_forwards"] = forwards
     hook.remove()
     return counts
-
-
-def subprocess_env() -> dict[str, str]:
-    """Offline, one thread, and no rendezvous variables a test of this session may have left behind."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    return env
 
 
 @pytest.fixture(scope="module")
