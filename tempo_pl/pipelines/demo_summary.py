@@ -154,7 +154,7 @@ def write_report(cfg: "DemoConfig") -> dict:
     plot_curves(
         results, out / "comparison.png",
         title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}: {steps} RL steps "
-              "from the zero-RL policy, "
+              "from the stage-1 policy, "
               + ("same seed" if cfg.seeds == 1 else f"mean and min-max of {cfg.seeds} seeds"),
     )
     spans = [(r["started"], r["ended"]) for r in records.values()]
