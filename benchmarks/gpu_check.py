@@ -33,20 +33,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 
+import vllm_vs_generate  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
+from vllm_vs_generate import EngineSizes  # noqa: E402
+
 
 @dataclass
-class Sizes:
-    """Model and workload of one check."""
+class Sizes(EngineSizes):
+    """Model and workload of one check: the vLLM check's, with RL steps and a LoRA rank."""
 
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    prompts: int
-    n: int
-    max_new_tokens: int
     steps: int
     lora_r: int
 
@@ -135,16 +129,6 @@ def build_tokenizer_dir(sizes: Sizes, folder: Path) -> str:
     return str(folder)
 
 
-def qwen3_config(sizes: Sizes) -> dict:
-    from tempo_pl.tiny import tiny_qwen3_config
-
-    return tiny_qwen3_config(
-        vocab_size=sizes.vocab, hidden_size=sizes.hidden, num_layers=sizes.layers, num_heads=sizes.heads,
-        num_kv_heads=sizes.kv_heads, intermediate_size=sizes.intermediate,
-        max_position_embeddings=4096,
-    )
-
-
 def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     """The TempoModule of one check: ``bf16`` (full fine-tuning, bf16 autocast), ``qlora_shared`` (NF4 base shared
     by two LoRA adapters), ``fsdp2`` (full fine-tuning sharded by FSDP2, bf16 compute), ``fsdp2_qlora_shared`` (the
@@ -154,7 +138,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     from tempo_pl.module import TempoModule
     from tempo_pl.rollout import SamplingSpec
 
-    config = qwen3_config(sizes)
+    config = sizes.qwen3_config()
     base = dict(config=config, tokenizer=tokenizer, seed=0, attn_implementation="sdpa")
     if kind in QLORA_RUNS:
         lora = LoraSpec(r=sizes.lora_r, alpha=2 * sizes.lora_r)
@@ -267,8 +251,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(render(results, sizes, device), flush=True)
         vllm_ok = True
         if VLLM_CHECK in args.runs:
-            import vllm_vs_generate
-
             engine_sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
             lines, vllm_ok = vllm_vs_generate.main_lines(engine_sizes, tokenizer, on_gpu)
             print("\n" + "\n".join(lines))

@@ -33,6 +33,8 @@ import torch  # noqa: E402
 
 @dataclass
 class EngineSizes:
+    """A Qwen3-architecture model and its generation workload (``benchmarks/gpu_check.py`` extends it)."""
+
     hidden: int
     layers: int
     heads: int
@@ -42,6 +44,13 @@ class EngineSizes:
     prompts: int
     n: int
     max_new_tokens: int
+
+    def qwen3_config(self) -> dict:
+        from tempo_pl.tiny import tiny_qwen3_config
+
+        return tiny_qwen3_config(vocab_size=self.vocab, hidden_size=self.hidden, num_layers=self.layers,
+                                 num_heads=self.heads, num_kv_heads=self.kv_heads,
+                                 intermediate_size=self.intermediate, max_position_embeddings=4096)
 
 
 #: about Qwen2.5-0.5B's size: 0.35B in the layers, 2 x 67M in the untied embeddings and head
@@ -99,14 +108,10 @@ def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool) -> tuple[list[str]
     """The check's printed lines and whether it passed."""
     from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
     from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
-    from tempo_pl.tiny import tiny_qwen3_config
     from tempo_pl.vllm_engine import VLLMEngine
 
     dtype = "bfloat16" if on_gpu else "float32"
-    config = tiny_qwen3_config(vocab_size=sizes.vocab, hidden_size=sizes.hidden, num_layers=sizes.layers,
-                               num_heads=sizes.heads, num_kv_heads=sizes.kv_heads,
-                               intermediate_size=sizes.intermediate, max_position_embeddings=4096)
-    spec = ModelSpec(config=config, tokenizer=tokenizer_dir, seed=0, dtype=dtype)
+    spec = ModelSpec(config=sizes.qwen3_config(), tokenizer=tokenizer_dir, seed=0, dtype=dtype)
     tokenizer = build_tokenizer(spec)
     policy = build_policy(spec).to("cuda" if on_gpu else "cpu").eval()
     params = sum(p.numel() for p in policy.parameters()) / 1e9
