@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
@@ -20,6 +21,41 @@ def subprocess_env() -> dict[str, str]:
            if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     return env
+
+
+@contextlib.contextmanager
+def one_rank_process_group(monkeypatch) -> Iterator[None]:
+    """A 1-rank gloo process group on a free port for the block, torn down after it (a test's 1-rank mesh)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def finish_worker() -> None:
+    """Ends a multi-process worker once its results are on disk: the process group is closed and the process exits
+    with 0 at once, since the interpreter's own shutdown sometimes aborts in a C++ thread destructor ("terminate
+    called without an active exception"), which would turn a finished run into exit code -6."""
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 TINY = ROOT / "configs" / "tiny.yaml"
 
 

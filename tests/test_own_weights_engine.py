@@ -12,7 +12,6 @@ after every policy update, VLLMEngine's contract without vLLM), and writes what 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from _tiny_run import ROOT, build, rollout_records, subprocess_env, tiny_config
+from _tiny_run import ROOT, build, finish_worker, rollout_records, subprocess_env, tiny_config
 
 from tempo_pl.rollout import HFGenerateEngine
 
@@ -178,13 +177,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     for name in ENGINES:
         run_engine(Path(sys.argv[1]) / name, name)
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # every result is on disk; the interpreter's shutdown sometimes aborts in a C++ thread destructor (see
-    # tests/test_strategies.py)
-    os._exit(0)
+    finish_worker()

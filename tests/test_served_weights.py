@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 
 import pytest
 import torch
+
+from _tiny_run import one_rank_process_group
 
 PROBE = torch.tensor([[7, 23, 41, 5, 66, 12, 30, 3], [40, 41, 42, 43, 44, 45, 46, 47]])
 
@@ -100,19 +101,10 @@ def test_a_shared_base_serves_the_policy_adapter_even_after_the_critic_ran(tiny_
 
 @pytest.fixture
 def one_rank_mesh(monkeypatch):
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_rank_process_group(monkeypatch):
         yield init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
-    finally:
-        dist.destroy_process_group()
 
 
 def _unsharded_units(model: torch.nn.Module) -> list[str]:

@@ -24,7 +24,8 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
-from _tiny_run import ROOT, build, rollout_records, subprocess_env, tiny_config
+from _tiny_run import (ROOT, build, finish_worker, one_rank_process_group, rollout_records, subprocess_env,
+                       tiny_config)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -535,21 +536,10 @@ def test_four_bit_weights_need_param_dtype_of_their_storage(tiny_policy_spec) ->
 @pytest.fixture
 def one_rank_mesh(monkeypatch):
     """A 1-rank gloo process group and its mesh on a free port, torn down after the test."""
-    import socket
-
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_rank_process_group(monkeypatch):
         yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _post_forward(module) -> list:
@@ -890,13 +880,4 @@ if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_experiment(Path(sys.argv[1]), devices=2)
     run_qlora_experiment(Path(sys.argv[1]) / "qlora")
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # every result is on disk; the interpreter's own shutdown sometimes aborts in a C++ thread destructor
-    # ("terminate called without an active exception"), which would turn a finished run into exit code -6
-    os._exit(0)
+    finish_worker()
