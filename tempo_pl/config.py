@@ -102,7 +102,8 @@ class TrainingConfig:
     unlabeled rows (its state is saved in checkpoints); null keeps rows in collection order, labeled first."""
     on_policy_ratio: bool = True
     """With one epoch of one mini-batch, take the old log-probs from the update's own forward, detached (ratio
-    exactly 1, the reference's shortcut) instead of a separate no-grad pass; false always makes that pass."""
+    exactly 1, the reference's shortcut) instead of a separate no-grad pass, and the labeled rows' values from the
+    critic update's own forward (docs/algorithm.md, "The critic's own values"); false always makes that pass."""
     policy_grad_clip: float = 1.0
     """Gradient-norm clip of the policy (0 = off)."""
     critic_grad_clip: float = 1.0

@@ -1,7 +1,8 @@
 """TempoModule: the TEMPO actor-critic loop as a LightningModule with manual optimization.
 
 One ``training_step`` is one RL step (``docs/algorithm.md``, "One RL step"), a sequence of overridable stages:
-``collect_rollout -> forward_stats -> score -> advantages -> update_critic -> update_policy -> step_metrics``.
+``collect_rollout -> forward_stats -> score -> advantages -> update_critic -> update_policy -> step_metrics``
+(``update_critic`` before ``advantages`` when :meth:`TempoModule.critic_goes_first`).
 The arithmetic lives in :mod:`tempo_pl.algorithms` (estimators and losses named through its registries), the
 stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation`.
 """
@@ -219,13 +220,19 @@ class TempoModule(RLStepLogging, LightningModule):
                 metrics["skipped_step"] = 1.0
                 self._finish_step(plan, rollout, torch.zeros(0), {**metrics, **timings})
                 return
+            critic_first = self.critic_goes_first(rollout)
             with timed(timings, "scoring", profiler):
                 stats = self.forward_stats(rollout)
                 reward = self.score(rollout, stats)
                 rollout, stats, reward = scoring.apply_keep_rows(rollout, stats, reward)
-                adv, returns = self.advantages(rollout, stats, reward.scores)
+                if not critic_first:
+                    adv, returns = self.advantages(rollout, stats, reward.scores)
             with timed(timings, "update", profiler):
-                if plan.update_critic and not self.critic_is_frozen:
+                if critic_first:  # its forward fills the labeled rows' values, then the advantages read them
+                    returns = self._advantages(rollout, stats, reward.scores, all_ranks=False)[1]
+                    metrics.update(self.update_critic(rollout, stats, returns))
+                    adv, returns = self.advantages(rollout, stats, reward.scores)
+                elif plan.update_critic and not self.critic_is_frozen:
                     metrics.update(self.update_critic(rollout, stats, returns))
                 if plan.update_policy:
                     metrics.update(self.update_policy(rollout, stats, adv))
@@ -304,6 +311,7 @@ class TempoModule(RLStepLogging, LightningModule):
             with_self_certainty=self.unlabeled_reward is not None and self.unlabeled_reward.needs_self_certainty,
             reference=self._reference_context if self.algorithm.kl_coef > 0 else None,
             with_policy=self.step_plan.update_policy and not self.is_on_policy(rollout),
+            value_rows=~rollout.is_labeled.bool() if self.critic_goes_first(rollout) else None,
         )
 
     def is_on_policy(self, rollout: Rollout) -> bool:
@@ -311,6 +319,17 @@ class TempoModule(RLStepLogging, LightningModule):
         log-probs are its own, detached (ratio exactly 1, as the reference), and no separate pass is needed."""
         cfg = self.training_cfg
         return cfg.on_policy_ratio and cfg.ppo_epochs == 1 and len(rollout.prompt_batch) <= cfg.mini_batch_size
+
+    def critic_goes_first(self, rollout: Rollout) -> bool:
+        """The critic update runs before the advantages and gives the labeled rows' values from its own forward, so
+        the no-grad pass skips them: when it trains this step on one epoch of one mini-batch (every forward then sees
+        the weights before the step, as the pass would; ``training.on_policy_ratio``), the estimator's labeled
+        targets read no values, ``advantages`` is the module's own and the critic is not FSDP-sharded (ranks may
+        hold different numbers of unlabeled rows, and a sharded forward is a collective)."""
+        return (self.step_plan.update_critic and self.critic is not None and self.is_on_policy(rollout)
+                and self.device_mesh is None and type(self).advantages is TempoModule.advantages
+                and advantage_estimator(self.algorithm.advantage).labeled_returns_from_scores
+                and not self.critic_is_frozen)
 
     @property
     def critic_is_frozen(self) -> bool:
@@ -326,9 +345,12 @@ class TempoModule(RLStepLogging, LightningModule):
     def advantages(self, rollout: Rollout, stats: ForwardStats, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Token advantages and critic targets from the per-row outcomes, by the registered
         ``algorithm.advantage`` estimator (``docs/algorithm.md``, "Advantages")."""
+        return self._advantages(rollout, stats, scores)
+
+    def _advantages(self, rollout: Rollout, stats: ForwardStats, scores: Tensor, all_ranks: bool = True):
         batch = AdvantageBatch(scores=scores, mask=rollout.response_mask.float(), group_ids=rollout.group_ids,
                                is_labeled=rollout.is_labeled, values=stats.values,
-                               all_reduce=Ranks.of(self._trainer).all_reduce)
+                               all_reduce=Ranks.of(self._trainer).all_reduce if all_ranks else None)
         return advantage_estimator(self.algorithm.advantage).fn(batch, self.algorithm)
 
     def policy_loss(
@@ -347,7 +369,7 @@ class TempoModule(RLStepLogging, LightningModule):
     def update_critic(self, rollout: Rollout, stats: ForwardStats, returns: Tensor) -> dict[str, float]:
         """E-step: regress the critic on labeled rows' outcomes, in mini-batches."""
         micro_loss = critic_micro_loss(self.critic, row_inputs(rollout, self.device), rollout, stats, returns,
-                                       self.value_loss)
+                                       self.value_loss, own_values=self.critic_goes_first(rollout))
         out = self._optimize(rollout, "critic", self.training_cfg.critic_grad_clip, micro_loss)
         return {f"critic/{k}": v for k, v in out.items()}
 

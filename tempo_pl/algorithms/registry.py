@@ -72,6 +72,9 @@ class AdvantageEstimator:
     fn: AdvantageFn
     needs_critic: bool
     """The estimator reads critic values (a run must then have a critic)."""
+    labeled_returns_from_scores: bool = False
+    """The critic's targets on labeled rows are the scores alone: they read no values. The critic update may then run
+    before the advantages and give the labeled rows' values from its own forward (``TempoModule.critic_goes_first``)."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,14 @@ _ADVANTAGES: _Registry[AdvantageEstimator] = _Registry("advantage estimator", "a
 _POLICY_LOSSES: _Registry[PolicyLoss] = _Registry("policy loss", "algorithm.policy_loss")
 
 
-def register_advantage(name: str, *, needs_critic: bool = False) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator: register ``fn(batch, config) -> (advantages, returns)`` as the advantage estimator ``name``."""
+def register_advantage(
+    name: str, *, needs_critic: bool = False, labeled_returns_from_scores: bool = False
+) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Decorator: register ``fn(batch, config) -> (advantages, returns)`` as the advantage estimator ``name``.
+    ``labeled_returns_from_scores``: declare that ``returns`` on labeled rows do not read ``batch.values``."""
 
     def add(fn: AdvantageFn) -> AdvantageFn:
-        _ADVANTAGES.add(AdvantageEstimator(name, fn, needs_critic))
+        _ADVANTAGES.add(AdvantageEstimator(name, fn, needs_critic, labeled_returns_from_scores))
         return fn
 
     return add
@@ -155,13 +161,13 @@ def policy_loss_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ built-ins
-@register_advantage("em_token", needs_critic=True)
+@register_advantage("em_token", needs_critic=True, labeled_returns_from_scores=True)
 def _em_token(batch: AdvantageBatch, config: Any) -> tuple[Tensor, Tensor]:
     return adv.em_token_advantage(batch.scores, batch.values, batch.mask, whiten=config.whiten_advantages,
                                   all_reduce=batch.all_reduce)
 
 
-@register_advantage("em", needs_critic=True)
+@register_advantage("em", needs_critic=True, labeled_returns_from_scores=True)
 def _em(batch: AdvantageBatch, config: Any) -> tuple[Tensor, Tensor]:
     return adv.em_advantage(batch.scores, batch.values, batch.mask, batch.group_ids, batch.is_labeled)
 

@@ -7,7 +7,7 @@ import contextlib
 from typing import Callable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from tempo_pl.stages.minibatch import full_width, index_chunks, row_inputs
 from tempo_pl.models import critic_response_values, policy_response_stats
@@ -25,13 +25,15 @@ def rollout_stats(
     with_self_certainty: bool = False,
     reference: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
     with_policy: bool = True,
+    value_rows: Optional[Tensor] = None,
 ) -> ForwardStats:
     """Statistics of every row, ``batch_rows`` rows per forward pass, with the models in eval mode (restored to
     train mode after). ``reference()`` enters a context that yields the reference model (KL); None skips it.
     ``with_policy=False`` skips the policy's pass (its log-probs and entropy stay None) unless self-certainty needs
-    it: an on-policy update takes them from its own training forward."""
+    it: an on-policy update takes them from its own training forward. ``value_rows`` (bool per row) limits the
+    critic's pass to those rows; the others' values stay 0 until the critic update's forward gives them."""
     with_policy = with_policy or with_self_certainty
-    parts: dict[str, list] = {"logprobs": [], "entropy": [], "self_certainty": [], "values": [], "ref": []}
+    parts: dict[str, list] = {"logprobs": [], "entropy": [], "self_certainty": [], "ref": []}
     policy.eval()
     if critic is not None:
         critic.eval()
@@ -46,16 +48,31 @@ def rollout_stats(
             parts["entropy"].append(full_width(out["entropy"], width))
             if with_self_certainty:
                 parts["self_certainty"].append(full_width(out["self_certainty"], width))
-        if critic is not None:
-            parts["values"].append(full_width(critic_response_values(critic, ids, attn, resp_mask), width))
         if reference is not None:
             with reference() as ref_model:
                 ref = policy_response_stats(ref_model, ids, attn, resp_ids, resp_mask, temperature=temperature,
                                             with_entropy=False)
             parts["ref"].append(full_width(ref["logprobs"], width))
+    values = None if critic is None else critic_values(critic, rollout, inputs, batch_rows, device, value_rows)
     policy.train()
     if critic is not None:
         critic.train()
     cat = lambda k: torch.cat(parts[k]).float() if parts[k] else None  # noqa: E731
-    return ForwardStats(old_logprobs=cat("logprobs"), entropy=cat("entropy"), values=cat("values"),
+    return ForwardStats(old_logprobs=cat("logprobs"), entropy=cat("entropy"), values=values,
                         self_certainty=cat("self_certainty"), ref_logprobs=cat("ref"))
+
+
+@torch.no_grad()
+def critic_values(critic: nn.Module, rollout: Rollout, inputs: Callable, batch_rows: int, device: torch.device,
+                  rows_wanted: Optional[Tensor] = None) -> Tensor:
+    """(N, R) float32 values of the wanted rows (all without ``rows_wanted``), ``batch_rows`` rows per pass; 0 on
+    the others. The rows of a group stay together, so a group's prompt still runs once."""
+    values = torch.zeros(rollout.num_rows, rollout.response_ids.shape[1], device=device)
+    chosen = (torch.arange(rollout.num_rows) if rows_wanted is None else
+              torch.nonzero(rows_wanted.cpu(), as_tuple=False).flatten())
+    for part in index_chunks(len(chosen), batch_rows):
+        rows = chosen[part]
+        ids, attn, _, resp_mask = inputs(rows)
+        values[rows.to(device)] = full_width(critic_response_values(critic, ids, attn, resp_mask),
+                                             values.shape[1]).float()
+    return values

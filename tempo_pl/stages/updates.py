@@ -19,9 +19,14 @@ RowInputs = Callable[[Tensor], "tuple[Tensor, Tensor, Tensor, Tensor]"]
 
 def critic_micro_loss(
     critic: nn.Module, inputs: RowInputs, rollout: Rollout, stats: ForwardStats, returns: Tensor,
-    value_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"],
+    value_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"], own_values: bool = False,
 ) -> MicroLoss:
-    """The value loss of a micro-batch, masked to its labeled rows (unlabeled rows' targets are the critic's own)."""
+    """The value loss of a micro-batch, masked to its labeled rows (unlabeled rows' targets are the critic's own).
+
+    ``own_values``: the no-grad pass left the labeled rows' values out (the critic goes first: one epoch of one
+    mini-batch, so every forward here runs on the weights before the step); each labeled row's values come from
+    this forward, detached, as its old values (the clip is then exact), and are written into ``stats.values`` for
+    the advantages that follow."""
     labeled = rollout.is_labeled.float().unsqueeze(-1)
 
     def micro_loss(rows: Tensor) -> tuple[Tensor, dict[str, Any]]:
@@ -29,6 +34,9 @@ def critic_micro_loss(
         width = resp_mask.shape[1]  # the response columns some row of the micro-batch uses
         values = critic_response_values(critic, ids, attn, resp_mask)
         mask = resp_mask.float() * labeled[rows].to(resp_mask.device)
+        if own_values:
+            keep = rollout.is_labeled[rows].bool().cpu()
+            stats.values[rows[keep], :width] = values.detach()[keep.to(values.device)].float()
         loss, metrics = value_loss(values, stats.values[rows, :width], returns[rows, :width], mask)
         return loss, {"loss": loss, **metrics}
 
