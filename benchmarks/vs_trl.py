@@ -294,6 +294,13 @@ def report(size: str, params: int, args: argparse.Namespace, results: dict) -> N
     for side, target in (("tempo_frozen", 1.1), ("tempo", 1.35)):
         if side in step and "grpo" in step:
             print(f"step time {side} / critic-free grpo : {step[side] / step['grpo']:.2f}x (target <= {target})")
+    if "tempo_frozen" in step and "grpo" in step:
+        # the frozen critic's whole cost is its value pass: one no-grad forward of a model of the policy's size over
+        # every row (em_token reads V_t at every token), timed inside the scoring stage
+        value_pass = (statistics.median(results["tempo_frozen"]["scoring_seconds"])
+                      - statistics.median(results["grpo"]["scoring_seconds"]))
+        print(f"the frozen critic's value pass: {value_pass:.3f} s = {value_pass / step['grpo']:.2f} of the "
+              f"critic-free step (a frozen critic's step costs 1 + this, whatever else is shared)")
 
 
 if __name__ == "__main__":

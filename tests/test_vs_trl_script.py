@@ -48,3 +48,17 @@ def test_the_tempo_side_times_its_steps_and_generation(vs_trl, tmp_path):
     assert all(sum(parts) < s for *parts, s in zip(*stages, result["step_seconds"]))
     assert all(g <= c for g, c in zip(result["generate_seconds"], result["generation_seconds"]))
     assert vs_trl.reward(["p"], ["a1b2"]) == [0.5]
+
+
+def test_the_report_gives_the_ratios_and_the_frozen_critics_value_pass(vs_trl, capsys):
+    def side(step: float, scoring: float) -> dict:
+        return {"step_seconds": [step], "generate_seconds": [1.0], "generate_tokens": [100],
+                "generation_seconds": [1.0], "scoring_seconds": [scoring], "update_seconds": [step - 1.0 - scoring]}
+
+    results = {"trl": {"step_seconds": [3.0], "generate_seconds": [1.0], "generate_tokens": [50]},
+               "grpo": side(2.0, 0.01), "tempo_frozen": side(2.3, 0.31), "tempo": side(2.6, 0.2)}
+    vs_trl.report("tiny", 90_000, vs_trl.parse_args([]), results)
+    out = capsys.readouterr().out
+    assert "grpo / TRL : 1.50x" in out and "tokens/s tempo-pl / TRL  : 2.00x" in out
+    assert "tempo_frozen / critic-free grpo : 1.15x" in out and "tempo / critic-free grpo : 1.30x" in out
+    assert "value pass: 0.300 s = 0.15 of the critic-free step" in out
