@@ -150,6 +150,38 @@ class FSDP2Strategy(ModelParallelStrategy):
         # FSDP2 keeps offloaded shards on the CPU and refuses them elsewhere: move only what it does not manage
         _move_unsharded_states(self.model, self.root_device)
 
+    # An optimizer that has not stepped yet (the policy's during the critic's warm-up or an E-step) has no state, and
+    # torch's get_optimizer_state_dict makes one with a zero-lr step(): Adam's step count would become 1 and its
+    # first real update would differ from a run that did not save. The made-up state is dropped after the save and
+    # after a load of such a checkpoint, so saving changes nothing.
+    def optimizer_state(self, optimizer) -> dict[str, Any]:
+        inner = _unwrapped(optimizer)
+        fresh = not inner.state
+        state = super().optimizer_state(optimizer)
+        if fresh:
+            inner.state.clear()
+        return state
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Optional[Any] = None) -> None:
+        # dump_checkpoint collected every optimizer's state already: the ones still without state were fresh
+        checkpoint[FRESH_OPTIMIZERS_KEY] = [i for i, opt in enumerate(self.optimizers) if not _unwrapped(opt).state]
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        for index in checkpoint.get(FRESH_OPTIMIZERS_KEY, []):
+            _unwrapped(self.optimizers[index]).state.clear()
+        return checkpoint
+
+
+FRESH_OPTIMIZERS_KEY = "tempo_fresh_optimizers"
+"""Checkpoint key: the indices of the optimizers that had not stepped when it was saved (their saved state is the
+zero-lr one torch makes up, not theirs)."""
+
+
+def _unwrapped(optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+
 
 # ------------------------------------------------------------------------------------------------------ sharding
 
