@@ -324,10 +324,13 @@ class TempoModule(RLStepLogging, LightningModule):
         """The critic update runs before the advantages and gives the labeled rows' values from its own forward, so
         the no-grad pass skips them: when it trains this step on one epoch of one mini-batch (every forward then sees
         the weights before the step, as the pass would; ``training.on_policy_ratio``), the estimator's labeled
-        targets read no values, ``advantages`` is the module's own and the critic is not FSDP-sharded (ranks may
-        hold different numbers of unlabeled rows, and a sharded forward is a collective)."""
+        targets read no values, ``score``, ``advantages`` and ``update_critic`` are the module's own (an override
+        could read the labeled values before the update, or not write them) and the critic is not FSDP-sharded
+        (ranks may hold different numbers of unlabeled rows, and a sharded forward is a collective)."""
+        own_stages = all(getattr(type(self), name) is getattr(TempoModule, name)
+                         for name in ("score", "advantages", "update_critic"))
         return (self.step_plan.update_critic and self.critic is not None and self.is_on_policy(rollout)
-                and self.device_mesh is None and type(self).advantages is TempoModule.advantages
+                and self.device_mesh is None and own_stages
                 and advantage_estimator(self.algorithm.advantage).labeled_returns_from_scores
                 and not self.critic_is_frozen)
 

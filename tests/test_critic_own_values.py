@@ -118,12 +118,22 @@ def test_the_critic_keeps_the_separate_pass_where_it_cannot_go_first(tiny_policy
         def advantages(self, rollout, stats, scores):
             return super().advantages(rollout, stats, scores)
 
+    class OwnScore(TempoModule):  # may read every row's values
+        def score(self, rollout, stats):
+            return super().score(rollout, stats)
+
+    class OwnCriticUpdate(TempoModule):  # may not write the labeled rows' values
+        def update_critic(self, rollout, stats, returns):
+            return super().update_critic(rollout, stats, returns)
+
     cases = {
         "gae": make_module(tiny_policy_spec, "gae"),  # its targets read the values
         "frozen": make_module(tiny_policy_spec, critic_lr=0.0),  # no update to take values from
         "two mini-batches": make_module(tiny_policy_spec, mini_batch_size=2),  # the second sees updated weights
         "separate pass asked for": make_module(tiny_policy_spec, on_policy_ratio=False),
         "advantages overridden": make_module(tiny_policy_spec, module_cls=OwnAdvantages),
+        "score overridden": make_module(tiny_policy_spec, module_cls=OwnScore),
+        "update_critic overridden": make_module(tiny_policy_spec, module_cls=OwnCriticUpdate),
     }
     for name, module in cases.items():
         logged, passes = fit(module, monkeypatch, steps=1)
