@@ -12,14 +12,21 @@ import torch
 from tempo_pl.algorithms.registry import advantage_estimator, register_advantage
 
 
-def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float = 1e-3, module_cls=None, **training):
+def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float = 1e-3, module_cls=None,
+                shared_base: bool = False, **training):
+    from dataclasses import replace
+
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
-    from tempo_pl.models import CriticSpec
+    from tempo_pl.models import CriticSpec, LoraSpec
     from tempo_pl.module import TempoModule
     from tempo_pl.rollout import SamplingSpec
 
     cls = module_cls or TempoModule
-    return cls(policy=tiny_policy_spec, critic=CriticSpec(init_from_policy=True, seed=0, head_init_std=0.5),
+    critic = CriticSpec(init_from_policy=True, seed=0, head_init_std=0.5)
+    if shared_base:  # one base, a LoRA adapter each (here unquantised: the order is under test, not 4-bit)
+        tiny_policy_spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
+        critic = replace(critic, lora=LoraSpec(r=4, alpha=8))
+    return cls(policy=tiny_policy_spec, critic=critic, shared_base=shared_base,
                sampling=SamplingSpec(n=3, max_new_tokens=8, max_prompt_length=256),
                algorithm=AlgorithmConfig(advantage=advantage),
                training=TrainingConfig(**{"mini_batch_size": 4, "micro_batch_size": 2, "group_filter": False,
@@ -83,12 +90,14 @@ def test_estimators_declare_whether_labeled_targets_read_values():
     assert not advantage_estimator("test_own_values_default").labeled_returns_from_scores
 
 
-@pytest.mark.parametrize("advantage", ["em_token", "em"])
-def test_the_critic_going_first_makes_the_step_of_the_separate_pass(tiny_policy_spec, monkeypatch, advantage):
+@pytest.mark.parametrize("advantage,shared_base", [("em_token", False), ("em", False), ("em_token", True)])
+def test_the_critic_going_first_makes_the_step_of_the_separate_pass(tiny_policy_spec, monkeypatch, advantage,
+                                                                     shared_base):
     from tempo_pl.module import TempoModule
 
-    first = make_module(tiny_policy_spec, advantage)
-    separate = make_module(tiny_policy_spec, advantage, module_cls=type("Separate", (SeparatePass, TempoModule), {}))
+    first = make_module(tiny_policy_spec, advantage, shared_base=shared_base)
+    separate = make_module(tiny_policy_spec, advantage, shared_base=shared_base,
+                           module_cls=type("Separate", (SeparatePass, TempoModule), {}))
     first_logged, first_passes = fit(first, monkeypatch)
     separate_logged, separate_passes = fit(separate, monkeypatch)
 
