@@ -32,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
+from torch.distributed.tensor import DTensor  # noqa: E402
 
 import vllm_vs_generate  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
 from vllm_vs_generate import EngineSizes  # noqa: E402
@@ -83,7 +84,10 @@ class StepProbe(Callback):
         for name, model in models.items():
             if model is not None:
                 params = [p for p in model.parameters() if p.requires_grad]
-                out[name] = [getattr(p, "to_local", lambda p=p: p)().detach().float().clone() for p in params]
+                # the whole tensor of a sharded parameter (a collective: every rank runs this probe), so a rank
+                # whose shard of a small tensor is empty does not count it as unmoved
+                out[name] = [(p.full_tensor() if isinstance(p, DTensor) else p).detach().float().clone()
+                             for p in params]
         return out
 
     def on_train_start(self, trainer, pl_module) -> None:
