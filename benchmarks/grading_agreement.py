@@ -71,14 +71,11 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tempo_pl.rewards import grading  # noqa: E402
+from tempo_pl.rewards import grading
 
 DISTRACTOR = "First, $2+3=5$ and 7 more steps give 12.\n"
 TEMPLATES = (

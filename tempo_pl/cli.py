@@ -3,7 +3,7 @@
 ``tempo-pl fit|validate --config CONFIG.yaml`` runs LightningCLI in subclass mode: model, data and callbacks are
 ``class_path`` entries, so a research subclass of :class:`~tempo_pl.module.TempoModule` is used by naming it.
 
-Runs (:mod:`tempo_pl.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
+Runs (:mod:`tempo_pl.run.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
 (into the same version folder) with the same command line that started it; a folder that already holds a run, or
 that a live run writes into, is refused. A run stopped by SIGTERM/SIGINT (see
 :class:`~tempo_pl.callbacks.RLStepCheckpoint`) exits with 128 + the signal number after saving.
@@ -22,14 +22,14 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from tempo_pl.callbacks import RunInterrupted
-from tempo_pl.run_folder import claim, pin_version_for_resume, process_rank
+from tempo_pl.run.run_folder import claim, pin_version_for_resume, process_rank
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 PIPELINES = {
-    "export": ("tempo_pl.export", "Write a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/ and critic/"),
+    "export": ("tempo_pl.run.export", "Write a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/ and critic/"),
     "demo": ("tempo_pl.pipelines.demo", "The offline demo: warm start, zero-RL, TEMPO and baselines, report (CPU)"),
     "compare": ("tempo_pl.pipelines.compare", "Run methods from one start, seed and budget; table and plot"),
     "plot": ("tempo_pl.pipelines.plot", "Plot accuracy, pass@k and diversity against the RL step for existing runs"),

@@ -4,7 +4,7 @@ One ``training_step`` is one RL step (``docs/algorithm.md``, "One RL step"), a s
 ``collect_rollout -> forward_stats -> score -> advantages -> update_critic -> update_policy -> step_metrics``
 (``update_critic`` before ``advantages`` when :meth:`TempoModule.critic_goes_first`).
 The arithmetic lives in :mod:`tempo_pl.algorithms` (estimators and losses named through its registries), the
-stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation`.
+stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation.evaluator`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from typing_extensions import override
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
-from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records
-from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+from tempo_pl.evaluation.evaluator import Evaluation, eval_dir, eval_sampling, gather_records
+from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
-from tempo_pl.rng_state import capture_rng, restore_rng
-from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
+from tempo_pl.run.rng_state import capture_rng, restore_rng
+from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine, SamplingSpec
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import rollout_stats
-from tempo_pl.step_logging import RLStepLogging
+from tempo_pl.run.step_logging import RLStepLogging
 from tempo_pl.stages.metrics import step_metrics, throughput, timed
 from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, optimize, row_inputs
 from tempo_pl.stages.ranks import Ranks
@@ -72,9 +72,9 @@ class TempoModule(RLStepLogging, LightningModule):
         policy_scheduler: LR scheduler of the policy, stepped once per policy optimizer step.
         critic_scheduler: LR scheduler of the critic, stepped once per critic optimizer step.
         shared_base: policy and critic share one frozen (4-bit) base with two LoRA adapters, which roughly halves
-            memory; needs ``lora`` on both specs (see :mod:`tempo_pl.shared_base`).
+            memory; needs ``lora`` on both specs (see :mod:`tempo_pl.models.shared_base`).
         rollout_engine: builds the engine that samples responses, ``(tokenizer, sampling, generation batch size) ->
-            RolloutEngine``; default :class:`~tempo_pl.rollout.HFGenerateEngine` (transformers ``generate``).
+            RolloutEngine``; default :class:`~tempo_pl.engines.hf_generate.HFGenerateEngine` (transformers ``generate``).
 
     Example (YAML, ``tempo-pl fit --config``)::
 
@@ -158,7 +158,7 @@ class TempoModule(RLStepLogging, LightningModule):
             return
         self.tokenizer = build_tokenizer(self.policy_spec)
         if self.shared_base:
-            from tempo_pl.shared_base import build_shared_actor_critic
+            from tempo_pl.models.shared_base import build_shared_actor_critic
 
             self.policy, self.critic = build_shared_actor_critic(self.policy_spec, self.critic_spec)
         else:

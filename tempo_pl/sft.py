@@ -2,7 +2,7 @@
 
 The conversation is built exactly as the rollout engine builds it, so that what SFT teaches is what RL samples:
 user = the prompt template applied to the problem, encoded by the engine's own
-:func:`~tempo_pl.prompts.encode_prompts` with the same :class:`~tempo_pl.prompts.PromptFormat` (give SFTModule the
+:func:`~tempo_pl.engines.prompts.encode_prompts` with the same :class:`~tempo_pl.engines.prompts.PromptFormat` (give SFTModule the
 ``prompt_format`` the RL stages give ``sampling.prompt_format``); assistant = the worked solution
 followed by the tokenizer's eos. The loss covers the assistant tokens only. At the end of fit the policy (LoRA
 merged) and tokenizer are saved as a Hugging Face directory that the next stage loads with
@@ -29,9 +29,9 @@ from tempo_pl.data.conversations import assistant_text, user_text
 from tempo_pl.data.readers import DataError, table_from_dataset
 from tempo_pl.data.sources import check_columns, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
-from tempo_pl.lora import save_merged
-from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.models.lora import save_merged
+from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
 
 IGNORE_INDEX = -100
 """Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""
@@ -99,7 +99,7 @@ class SFTModule(LightningModule):
     """Supervised fine-tuning of the policy on worked solutions (loss on the assistant tokens only).
 
     Args:
-        model: the policy's :class:`~tempo_pl.models.ModelSpec` (the same spec the RL module takes); its tokenizer
+        model: the policy's :class:`~tempo_pl.models.builders.ModelSpec` (the same spec the RL module takes); its tokenizer
             renders the chat template.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.

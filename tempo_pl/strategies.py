@@ -6,7 +6,7 @@ run on :class:`FSDP2Strategy`: a ``ModelParallelStrategy`` (data parallel only) 
 trainer's strategy and applies ``fully_shard`` to every decoder layer and to each model's root, with activation
 checkpointing, mixed precision and optional CPU offload. Both optimizers are created after sharding, so they hold the
 sharded (DTensor) parameters and their state is sharded too; checkpoints are DCP folders (sharded) or single files
-(``save_distributed_checkpoint=False``), and :mod:`tempo_pl.export` turns either into Hugging Face folders.
+(``save_distributed_checkpoint=False``), and :mod:`tempo_pl.run.export` turns either into Hugging Face folders.
 
 Generation with transformers runs under :func:`gathered_for_generation`: the policy's parameters are all-gathered
 once before ``generate`` and freed after it, instead of once per generated token. An engine that serves its own copy
@@ -37,7 +37,8 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from tempo_pl.models import DTYPES, hf_model
+from tempo_pl.models.builders import DTYPES
+from tempo_pl.models.hf import hf_model
 
 #: attributes of a TempoModule that hold models to shard, in this order
 MODEL_ATTRIBUTES = ("policy", "critic", "reference")

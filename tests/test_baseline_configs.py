@@ -206,7 +206,7 @@ def test_config_runs_one_rl_step_offline(name, tmp_path):
 
 
 def check_export_loads_back(cli, folder: Path) -> None:
-    from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy
+    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy
 
     info = json.loads((folder / "export.json").read_text())
     assert info == {"rl_steps": 1, "policy": str(folder / "policy"), "critic": str(folder / "critic")}
@@ -231,7 +231,7 @@ def fake_trainer(tmp_path: Path, global_zero: bool = True):
 def test_hf_export_merges_lora_into_copies_that_load_by_path(tmp_path, tiny_policy_spec, tiny_critic_spec):
     from peft import PeftModel
 
-    from tempo_pl.models import CriticSpec, LoraSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 
     tiny_policy_spec.lora = LoraSpec(r=2, alpha=4)
     policy = build_policy(tiny_policy_spec)
@@ -268,7 +268,7 @@ def test_hf_export_merges_lora_into_copies_that_load_by_path(tmp_path, tiny_poli
 
 
 def test_hf_export_writes_on_rank_zero_only_and_policy_only_when_asked(tmp_path, tiny_policy_spec, tiny_critic_spec):
-    from tempo_pl.models import build_critic, build_policy, build_tokenizer
+    from tempo_pl.models.builders import build_critic, build_policy, build_tokenizer
 
     policy = build_policy(tiny_policy_spec)
     module = SimpleNamespace(policy=policy, critic=build_critic(tiny_critic_spec, tiny_policy_spec),

@@ -17,9 +17,9 @@ def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float 
     from dataclasses import replace
 
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
-    from tempo_pl.models import CriticSpec, LoraSpec
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
     from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.engines.hf_generate import SamplingSpec
 
     cls = module_cls or TempoModule
     critic = CriticSpec(init_from_policy=True, seed=0, head_init_std=0.5)
@@ -53,7 +53,7 @@ def fit(module, monkeypatch, steps: int = 2) -> tuple[list[dict], list[int]]:
 
     seed_everything(3, verbose=False)
     passes: list[int] = []
-    from tempo_pl.models import critic_response_values as inner
+    from tempo_pl.models.forward import critic_response_values as inner
 
     def counted(critic, input_ids, *args, **kwargs):
         passes.append(len(input_ids))

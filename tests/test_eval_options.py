@@ -6,8 +6,8 @@ import pytest
 
 from test_rewards import make_rollout
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation import Evaluation, eval_sampling
-from tempo_pl.rollout import SamplingSpec
+from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
+from tempo_pl.engines.hf_generate import SamplingSpec
 
 
 @pytest.mark.parametrize("budget", [0, -3])

@@ -9,21 +9,11 @@ import pytest
 import torch
 from _weights import draw_parameters
 
-from tempo_pl.models import (
-    CriticSpec,
-    LoraSpec,
-    ModelSpec,
-    build_critic,
-    build_policy,
-    build_tokenizer,
-    critic_response_values,
-    disable_bnb_avx512bf16,
-    policy_response_stats,
-    position_ids_from_mask,
-    sequence_inputs,
-)
-from tempo_pl.lora import save_merged
-from tempo_pl.tiny import (
+from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec, build_critic, build_policy, build_tokenizer, disable_bnb_avx512bf16
+from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
+from tempo_pl.models.hf import position_ids_from_mask
+from tempo_pl.models.lora import save_merged
+from tempo_pl.models.tiny import (
     BUILTIN_CHAR,
     CHATML_TEMPLATE,
     build_char_tokenizer,
@@ -476,7 +466,7 @@ def test_qlora_policy_is_4bit_with_trainable_adapters(tiny_policy_spec):
 
 
 def test_qlora_generate_then_train_gives_the_same_gradients(tiny_policy_spec, tiny_tokenizer):
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+    from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
 
     reference = _lora_grads(_qlora(tiny_policy_spec))  # never ran an eval-mode forward
     assert all(g is not None and g.abs().sum() > 0 for g in reference.values())

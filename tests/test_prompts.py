@@ -12,13 +12,13 @@ import torch
 
 from tempo_pl.callbacks import RolloutSampleLogger
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation import Evaluation
-from tempo_pl.metrics import write_question_jsonl
-from tempo_pl.models import build_policy
-from tempo_pl.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+from tempo_pl.evaluation.evaluator import Evaluation
+from tempo_pl.evaluation.records import write_question_jsonl
+from tempo_pl.models.builders import build_policy
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
+from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
 from tempo_pl.sft import SFTModule, collate_sft
-from tempo_pl.tiny import CHATML_TEMPLATE, build_char_tokenizer
+from tempo_pl.models.tiny import CHATML_TEMPLATE, build_char_tokenizer
 from tempo_pl.types import PromptBatch, StepPlan, StepRecord
 
 THINKING_TEMPLATE = CHATML_TEMPLATE + (

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempo_pl.models import build_critic, build_policy, critic_response_values, policy_response_stats, sequence_inputs
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, encode_prompts
+from tempo_pl.models.builders import build_critic, build_policy
+from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
+from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec, encode_prompts
 from tempo_pl.types import PromptBatch
 
 EOS, PAD = 3, 0

@@ -113,8 +113,8 @@ def test_datamodule_reads_jsonl_and_names_a_bad_row(tmp_path: Path) -> None:
 def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, tiny_policy_spec) -> None:
     from lightning.pytorch import Trainer
 
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import encode_prompts
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import encode_prompts
 
     save_dir = tmp_path / "policy"
     module = SFTModule(tiny_policy_spec, learning_rate=3e-3, warmup_steps=2, save_dir=str(save_dir))
@@ -148,8 +148,8 @@ def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, t
 def test_lora_policy_is_saved_merged(tmp_path: Path, tiny_policy_spec) -> None:
     from dataclasses import replace
 
-    from tempo_pl.lora import save_merged
-    from tempo_pl.models import LoraSpec, ModelSpec, build_policy
+    from tempo_pl.models.lora import save_merged
+    from tempo_pl.models.builders import LoraSpec, ModelSpec, build_policy
 
     module = SFTModule(replace(tiny_policy_spec, lora=LoraSpec(r=2, alpha=4)))
     module.configure_model()

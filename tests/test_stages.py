@@ -219,7 +219,7 @@ def test_score_gives_each_kind_of_row_its_source_and_keeps_the_rows_asked_for():
 def module(tiny_policy_spec, tiny_critic_spec):
     from tempo_pl.config import TrainingConfig
     from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.engines.hf_generate import SamplingSpec
 
     m = TempoModule(policy=tiny_policy_spec, critic=tiny_critic_spec,
                     sampling=SamplingSpec(n=2, max_new_tokens=6, max_prompt_length=64),
@@ -282,7 +282,7 @@ class CountingEngine:
     calls: list = []
 
     def __init__(self, tokenizer, sampling, micro_batch_size=None, label: str = "counting") -> None:
-        from tempo_pl.rollout import HFGenerateEngine
+        from tempo_pl.engines.hf_generate import HFGenerateEngine
 
         self.inner = HFGenerateEngine(tokenizer, sampling, micro_batch_size)
         self.label = label

@@ -184,9 +184,9 @@ def rank0_init_check(trainer, out: Path) -> dict:
     sharding every rank holds rank 0's weights (the sharded model computes rank 0's unsharded logits)."""
     import torch.distributed as dist
 
-    from tempo_pl.models import ModelSpec, build_policy
+    from tempo_pl.models.builders import ModelSpec, build_policy
     from tempo_pl.strategies import FSDP2Recipe, shard_model
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
     recipe = FSDP2Recipe(param_dtype=None, activation_checkpointing=False, rank0_init=True)
@@ -215,9 +215,9 @@ def _rank0_init_from_checkpoint(trainer, recipe, out: Path) -> dict:
     device on rank 1, which reads only the config; the sharded models compute what rank 0 loaded."""
     import torch.distributed as dist
 
-    from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
     from tempo_pl.strategies import shard_model
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
     folder = out / "rank0_init_checkpoint"
@@ -255,7 +255,7 @@ def generation_gathers(module, prompts) -> dict[str, int]:
     """
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.models import hf_model
+    from tempo_pl.models.hf import hf_model
     from tempo_pl.strategies import gathered_for_generation
 
     fsdp_modules = [m for m in module.policy.modules() if isinstance(m, FSDPModule)]
@@ -443,7 +443,7 @@ def _assert_every_trainable_tensor_moved(moved: dict) -> None:
 def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
 
     written = export_hf(one_process_run / "final.ckpt", tmp_path / "hf", save_critic=False)
     assert sorted(written) == ["policy"]
@@ -457,7 +457,7 @@ def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_pat
 def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
 
     written = export_hf(two_process_run / "final", tmp_path / "hf")
     probe = torch.load(two_process_run / "probe.pt")
@@ -505,7 +505,8 @@ def test_strategy_is_data_parallel_only() -> None:
 def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
     from dataclasses import replace
 
-    from tempo_pl.models import LoraSpec, build_policy, hf_model
+    from tempo_pl.models.builders import LoraSpec, build_policy
+    from tempo_pl.models.hf import hf_model
     from tempo_pl.strategies import decoder_layers
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=2)))
@@ -560,7 +561,7 @@ def test_param_groups_reads_both_torch_layouts() -> None:
 
 
 def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_policy_spec, one_rank_mesh) -> None:
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
     from torch.distributed.fsdp import FSDPModule
 
     from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
@@ -585,7 +586,7 @@ def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_pol
 def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, one_rank_mesh) -> None:
     # an engine with its own weights loads them (unit by unit) before the policy's first forward, and no generation
     # gather initialises the root for it: sharding does, so every first gather sees training's settings
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
     from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(tiny_policy_spec)
@@ -602,7 +603,7 @@ def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, o
 def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
     from tempo_pl.strategies import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):  # what shard_module reads from a TempoModule: its model attributes
@@ -632,8 +633,9 @@ def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec
 
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.models import CriticSpec, LoraSpec, critic_response_values
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.forward import critic_response_values
+    from tempo_pl.models.shared_base import build_shared_actor_critic
     from tempo_pl.strategies import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):

@@ -11,7 +11,8 @@ import torch
 from tempo_pl.algorithms.losses import value_loss
 from tempo_pl.algorithms.registry import policy_loss_fn
 from tempo_pl.config import AlgorithmConfig, TrainingConfig
-from tempo_pl.models import CriticSpec, build_critic, build_policy, policy_response_stats, sequence_inputs
+from tempo_pl.models.builders import CriticSpec, build_critic, build_policy
+from tempo_pl.models.forward import policy_response_stats, sequence_inputs
 from tempo_pl.stages.minibatch import (
     MiniBatchPlan,
     full_width,

@@ -5,7 +5,7 @@ A :class:`DatasetSpec` names a source by its ``path``, resolved in this order:
 1. ``"<prefix>:<argument>"`` with a prefix given to :func:`register_source` (e.g. the offline synthetic task);
 2. a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, or a ``Dataset.save_to_disk`` folder
    (relative paths are also tried under ``data_dir``), read by :mod:`tempo_pl.data.readers`;
-3. a shipped benchmark name (:data:`tempo_pl.data.benchmarks.BENCHMARKS`), read by ``load_benchmark``;
+3. a shipped benchmark name (:data:`tempo_pl.data.eval_sets.BENCHMARKS`), read by ``load_benchmark``;
 4. anything else is a Hugging Face Hub dataset: ``datasets.load_dataset(path, split=spec.split)``.
 
 In Python, ``DatasetSpec(data=dataset)`` takes an in-memory ``datasets.Dataset`` or ``DatasetDict`` instead of a path.
@@ -398,8 +398,8 @@ def _flag_to_bool(value: Any, field: str) -> bool:
 def _benchmarks_module():
     """The shipped-benchmark registry, or ``None`` while that module is absent from the tree."""
     try:
-        return importlib.import_module("tempo_pl.data.benchmarks")
+        return importlib.import_module("tempo_pl.data.eval_sets")
     except ModuleNotFoundError as error:
-        if error.name != "tempo_pl.data.benchmarks":
+        if error.name != "tempo_pl.data.eval_sets":
             raise
         return None

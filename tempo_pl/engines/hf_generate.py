@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.nn.functional import pad
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from tempo_pl.lora import disable_bnb_avx512bf16
-from tempo_pl.models import hf_model
-from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
-from tempo_pl.shared_prompts import shared_prompt_cache
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.models.hf import hf_model
+from tempo_pl.models.lora import disable_bnb_avx512bf16
+from tempo_pl.models.shared_prompts import shared_prompt_cache
 from tempo_pl.types import PromptBatch, Rollout
 
 __all__ = ["HFGenerateEngine", "PromptFormat", "RolloutEngine", "SamplingSpec", "encode_prompts"]
@@ -69,7 +69,7 @@ class SamplingSpec:
     first truncation is warned about, with the longest prompt's length."""
     prompt_format: PromptFormat = field(default_factory=PromptFormat)
     """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
-    :class:`~tempo_pl.prompts.PromptFormat`. Evaluation uses the same format."""
+    :class:`~tempo_pl.engines.prompts.PromptFormat`. Evaluation uses the same format."""
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt_format, dict):  # from Python or YAML without class_path

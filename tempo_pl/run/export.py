@@ -11,10 +11,10 @@ into their NF4 rounding), then the trained tensors are loaded over them and LoRA
 
 Example::
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
     export_hf("runs/tempo/version_0/checkpoints/last", "export/step224")
 
-    tempo-pl export runs/.../checkpoints/last export/step224      (or: python -m tempo_pl.export ...)
+    tempo-pl export runs/.../checkpoints/last export/step224      (or: python -m tempo_pl.run.export ...)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from tempo_pl.lora import save_merged
+from tempo_pl.models.lora import save_merged
 
 #: the file Lightning writes beside the shards of a distributed checkpoint (hyper-parameters, loops, callbacks)
 SHARDED_METADATA = "meta.pt"
@@ -51,7 +51,7 @@ def export_hf(
     hparams = read_hyperparameters(checkpoint)
     if hparams.get(POLICY) is None:
         raise ValueError(f"{checkpoint}: the hyper-parameters name no `policy` spec; is this a TempoModule checkpoint?")
-    from tempo_pl.models import CriticSpec, ModelSpec, build_tokenizer
+    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_tokenizer
 
     policy_spec = as_spec(hparams[POLICY], ModelSpec)
     critic_spec = as_spec(hparams.get(CRITIC), CriticSpec)
@@ -68,7 +68,7 @@ def export_hf(
 def save_hf_folders(
     models: dict[str, nn.Module], out_dir: Union[str, Path], tokenizer=None, in_place: bool = False
 ) -> dict[str, Path]:
-    """Write each model, LoRA merged (:func:`tempo_pl.lora.save_merged`), with the tokenizer to ``<out_dir>/<key>``.
+    """Write each model, LoRA merged (:func:`tempo_pl.models.lora.save_merged`), with the tokenizer to ``<out_dir>/<key>``.
 
     Returns the folder of each key. With ``in_place=False`` the models keep their adapters.
     """
@@ -116,11 +116,11 @@ def full_precision(spec):
 def rebuild_models(policy_spec, critic_spec, shared_base: bool = False) -> dict[str, nn.Module]:
     """The run's models, unsharded and in full precision, keyed by their state-dict prefix."""
     if shared_base:
-        from tempo_pl.shared_base import build_shared_actor_critic
+        from tempo_pl.models.shared_base import build_shared_actor_critic
 
         policy, critic = build_shared_actor_critic(full_precision(policy_spec), full_precision(critic_spec))
         return {POLICY: policy, CRITIC: critic}
-    from tempo_pl.models import build_critic, build_policy
+    from tempo_pl.models.builders import build_critic, build_policy
 
     models = {POLICY: build_policy(full_precision(policy_spec))}
     if critic_spec is not None:
