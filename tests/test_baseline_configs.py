@@ -22,7 +22,8 @@ import yaml
 from tempo_pl.callbacks.hf_export import HFExport
 from tempo_pl.callbacks.baseline_telemetry import BaselineTelemetry, default_reward_threshold
 from tempo_pl.rewards import CriticValue, MajorityVote, SelfCertainty, SemanticCluster, Verifier
-from tempo_pl.types import ForwardStats, PromptBatch, Rollout, StepPlan
+from tempo_pl.types import ForwardStats, Rollout, StepPlan
+from _rollouts import prompt_batch, rollout_from_texts
 
 torch.set_num_threads(1)
 
@@ -111,19 +112,7 @@ class Tripwire(list):
 
 def rollout_of(groups: list[list[str]], ids: list[str], answers: list[Optional[str]], labeled: list[bool]) -> Rollout:
     """A rollout whose group g holds the responses ``groups[g]`` (rows g*n .. g*n+n-1), 4 response tokens each."""
-    n, rows = len(groups[0]), len(groups) * len(groups[0])
-    return Rollout(
-        prompt_ids=torch.ones(rows, 2, dtype=torch.long),
-        prompt_mask=torch.ones(rows, 2, dtype=torch.long),
-        response_ids=torch.ones(rows, 4, dtype=torch.long),
-        response_mask=torch.ones(rows, 4),
-        texts=[t for g in groups for t in g],
-        group_ids=torch.arange(len(groups)).repeat_interleave(n),
-        is_labeled=torch.tensor(labeled).repeat_interleave(n),
-        truncated=torch.zeros(rows, dtype=torch.bool),
-        prompt_batch=PromptBatch(ids=list(ids), prompts=[f"q {i}" for i in ids], answers=list(answers),
-                                 is_labeled=list(labeled)),
-    )
+    return rollout_from_texts(groups, prompt_batch(ids, answers, prompts=[f"q {i}" for i in ids], labeled=labeled))
 
 
 def boxed(answer: str) -> str:

@@ -22,6 +22,7 @@ from tempo_pl.models.tiny import (
     train_bpe_tokenizer,
 )
 from tempo_pl.types import PromptBatch, Rollout
+from _rollouts import prompt_batch, rollout_from_tokens
 
 
 def _char_id(c: str) -> int:
@@ -336,18 +337,12 @@ def test_critic_for_an_architecture_without_a_token_classification_class(tmp_pat
 
 
 def _rollout(prompt_ids, prompt_mask, response_ids, response_mask) -> Rollout:
-    n = len(prompt_ids)
-    return Rollout(
-        prompt_ids=torch.tensor(prompt_ids),
-        prompt_mask=torch.tensor(prompt_mask),
-        response_ids=torch.tensor(response_ids),
-        response_mask=torch.tensor(response_mask, dtype=torch.float),
-        texts=[""] * n,
-        group_ids=torch.arange(n),
-        is_labeled=torch.zeros(n, dtype=torch.bool),
-        truncated=torch.zeros(n, dtype=torch.bool),
-        prompt_batch=PromptBatch([str(i) for i in range(n)], [""] * n, [None] * n, [False] * n),
-    )
+    """One prompt per row, written as the padded tensors the assertions read (pad id 0)."""
+    prompts = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in zip(prompt_ids, prompt_mask)]
+    responses = [ids[:sum(mask)] for ids, mask in zip(response_ids, response_mask)]
+    rollout = rollout_from_tokens(prompt_batch([str(i) for i in range(len(prompts))]), 1, prompts, responses)
+    assert rollout.prompt_ids.tolist() == prompt_ids and rollout.response_ids.tolist() == response_ids
+    return rollout
 
 
 def test_sequence_inputs_concatenates_and_numbers_positions():

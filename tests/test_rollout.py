@@ -9,6 +9,7 @@ from tempo_pl.models.builders import build_critic, build_policy
 from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
 from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec, encode_prompts
 from tempo_pl.types import PromptBatch
+from _rollouts import rollout_from_tokens
 
 EOS, PAD = 3, 0
 
@@ -268,13 +269,9 @@ def test_select_groups_renumbers_groups_and_keeps_index_tensors_on_the_rollouts_
     from tempo_pl.types import Rollout
 
     n, prompts = 2, _prompts("a", "b", "c")
-    rows = torch.arange(3 * n)
-    rollout = Rollout(
-        prompt_ids=rows[:, None], prompt_mask=torch.ones(3 * n, 1, dtype=torch.long),
-        response_ids=rows[:, None] * 10, response_mask=torch.ones(3 * n, 1), texts=[f"r{i}" for i in range(3 * n)],
-        group_ids=rows // n, is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
-        truncated=torch.zeros(3 * n, dtype=torch.bool), prompt_batch=prompts,
-    )
+    rows = range(3 * n)
+    rollout = rollout_from_tokens(prompts, n, [[r] for r in rows], [[r * 10] for r in rows],
+                                  texts=[f"r{r}" for r in rows])
     picked = rollout.select_groups([2, 0])
     assert picked.texts == ["r4", "r5", "r0", "r1"]
     assert picked.group_ids.tolist() == [0, 0, 1, 1]

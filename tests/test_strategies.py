@@ -26,6 +26,7 @@ from lightning.pytorch import Callback
 
 from _tiny_run import (ROOT, build, finish_worker, one_rank_process_group, rollout_records, subprocess_env,
                        tiny_config)
+from _rollouts import rollout_from_tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -49,8 +50,6 @@ def deterministic_rollout(self, prompts):
     Response k of a prompt has 3 + (seed + k) % 5 tokens drawn from a generator seeded by the prompt's CRC32; even k
     end with EOS, odd k are truncated.
     """
-    from tempo_pl.types import Rollout
-
     tok, n = self.tokenizer, self.sampling.n
     eos, pad = tok.eos_token_id, tok.pad_token_id
     prompt_rows, response_rows = [], []
@@ -65,25 +64,10 @@ def deterministic_rollout(self, prompts):
                 body[-1] = eos
             prompt_rows.append(ids)
             response_rows.append(body)
-    width = max(len(p) for p in prompt_rows)
-    length = max(len(r) for r in response_rows)
-    prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_rows])
-    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_rows])
-    response_ids = torch.tensor([r + [pad] * (length - len(r)) for r in response_rows])
-    response_mask = torch.tensor([[1.0] * len(r) + [0.0] * (length - len(r)) for r in response_rows])
-    texts = tok.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
-    return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        texts=texts,
-        group_ids=torch.arange(len(prompts)).repeat_interleave(n),
-        is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
-        truncated=torch.tensor([k % 2 == 1 for _ in prompts.prompts for k in range(n)]),
-        prompt_batch=prompts,
-        extra={"num_dropped": 0},
-    )
+    return rollout_from_tokens(prompts, n, prompt_rows, response_rows, pad_id=pad,
+                               texts=tok.batch_decode(response_rows, skip_special_tokens=True),
+                               truncated=[k % 2 == 1 for _ in prompts.prompts for k in range(n)],
+                               extra={"num_dropped": 0})
 
 
 def experiment_config(out: Path, devices: int, epochs: int = EPOCHS) -> dict:
