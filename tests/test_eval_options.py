@@ -41,14 +41,14 @@ def test_lenient_evaluation_scores_answers_in_prose():
 
 
 def test_an_offline_benchmark_name_says_to_set_the_data_dir(tmp_path, monkeypatch):
-    from tempo_pl.data import benchmarks
+    from tempo_pl.data import eval_sets
 
     def offline(info):
         raise ConnectionError("Couldn't reach the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(benchmarks, "_load_from_hub", offline)
+    monkeypatch.setattr(eval_sets, "_load_from_hub", offline)
     monkeypatch.delenv("TEMPO_PL_DATA_DIR", raising=False)
     with pytest.raises(ConnectionError, match="TEMPO_PL_DATA_DIR is not set. Offline, put a copy of aime2024.jsonl"):
-        benchmarks.load_benchmark("aime2024")
+        eval_sets.load_benchmark("aime2024")
     with pytest.raises(ConnectionError, match=f"{str(tmp_path)!r} has no aime2024.jsonl.*set TEMPO_PL_DATA_DIR=<folder>"):
-        benchmarks.load_benchmark("aime2024", local_dir=str(tmp_path))
+        eval_sets.load_benchmark("aime2024", local_dir=str(tmp_path))
