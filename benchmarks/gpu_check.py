@@ -128,7 +128,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
     from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec
     from tempo_pl.module import TempoModule
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     config = sizes.qwen3_config()
     base = dict(config=config, tokenizer=tokenizer, seed=0, attn_implementation="sdpa")
@@ -145,7 +145,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     kwargs = dict(
         policy=policy,
         critic=critic,
-        sampling=SamplingSpec(n=sizes.n, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512),
+        sampling=SamplingConfig(n=sizes.n, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512),
         algorithm=AlgorithmConfig(clip_low=0.2, clip_high=0.28),
         training=TrainingConfig(mini_batch_size=sizes.prompts, micro_batch_size=sizes.prompts * sizes.n,
                                 forward_batch_size=sizes.prompts * sizes.n, group_filter=False),
@@ -159,7 +159,8 @@ def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool)
     from tempo_pl.callbacks import EMSchedule
     from tempo_pl.data.datamodule import TempoDataModule
     from tempo_pl.data.sources import DatasetSpec
-    from tempo_pl.strategies import FSDP2Recipe, FSDP2Strategy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
+    from tempo_pl.strategies import FSDP2Strategy
 
     result = Result(kind)
     try:

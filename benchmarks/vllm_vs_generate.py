@@ -119,7 +119,8 @@ def _gap(policy, rollout, temperature: float) -> tuple[float, float]:
 def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool) -> tuple[list[str], bool]:
     """The check's printed lines and whether it passed."""
     from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
     from tempo_pl.engines.vllm import VLLMEngine
 
     dtype = "bfloat16" if on_gpu else "float32"
@@ -127,9 +128,9 @@ def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool) -> tuple[list[str]
     tokenizer = build_tokenizer(spec)
     policy = build_policy(spec).to("cuda" if on_gpu else "cpu").eval()
     params = sum(p.numel() for p in policy.parameters()) / 1e9
-    sampling = SamplingSpec(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
+    sampling = SamplingConfig(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
     batch, warm_up = _prompt_batch(sizes.prompts), _prompt_batch(1)
-    short = SamplingSpec(n=1, max_new_tokens=4, max_prompt_length=512)
+    short = SamplingConfig(n=1, max_new_tokens=4, max_prompt_length=512)
     # on the GPU vLLM takes 30% of the memory, as beside a trainer; on the CPU backend a fixed 256 MiB KV cache
     memory = {"gpu_memory_utilization": 0.3} if on_gpu else {"kv_cache_memory_bytes": 256 * 2**20}
     engines = {"generate": HFGenerateEngine(tokenizer, sampling),

@@ -191,7 +191,7 @@ def run_tempo(args: argparse.Namespace, model_dir: str, side: str) -> dict:
     from tempo_pl.models.builders import CriticSpec, ModelSpec
     from tempo_pl.module import TempoModule
     from tempo_pl.rewards.function_reward import FunctionReward
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     seed_everything(0, verbose=False)
     total = args.warmup + args.steps
@@ -207,7 +207,7 @@ def run_tempo(args: argparse.Namespace, model_dir: str, side: str) -> dict:
     module = TempoModule(
         policy=ModelSpec(name_or_path=model_dir),
         critic=CriticSpec(init_from_policy=True, seed=0, head_init_std=0.02) if critic else None,  # lr 0 needs a head
-        sampling=SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.tokens, max_prompt_length=512),
+        sampling=SamplingConfig(n=args.n, temperature=1.0, max_new_tokens=args.tokens, max_prompt_length=512),
         algorithm=AlgorithmConfig(advantage="em_token" if critic else "grpo", policy_loss="gspo",
                                   clip_low=CLIP_LOW, clip_high=CLIP_HIGH),
         training=TrainingConfig(mini_batch_size=args.prompts, micro_batch_size=rows, forward_batch_size=rows,

@@ -1,7 +1,11 @@
-"""Typed option groups of :class:`~tempo_pl.module.TempoModule`.
+"""Typed option groups of :class:`~tempo_pl.module.TempoModule`: sampling, algorithm, training, evaluation.
 
 Each dataclass is one YAML mapping under ``model.init_args``; the field docstrings are what ``tempo-pl fit --help``
 prints. Defaults follow the reference scripts where the reference has a value (``docs/algorithm.md``).
+
+Naming: a ``*Config`` says how a run behaves (these groups, and each pipeline's ``DemoConfig``/``CompareConfig``); a
+``*Spec`` says what to build or read (``ModelSpec``, ``CriticSpec`` and ``LoraSpec`` in :mod:`tempo_pl.models.builders`,
+``DatasetSpec`` in :mod:`tempo_pl.data.sources`, ``SyntheticTaskSpec``); ``FSDP2Recipe`` says how to shard.
 """
 
 from __future__ import annotations
@@ -12,7 +16,62 @@ from typing import Optional
 from tempo_pl.algorithms.checks import check_choice
 from tempo_pl.algorithms.losses import AGG_MODES, KL_KINDS, VALUE_CLIP_MODES
 from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
+from tempo_pl.engines.prompts import PromptFormat
 from tempo_pl.rewards.answer_extraction import EXTRACTION_MODES
+
+
+OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled.
+
+    Example::
+
+        SamplingConfig(n=8, temperature=1.0, max_new_tokens=16384, max_prompt_length=2048)
+    """
+
+    n: int = 8
+    """Responses per prompt (the group size)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 = greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1 = off."""
+    top_k: int = 0
+    """Sample among the k most likely tokens; 0 or -1 = off."""
+    max_new_tokens: int = 1024
+    """Response length budget; a response that reaches it without EOS is marked ``truncated``."""
+    max_prompt_length: int = 2048
+    """Longest prompt in tokens, chat template included."""
+    overlong_prompt: str = "truncate_left"
+    """A longer prompt is cut from the left (``"truncate_left"``, the reference code: it loses its beginning and the
+    chat template's header) or dropped (``"drop"``: the step trains on fewer prompts). Either way the prompts are
+    counted every RL step (``train/rollout/truncated_prompts``, ``train/rollout/dropped_overlong_prompts``) and the
+    first truncation is warned about, with the longest prompt's length."""
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
+    :class:`~tempo_pl.engines.prompts.PromptFormat`. Evaluation uses the same format."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt_format, dict):  # from Python or YAML without class_path
+            self.prompt_format = PromptFormat(**self.prompt_format)
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"SamplingConfig.top_k must be >= 0 (or -1 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"SamplingConfig.max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if self.overlong_prompt not in OVERLONG_PROMPT_MODES:
+            raise ValueError(
+                f"SamplingConfig.overlong_prompt must be one of {OVERLONG_PROMPT_MODES}, got {self.overlong_prompt!r}"
+            )
 
 
 @dataclass

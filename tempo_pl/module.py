@@ -30,7 +30,8 @@ from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
 from tempo_pl.run.rng_state import capture_rng, restore_rng
-from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine, SamplingSpec
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import rollout_stats
 from tempo_pl.run.step_logging import RLStepLogging
@@ -43,7 +44,7 @@ from tempo_pl.types import PHASE_CODES, ForwardStats, PromptBatch, Rollout, Step
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[PreTrainedTokenizerBase, SamplingSpec, Optional[int]], RolloutEngine]
+EngineFactory = Callable[[PreTrainedTokenizerBase, SamplingConfig, Optional[int]], RolloutEngine]
 """``(tokenizer, sampling, generation batch size in prompts) -> RolloutEngine``."""
 
 
@@ -94,7 +95,7 @@ class TempoModule(RLStepLogging, LightningModule):
         self,
         policy: ModelSpec,
         critic: Optional[CriticSpec] = None,
-        sampling: Optional[SamplingSpec] = None,
+        sampling: Optional[SamplingConfig] = None,
         algorithm: Optional[AlgorithmConfig] = None,
         training: Optional[TrainingConfig] = None,
         evaluation: Optional[EvalConfig] = None,
@@ -111,7 +112,7 @@ class TempoModule(RLStepLogging, LightningModule):
         self.automatic_optimization = False
         self.policy_spec = policy
         self.critic_spec = critic
-        self.sampling = sampling or SamplingSpec()
+        self.sampling = sampling or SamplingConfig()
         self.algorithm = algorithm or AlgorithmConfig()
         self.training_cfg = training or TrainingConfig()
         self.evaluation = evaluation or EvalConfig()
@@ -168,12 +169,12 @@ class TempoModule(RLStepLogging, LightningModule):
         if self.algorithm.kl_coef > 0 and not hasattr(self.policy, "disable_adapter"):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.device_mesh is not None:
-            from tempo_pl.strategies import shard_module
+            from tempo_pl.models.fsdp2 import shard_module
 
             shard_module(self, self.device_mesh)
         self.engine = self.build_engine(self.sampling)
 
-    def build_engine(self, sampling: SamplingSpec) -> RolloutEngine:
+    def build_engine(self, sampling: SamplingConfig) -> RolloutEngine:
         """The rollout engine of training and evaluation (evaluation passes its own sampling to ``generate``)."""
         return self.engine_factory(self.tokenizer, sampling, self.training_cfg.generation_batch_size)
 
@@ -276,7 +277,7 @@ class TempoModule(RLStepLogging, LightningModule):
         engine that ``serves_own_weights`` (vLLM: ``sync_weights`` gives it the weights)."""
         if self.device_mesh is None or getattr(self.engine, "serves_own_weights", False):
             return contextlib.nullcontext()
-        from tempo_pl.strategies import gathered_for_generation
+        from tempo_pl.models.fsdp2 import gathered_for_generation
 
         return gathered_for_generation(self.policy)
 

@@ -17,7 +17,7 @@ from tempo_pl.types import PromptBatch, Rollout
 def prompt_batch(ids: Sequence[str], answers: Optional[Sequence[Optional[str]]] = None,
                  prompts: Optional[Sequence[str]] = None, labeled: Optional[Sequence[bool]] = None) -> PromptBatch:
     """Prompts named ``ids``; a prompt is labeled when it has an answer unless ``labeled`` says otherwise."""
-    answers = [None] * len(ids) if answers is None else answers  # as given: a test may pass a list that must not be read
+    answers = [None] * len(ids) if answers is None else answers  # as given: a test's list may fail when read
     labeled = [a is not None for a in answers] if labeled is None else list(labeled)
     return PromptBatch(ids=list(ids), prompts=list(prompts) if prompts is not None else [f"question {i}" for i in ids],
                        answers=answers, is_labeled=labeled)

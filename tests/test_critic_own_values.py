@@ -19,7 +19,7 @@ def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float 
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
     from tempo_pl.models.builders import CriticSpec, LoraSpec
     from tempo_pl.module import TempoModule
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     cls = module_cls or TempoModule
     critic = CriticSpec(init_from_policy=True, seed=0, head_init_std=0.5)
@@ -27,7 +27,7 @@ def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float 
         tiny_policy_spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
         critic = replace(critic, lora=LoraSpec(r=4, alpha=8))
     return cls(policy=tiny_policy_spec, critic=critic, shared_base=shared_base,
-               sampling=SamplingSpec(n=3, max_new_tokens=8, max_prompt_length=256),
+               sampling=SamplingConfig(n=3, max_new_tokens=8, max_prompt_length=256),
                algorithm=AlgorithmConfig(advantage=advantage),
                training=TrainingConfig(**{"mini_batch_size": 4, "micro_batch_size": 2, "group_filter": False,
                                           **training}),

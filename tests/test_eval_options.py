@@ -7,7 +7,7 @@ import pytest
 from test_rewards import make_rollout
 from tempo_pl.config import EvalConfig
 from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
-from tempo_pl.engines.hf_generate import SamplingSpec
+from tempo_pl.config import SamplingConfig
 
 
 @pytest.mark.parametrize("budget", [0, -3])
@@ -17,7 +17,7 @@ def test_a_zero_or_negative_eval_budget_is_refused(budget):
 
 
 def test_null_eval_budget_is_the_training_one():
-    training = SamplingSpec(n=4, max_new_tokens=24)
+    training = SamplingConfig(n=4, max_new_tokens=24)
     assert eval_sampling(EvalConfig(k=2, pass_ks=[1, 2]), training).max_new_tokens == 24
     assert eval_sampling(EvalConfig(k=2, pass_ks=[1, 2], max_new_tokens=7), training).max_new_tokens == 7
 

@@ -461,13 +461,14 @@ def test_qlora_policy_is_4bit_with_trainable_adapters(tiny_policy_spec):
 
 
 def test_qlora_generate_then_train_gives_the_same_gradients(tiny_policy_spec, tiny_tokenizer):
-    from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
 
     reference = _lora_grads(_qlora(tiny_policy_spec))  # never ran an eval-mode forward
     assert all(g is not None and g.abs().sum() > 0 for g in reference.values())
 
     policy = _qlora(tiny_policy_spec)
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=4))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=4))
     torch.manual_seed(0)
     rollout = engine.generate(policy, PromptBatch(["a"], ["1+1?"], [None], [False]))
     assert rollout.num_rows == 2

@@ -110,7 +110,7 @@ def one_rank_mesh(monkeypatch):
 def _unsharded_units(model: torch.nn.Module) -> list[str]:
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     return [name for name, m in model.named_modules() if isinstance(m, FSDPModule)
             and any(g.is_unsharded for g in _param_groups(m._get_fsdp_state()))]
@@ -122,7 +122,7 @@ def test_fsdp2_gathers_one_unit_at_a_time_and_serves_the_full_lora_merge(tiny_po
     from tempo_pl.models.builders import LoraSpec, build_policy
     from tempo_pl.models.hf import hf_model
     from tempo_pl.engines.served_weights import release_gathered, served_weights
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8)))
     _randomize_lora_b(policy)
@@ -158,7 +158,7 @@ def test_fsdp2_around_a_shared_qlora_base_serves_the_dequantized_policy(tiny_pol
     the weight's type, says it is to be dequantized."""
     from tempo_pl.models.builders import CriticSpec, LoraSpec
     from tempo_pl.models.shared_base import build_shared_actor_critic
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):
         pass
@@ -183,7 +183,7 @@ def test_vllm_serves_the_dtype_fsdp2_gathers_in(tiny_policy_spec, one_rank_mesh,
     from tempo_pl.models.builders import build_policy
     from tempo_pl.models.hf import hf_model
     from tempo_pl.engines.served_weights import served_weights
-    from tempo_pl.strategies import FSDP2Recipe, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_model
     from tempo_pl.engines.vllm import _compute_dtype
 
     policy = build_policy(tiny_policy_spec)

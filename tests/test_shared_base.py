@@ -177,13 +177,14 @@ def test_after_generate_every_lora_parameter_still_gets_its_gradient(shared_qlor
     leave the 4-bit layers on the inference kernel, whose output has no gradient path through the base weight.
     Generate through the rollout engine, run the critic's value pass, then both views must get the gradients they
     got before, none of them 0."""
-    from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
     from tempo_pl.models.tiny import build_char_tokenizer
     from tempo_pl.types import PromptBatch
 
     _, policy, critic = shared_qlora
     expected = {"policy": _gradients(policy, _policy_loss), "critic": _gradients(critic, _values_loss)}
-    engine = HFGenerateEngine(build_char_tokenizer(), SamplingSpec(n=2, max_new_tokens=4))
+    engine = HFGenerateEngine(build_char_tokenizer(), SamplingConfig(n=2, max_new_tokens=4))
     prompts = PromptBatch(ids=["a"], prompts=["1+1="], answers=[None], is_labeled=[False])
     assert engine.generate(policy, prompts).response_ids.shape[0] == 2
     critic.eval()

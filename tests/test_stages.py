@@ -214,10 +214,10 @@ def test_score_gives_each_kind_of_row_its_source_and_keeps_the_rows_asked_for():
 def module(tiny_policy_spec, tiny_critic_spec):
     from tempo_pl.config import TrainingConfig
     from tempo_pl.module import TempoModule
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     m = TempoModule(policy=tiny_policy_spec, critic=tiny_critic_spec,
-                    sampling=SamplingSpec(n=2, max_new_tokens=6, max_prompt_length=64),
+                    sampling=SamplingConfig(n=2, max_new_tokens=6, max_prompt_length=64),
                     training=TrainingConfig(mini_batch_size=1, micro_batch_size=1, group_filter=False),
                     unlabeled_reward=KeepFirstOfEachGroup())
     m.configure_model()

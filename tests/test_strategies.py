@@ -169,7 +169,7 @@ def rank0_init_check(trainer, out: Path) -> dict:
     import torch.distributed as dist
 
     from tempo_pl.models.builders import ModelSpec, build_policy
-    from tempo_pl.strategies import FSDP2Recipe, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_model
     from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
@@ -200,7 +200,7 @@ def _rank0_init_from_checkpoint(trainer, recipe, out: Path) -> dict:
     import torch.distributed as dist
 
     from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
-    from tempo_pl.strategies import shard_model
+    from tempo_pl.models.fsdp2 import shard_model
     from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
@@ -240,7 +240,7 @@ def generation_gathers(module, prompts) -> dict[str, int]:
     from torch.distributed.fsdp import FSDPModule
 
     from tempo_pl.models.hf import hf_model
-    from tempo_pl.strategies import gathered_for_generation
+    from tempo_pl.models.fsdp2 import gathered_for_generation
 
     fsdp_modules = [m for m in module.policy.modules() if isinstance(m, FSDPModule)]
     forwards = 0
@@ -457,7 +457,7 @@ def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Pat
 
 
 def test_recipe_rejects_unknown_dtype() -> None:
-    from tempo_pl.strategies import FSDP2Recipe
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
 
     with pytest.raises(ValueError, match="param_dtype"):
         FSDP2Recipe(param_dtype="bf16")
@@ -468,7 +468,7 @@ def test_recipe_rejects_unknown_dtype() -> None:
 def test_recipe_builds_the_fsdp_policies() -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from tempo_pl.strategies import FSDP2Recipe
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
 
     mp = FSDP2Recipe(param_dtype="bfloat16", reduce_dtype=None).mixed_precision()
     assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, None)
@@ -478,7 +478,8 @@ def test_recipe_builds_the_fsdp_policies() -> None:
 
 
 def test_strategy_is_data_parallel_only() -> None:
-    from tempo_pl.strategies import FSDP2Recipe, FSDP2Strategy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
+    from tempo_pl.strategies import FSDP2Strategy
 
     strategy = FSDP2Strategy(FSDP2Recipe(cpu_offload=True), data_parallel_size=2)
     assert strategy._tensor_parallel_size == 1 and strategy.recipe.cpu_offload
@@ -491,7 +492,7 @@ def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
 
     from tempo_pl.models.builders import LoraSpec, build_policy
     from tempo_pl.models.hf import hf_model
-    from tempo_pl.strategies import decoder_layers
+    from tempo_pl.models.fsdp2 import decoder_layers
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=2)))
     hf = hf_model(policy)
@@ -504,7 +505,7 @@ def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
 
 
 def test_four_bit_weights_need_param_dtype_of_their_storage(tiny_policy_spec) -> None:
-    from tempo_pl.strategies import FSDP2Recipe, _check_quantized_dtype
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, _check_quantized_dtype
 
     class Params4bit(torch.nn.Parameter):  # stands in for bitsandbytes' class: the check reads the type name
         pass
@@ -528,7 +529,7 @@ def one_rank_mesh(monkeypatch):
 
 
 def _post_forward(module) -> list:
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     return [g.post_forward_mesh_info for g in _param_groups(module._get_fsdp_state())]
 
@@ -537,7 +538,7 @@ def test_param_groups_reads_both_torch_layouts() -> None:
     # torch 2.11 (the H200 image) keeps one group per FSDP state, torch 2.13 a list: the GPU check met the former
     from types import SimpleNamespace
 
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     assert _param_groups(SimpleNamespace(_fsdp_param_groups=("a", "b"))) == ["a", "b"]
     assert _param_groups(SimpleNamespace(_fsdp_param_group="a")) == ["a"]
@@ -548,7 +549,7 @@ def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_pol
     from tempo_pl.models.builders import build_policy
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(tiny_policy_spec)
     ids = torch.tensor(PROBE)
@@ -571,7 +572,7 @@ def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, o
     # an engine with its own weights loads them (unit by unit) before the policy's first forward, and no generation
     # gather initialises the root for it: sharding does, so every first gather sees training's settings
     from tempo_pl.models.builders import build_policy
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(tiny_policy_spec)
     shard_model(policy, one_rank_mesh["data_parallel"], FSDP2Recipe(param_dtype=None))
@@ -588,7 +589,7 @@ def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
     from tempo_pl.models.builders import build_policy
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):  # what shard_module reads from a TempoModule: its model attributes
         pass
@@ -598,7 +599,7 @@ def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     holder.reference = build_policy(tiny_policy_spec).requires_grad_(False)
     recipe = FSDP2Recipe(param_dtype=None, reshard_after_forward=False, cpu_offload=True)
     shard_module(holder, one_rank_mesh, recipe)
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     layer_group = _param_groups(holder.policy.model.layers[0]._get_fsdp_state())[0]
     assert _post_forward(holder.policy.model.layers[0]) == [None]  # ZeRO-2: kept until the backward
@@ -620,7 +621,7 @@ def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec
     from tempo_pl.models.builders import CriticSpec, LoraSpec
     from tempo_pl.models.forward import critic_response_values
     from tempo_pl.models.shared_base import build_shared_actor_critic
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):
         pass
@@ -645,7 +646,7 @@ def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec
 
 
 def test_tensor_parallel_mesh_is_refused(one_rank_mesh) -> None:
-    from tempo_pl.strategies import _data_parallel_mesh
+    from tempo_pl.models.fsdp2 import _data_parallel_mesh
 
     class FakeMesh:
         mesh_dim_names = ("data_parallel", "tensor_parallel")
@@ -662,12 +663,12 @@ def test_offloaded_shards_stay_where_fsdp_put_them(one_rank_mesh) -> None:
     """With cpu_offload the strategy moves only what FSDP2 does not manage: buffers and plain parameters."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from tempo_pl.strategies import _move_unsharded_states
+    from tempo_pl.models.fsdp2 import move_unsharded_states
 
     model = torch.nn.Linear(2, 2)
     model.weight = torch.nn.Parameter(distribute_tensor(torch.ones(2, 2), one_rank_mesh["data_parallel"], [Shard(0)]))
     model.register_buffer("scale", torch.ones(2))
-    _move_unsharded_states(model, torch.device("meta"))
+    move_unsharded_states(model, torch.device("meta"))
     assert model.scale.is_meta and model.bias.is_meta and model.bias.requires_grad
     assert model.weight.device.type == "cpu"
 

@@ -23,7 +23,7 @@ def test_the_engine_module_imports_without_importing_vllm() -> None:
 def test_building_the_engine_without_vllm_names_the_extra(monkeypatch, tmp_path: Path) -> None:
     """Named from YAML with every option, the engine is built by the module's factory call: without vLLM, that call
     says how to install it."""
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     options = {"gpu_memory_utilization": 0.25, "kv_cache_memory_bytes": 2**26, "max_model_len": 4096,
                "enforce_eager": True, "tensor_parallel_size": 1, "enable_sleep_mode": False, "dtype": "bfloat16"}
@@ -35,7 +35,7 @@ def test_building_the_engine_without_vllm_names_the_extra(monkeypatch, tmp_path:
     cli = build(tiny_config(tmp_path, edit), tmp_path)
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, also where it is
     with pytest.raises(ImportError, match=r'VLLMEngine needs vLLM.*pip install -e "\.\[vllm\]"'):
-        cli.model.engine_factory(_tokenizer(), SamplingSpec(), None)
+        cli.model.engine_factory(_tokenizer(), SamplingConfig(), None)
 
 
 def _tokenizer():
@@ -56,12 +56,12 @@ def _tokenizer():
     ],
 )
 def test_bad_engine_options_are_refused_before_vllm_is_needed(monkeypatch, option: str, value, message: str) -> None:
-    from tempo_pl.engines.hf_generate import SamplingSpec
+    from tempo_pl.config import SamplingConfig
     from tempo_pl.engines.vllm import VLLMEngine
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ValueError, match=f"VLLMEngine.{message}"):
-        VLLMEngine(_tokenizer(), SamplingSpec(), **{option: value})
+        VLLMEngine(_tokenizer(), SamplingConfig(), **{option: value})
 
 
 def test_the_gpu_checks_vllm_rows_are_skipped_with_a_line_without_vllm() -> None:

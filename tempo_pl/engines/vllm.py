@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torch.nn.functional import pad
 from transformers import PreTrainedTokenizerBase
 
-from tempo_pl.engines.hf_generate import HFGenerateEngine, SamplingSpec
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine
 from tempo_pl.engines.served_weights import release_gathered, served_weights
 from tempo_pl.models.builders import DTYPES
 from tempo_pl.models.hf import hf_model
@@ -100,7 +101,7 @@ class VLLMEngine(HFGenerateEngine):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        sampling: SamplingSpec,
+        sampling: SamplingConfig,
         micro_batch_size: Optional[int] = None,
         gpu_memory_utilization: float = 0.3,
         kv_cache_memory_bytes: Optional[int] = None,
@@ -148,7 +149,7 @@ class VLLMEngine(HFGenerateEngine):
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
-        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingSpec] = None
+        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingConfig] = None
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call builds vLLM and loads ``model``'s weights into it."""
@@ -189,7 +190,7 @@ class VLLMEngine(HFGenerateEngine):
         self._sleep()
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _check_length(self, token_ids: list[list[int]], spec: SamplingSpec) -> None:
+    def _check_length(self, token_ids: list[list[int]], spec: SamplingConfig) -> None:
         limit = self.llm_options["max_model_len"]
         longest = max((len(ids) for ids in token_ids), default=0)
         if limit is not None and longest + spec.max_new_tokens > limit:
@@ -245,7 +246,7 @@ class VLLMEngine(HFGenerateEngine):
         self.weight_syncs += 1
         self.last_sync_s = time.perf_counter() - start
 
-    def _sample(self, requests: list[tuple[list[int], int]], spec: SamplingSpec, n: int, stop_ids: list[int]):
+    def _sample(self, requests: list[tuple[list[int], int]], spec: SamplingConfig, n: int, stop_ids: list[int]):
         """vLLM's outputs of this rank's requests ``(prompt ids, seed)``; a tensor-parallel group pools its ranks'
         requests, since all of its ranks must run the same batch."""
         from vllm import SamplingParams

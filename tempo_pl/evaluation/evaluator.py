@@ -19,11 +19,11 @@ from tempo_pl.evaluation.records import score_questions, summarize_questions, wr
 from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.models.forward import critic_response_values
 from tempo_pl.engines.prompts import decode_prompts
-from tempo_pl.engines.hf_generate import SamplingSpec
+from tempo_pl.config import SamplingConfig
 from tempo_pl.types import Rollout
 
 
-def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
+def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
     """The training rollout's sampling with evaluation's k, temperature, top-p and (when set) response budget."""
     budget = training.max_new_tokens if config.max_new_tokens is None else config.max_new_tokens
     return dataclasses.replace(

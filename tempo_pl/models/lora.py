@@ -1,6 +1,7 @@
 """LoRA and QLoRA: adapter configs, 4-bit bases (bitsandbytes), and merging the adapters back into plain weights.
 
-The builders of :mod:`tempo_pl.models.builders` and :mod:`tempo_pl.models.shared_base` configure adapters and 4-bit bases through
+The builders (:mod:`tempo_pl.models.builders`, :mod:`tempo_pl.models.shared_base`) configure adapters and 4-bit bases
+through
 these helpers; everything that writes a Hugging Face folder (the SFT stage, :class:`~tempo_pl.callbacks.HFExport`,
 :func:`tempo_pl.run.export.export_hf`) merges through :func:`merged_model`, so a saved model is always a plain
 checkpoint that loads without peft.

@@ -2,8 +2,8 @@
 
 TEMPO's critic is a model of the policy's size. With QLoRA, the frozen base dominates memory, and the policy and the
 critic can share it: one peft model holds the base and two adapters, ``"default"`` (the policy's, the one
-:func:`~tempo_pl.models.builders.build_policy` creates) and ``"critic"``, and the critic adds its scalar value head. Two thin
-modules give the training loop the two models it expects:
+:func:`~tempo_pl.models.builders.build_policy` creates) and ``"critic"``, and the critic adds its scalar value
+head. Two thin modules give the training loop the two models it expects:
 
 - :class:`PolicyView`: a causal LM (``forward``, ``generate``, ``disable_adapter``) that runs the policy adapter;
   it owns the shared peft model as its child, so the base and both adapters are checkpointed once, under ``policy``.
