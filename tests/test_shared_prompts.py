@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-import tempo_pl.models.builders as models
+import tempo_pl.models.forward as forward_passes
 from tempo_pl.models.builders import CriticSpec, LoraSpec, build_critic, build_policy
 from tempo_pl.models.forward import critic_response_values, policy_response_stats
 from tempo_pl.models.hf import position_ids_from_mask
@@ -30,7 +30,7 @@ def _batch(seed: int = 0):
 
 def _whole(monkeypatch):
     """Every row runs its prompt (the sharing switched off)."""
-    monkeypatch.setattr(models, "prompt_groups", lambda *args: None)
+    monkeypatch.setattr(forward_passes, "prompt_groups", lambda *args: None)
 
 
 def test_groups_name_each_distinct_prompt_once(tiny_policy_spec):
