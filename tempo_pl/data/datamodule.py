@@ -258,7 +258,8 @@ class TempoDataModule(LightningDataModule):
         rank_zero_warn(f"TempoDataModule (allow_overlap: true): {message}")
 
     def _to_rows(self, records: list[Record], expose: bool = False) -> list[PromptRow]:
-        """Apply the prompt template; an unlabeled row keeps its answer only when ``expose`` (the oracle baseline)."""
+        """Apply the prompt template; an unlabeled row keeps its answer, and its columns beside the question and
+        id, only when ``expose`` (the oracle baseline)."""
         rows = []
         for record in records:
             labeled = record.is_labeled or (expose and record.answer is not None)
@@ -268,6 +269,9 @@ class TempoDataModule(LightningDataModule):
                     prompt=apply_template(self.prompt_template, record.problem),
                     answer=record.answer if labeled else None,
                     is_labeled=labeled,
+                    system_prompt=record.system_prompt,
+                    conversational=record.conversational,
+                    columns=record.visible_columns(labeled),
                 )
             )
         return rows
