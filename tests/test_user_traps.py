@@ -4,6 +4,7 @@ documented nowhere but --print_config, and a failed first command that leaves a 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from pathlib import Path
 
@@ -48,8 +49,7 @@ def test_no_warning_when_nothing_is_cut(limit, size, recwarn):
 def test_every_dataset_option_is_documented_in_docs_data_md():
     text = (ROOT / "docs" / "data.md").read_text()
     options = [f.name for f in dataclasses.fields(DatasetSpec)]
-    options += [name for name in TempoDataModule.__init__.__code__.co_varnames[1:TempoDataModule.__init__.__code__
-                                                                              .co_argcount]]
+    options += [name for name in inspect.signature(TempoDataModule.__init__).parameters if name != "self"]
     missing = [name for name in options if f"`{name}`" not in text]
     assert not missing, f"docs/data.md does not document {missing}"
     assert "TEMPO_PL_DATA_DIR" in text and "limit_val_batches" in text
