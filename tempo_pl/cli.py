@@ -89,9 +89,11 @@ class TempoCLI(LightningCLI):
     def _run_removing_folder_on_early_failure(self, run, **kwargs) -> None:
         """``run(**kwargs)``; the run folder this command created is deleted if it fails before its first RL step."""
         log_dir = Path(getattr(self.trainer.logger, "log_dir", None) or ".")
-        before_first_step = lambda: self.subcommand == "validate" or getattr(self.model, "rl_step", 0) == 0  # noqa: E731
-        with removed_on_early_failure(getattr(self, "_new_run_folder", None), log_dir, before_first_step):
+        with removed_on_early_failure(getattr(self, "_new_run_folder", None), log_dir, self._before_first_step):
             run(**kwargs)
+
+    def _before_first_step(self) -> bool:
+        return self.subcommand == "validate" or getattr(self.model, "rl_step", 0) == 0
 
     def fit(self, **kwargs) -> None:
         self._run_removing_folder_on_early_failure(self.trainer.fit, **kwargs)

@@ -247,7 +247,8 @@ class SFTDataModule(LightningDataModule):
             self.pairs = self.load_pairs()
 
     def load_pairs(self) -> list[tuple[str, str, Optional[str]]]:
-        """``(templated prompt, solution, the row's own system message or None)`` of every row; raises :class:`DataError` naming the bad rows and field."""
+        """``(templated prompt, solution, the row's own system message or None)`` of every row; raises
+        :class:`DataError` naming the bad rows and field."""
         pairs, problems = [], []
         if isinstance(self.path, str):
             tables = read_tables(self.path, self.split)

@@ -87,8 +87,8 @@ def test_trl_accuracy_signature_gets_message_lists_the_solution_column_and_compl
 def test_conversational_prompts_are_message_lists_with_the_rows_own_system_message():
     _reward_functions.CALLS.clear()
     batch = labeled_batch()
-    FunctionReward(_reward_functions.record_everything)(rollout_of(batch, [["a"], ["b"]], [[1], [1]]),
-                                                         ForwardStats.zeros(rollout_of(batch, [["a"], ["b"]], [[1], [1]])))
+    rollout = rollout_of(batch, [["a"], ["b"]], [[1], [1]])
+    FunctionReward(_reward_functions.record_everything)(rollout, ForwardStats.zeros(rollout))
     (call,) = _reward_functions.CALLS
     assert call["prompts"] == [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "L 0 + 1?"}],
                                [{"role": "user", "content": "L 1 + 1?"}]]

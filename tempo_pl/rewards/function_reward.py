@@ -75,8 +75,9 @@ class FunctionReward(RewardSource):
             labeled_reward:    # TRL's own, on D_L's `solution` column
               class_path: tempo_pl.rewards.FunctionReward
               init_args: {function: trl.rewards.accuracy_reward}
-            # a factory: unlabeled_reward: {class_path: tempo_pl.rewards.FunctionReward, init_args: {function:
-            #   trl.rewards.get_soft_overlong_punishment, factory_args: {max_completion_len: 1024, soft_punish_cache: 256}}}
+
+    A factory: ``init_args: {function: trl.rewards.get_soft_overlong_punishment, factory_args: {max_completion_len:
+    1024, soft_punish_cache: 256}}``.
 
     with ``my_rewards.py`` on the Python path::
 
