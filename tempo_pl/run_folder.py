@@ -179,17 +179,30 @@ def first_missing_folder(log_dir: Path) -> Optional[Path]:
 def removed_on_early_failure(created: Optional[Path], log_dir: Path,
                              before_first_step: Callable[[], bool]) -> Iterator[None]:
     """Runs the block; when it raises while ``before_first_step()`` holds and ``log_dir`` holds no checkpoint, deletes
-    ``created`` (the folders this command created, :func:`first_missing_folder`), then re-raises: a failed first
-    command leaves no folder holding only a config and an events file. ``created`` None (the folder existed, a
-    resumed run) keeps everything."""
+    ``log_dir`` and the empty folders above it up to ``created`` (the outermost folder this command created,
+    :func:`first_missing_folder`), then re-raises: a failed first command leaves no folder holding only a config and
+    an events file. A folder above that another run wrote into meanwhile is kept. ``created`` None (the folder
+    existed, a resumed run) keeps everything."""
     try:
         yield
     except BaseException:
-        checkpoints = Path(log_dir) / "checkpoints"
+        log_dir = Path(log_dir).absolute()
+        checkpoints = log_dir / "checkpoints"
         if created is not None and before_first_step() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
-            shutil.rmtree(created, ignore_errors=True)
-            print(f"[tempo-pl] the run failed before its first RL step: removed {str(created)!r}", file=sys.stderr)
+            shutil.rmtree(log_dir, ignore_errors=True)
+            folder, created = log_dir, Path(created).absolute()
+            while folder != created and created in folder.parents and _removed_if_empty(folder.parent):
+                folder = folder.parent
+            print(f"[tempo-pl] the run failed before its first RL step: removed {str(log_dir)!r}", file=sys.stderr)
         raise
+
+
+def _removed_if_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone
+        return False
+    return True
 
 
 def release(lock: Path) -> None:

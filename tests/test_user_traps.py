@@ -89,8 +89,11 @@ def test_a_failure_after_the_first_step_or_in_an_existing_folder_keeps_it(tmp_pa
     (run / "checkpoints" / "last.ckpt").write_text("x")
     fail(tmp_path / "a", run, lambda: True)  # a checkpoint was written
     assert run.is_dir()
-    fail(tmp_path / "b", tmp_path / "b" / "version_0", lambda: True)
+    fail(tmp_path / "b", tmp_path / "b" / "tiny" / "version_0", lambda: True)
     assert not (tmp_path / "b").exists()
+    (tmp_path / "c" / "tiny" / "version_1").mkdir(parents=True)  # another run started there meanwhile
+    fail(tmp_path / "c", tmp_path / "c" / "tiny" / "version_0", lambda: True)
+    assert sorted(p.name for p in (tmp_path / "c" / "tiny").iterdir()) == ["version_1"]
 
 
 def test_the_command_that_made_a_run_folder_is_recorded(tmp_path):
