@@ -22,7 +22,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from tempo_pl.callbacks import RunInterrupted
-from tempo_pl.run.run_folder import claim, pin_version_for_resume, process_rank
+from tempo_pl.run.run_folder import (claim, first_missing_folder, pin_version_for_resume, process_rank,
+                                     removed_on_early_failure)
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -76,12 +77,29 @@ class TempoCLI(LightningCLI):
                 print(f"[tempo-pl] --ckpt_path last: resuming the run in {pinned}", file=sys.stderr)
 
     def _claim_run_folder(self) -> None:
+        self._new_run_folder = None
         logger = self.trainer.logger
         if logger is None or process_rank() != 0 or getattr(logger, "log_dir", None) is None:
             return
         ckpt_path = self.config.get(self.subcommand).get("ckpt_path")
+        self._new_run_folder = first_missing_folder(Path(logger.log_dir))
         claim(Path(logger.log_dir), resuming=self.subcommand == "fit" and ckpt_path is not None,
               command=self.subcommand)
+
+    def _run_removing_folder_on_early_failure(self, run, **kwargs) -> None:
+        """``run(**kwargs)``; the run folder this command created is deleted if it fails before its first RL step."""
+        log_dir = Path(getattr(self.trainer.logger, "log_dir", None) or ".")
+        with removed_on_early_failure(getattr(self, "_new_run_folder", None), log_dir, self._before_first_step):
+            run(**kwargs)
+
+    def _before_first_step(self) -> bool:
+        return self.subcommand == "validate" or getattr(self.model, "rl_step", 0) == 0
+
+    def fit(self, **kwargs) -> None:
+        self._run_removing_folder_on_early_failure(self.trainer.fit, **kwargs)
+
+    def validate(self, **kwargs) -> None:
+        self._run_removing_folder_on_early_failure(self.trainer.validate, **kwargs)
 
     def before_fit(self) -> None:
         self._claim_run_folder()

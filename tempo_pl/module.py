@@ -197,6 +197,9 @@ class TempoModule(RLStepLogging, LightningModule):
         if plan.update_critic and self.critic is None:
             raise ValueError(f"the schedule asks for a critic update ({plan.phase}-step) but this run has no critic")
         self.step_plan = plan
+        for source in (self.labeled_reward, self.unlabeled_reward):
+            if source is not None:
+                source.rl_step = self.rl_step
 
     @override
     def on_fit_start(self) -> None:

@@ -125,6 +125,26 @@ def test_sft_module_checks_its_prompt_format_and_encodes_as_the_engine(tiny_poli
         assert (tensors["labels"][row, : len(ids)] == -100).all() and tensors["labels"][row, len(ids)] != -100
 
 
+def test_a_rows_own_system_message_replaces_the_default_and_reaches_the_policy(policy, tiny_tokenizer):
+    """As TRL renders a conversation: a row's own system message in place of sampling.prompt_format.system_prompt,
+    which the rows without one keep; the rollout's prompt tokens are those rendered, in the engine and in SFT."""
+    fmt = PromptFormat(system_prompt="Be brief.")
+    own = [None, "Think first."]
+    expected = ["<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n",
+                "<|im_start|>system\nThink first.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"]
+    assert render_prompts(tiny_tokenizer, ["1+1?", "2+2?"], fmt, own) == expected
+    assert render_prompts(tiny_tokenizer, ["2+2?"], PromptFormat(), ["Think first."]) == expected[1:]
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=2, prompt_format=fmt))
+    prompts = PromptBatch(ids=["a", "b"], prompts=["1+1?", "2+2?"], answers=[None, None], is_labeled=[False, False],
+                          system_prompts=own)
+    rollout = engine.generate(policy, prompts)
+    assert decode_prompts(tiny_tokenizer, rollout) == expected
+    tensors = collate_sft(tiny_tokenizer, ["2+2?"], ["4"], fmt, ["Think first."])
+    assert tiny_tokenizer.decode(tensors["input_ids"][0]).startswith(expected[1])
+    with pytest.raises(ValueError, match="system message of its own, which needs the chat template"):
+        render_prompts(tiny_tokenizer, ["Q"], PromptFormat(use_chat_template=False), ["Think first."])
+
+
 # ---------------------------------------------------------------- overlong prompts
 
 

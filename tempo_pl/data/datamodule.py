@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import math
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -35,6 +36,26 @@ def _as_spec(value: Any, name: str) -> Any:
 def normalized_question(text: str) -> str:
     """A question compared across pools: case-folded, whitespace runs collapsed."""
     return " ".join(text.split()).casefold()
+
+
+def warn_capped_eval_sets(limit: Union[int, float, None], names: list[str], sizes: list[int], batch_size: int) -> bool:
+    """Warn, naming the cap, when ``trainer.limit_val_batches`` leaves questions of an eval set unevaluated (its
+    metrics would otherwise read as the whole set's); True when it does."""
+    if limit is None or limit == 0 or (isinstance(limit, float) and limit >= 1.0):
+        return False
+    cut = []
+    for name, size in zip(names, sizes):
+        batches = math.ceil(size / batch_size)
+        kept = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        evaluated = min(size, kept * batch_size)
+        if evaluated < size:
+            cut.append(f"{name} {evaluated} of {size} questions")
+    if cut:
+        rank_zero_warn(f"trainer.limit_val_batches = {limit} caps every evaluation set at {limit} batch(es) of "
+                       f"{batch_size} prompts: {', '.join(cut)}; val/* metrics cover those questions only. Remove "
+                       "trainer.limit_val_batches (or set it to 1.0) to evaluate every question, or cap a set "
+                       "explicitly with data.init_args.eval_limit / its `limit`.")
+    return bool(cut)
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
@@ -195,6 +216,9 @@ class TempoDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         if self._eval_rows is None:
             raise RuntimeError("TempoDataModule.val_dataloader() needs setup() first")
+        if self.trainer is not None:
+            warn_capped_eval_sets(self.trainer.limit_val_batches, self.eval_set_names,
+                                  [len(rows) for rows in self._eval_rows], self.eval_batch_size)
         # Each new iterator of a DataLoader draws a base seed from its generator; without one it draws from the
         # global torch RNG, so every evaluation would shift the rollouts that follow it.
         return [
@@ -258,7 +282,8 @@ class TempoDataModule(LightningDataModule):
         rank_zero_warn(f"TempoDataModule (allow_overlap: true): {message}")
 
     def _to_rows(self, records: list[Record], expose: bool = False) -> list[PromptRow]:
-        """Apply the prompt template; an unlabeled row keeps its answer only when ``expose`` (the oracle baseline)."""
+        """Apply the prompt template; an unlabeled row keeps its answer, and its columns beside the question and
+        id, only when ``expose`` (the oracle baseline)."""
         rows = []
         for record in records:
             labeled = record.is_labeled or (expose and record.answer is not None)
@@ -268,6 +293,9 @@ class TempoDataModule(LightningDataModule):
                     prompt=apply_template(self.prompt_template, record.problem),
                     answer=record.answer if labeled else None,
                     is_labeled=labeled,
+                    system_prompt=record.system_prompt,
+                    conversational=record.conversational,
+                    columns=record.visible_columns(labeled),
                 )
             )
         return rows

@@ -120,7 +120,7 @@ class HFGenerateEngine:
 
     def _encode_prompts(self, prompts: PromptBatch, spec: SamplingConfig) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
-        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format)
+        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format, prompts.system_prompts)
         token_ids, kept, dropped, truncated = [], [], 0, 0
         for i, ids in enumerate(encoded):
             if len(ids) > spec.max_prompt_length:
