@@ -2,16 +2,15 @@
 
 A shipped run is a base config plus overlays (``tempo-pl fit --config BASE --config OVERLAY``, ``docs/configs.md``);
 :data:`RUNS` lists each with its layers. ``tests/data/config_settings.json`` holds, per run, every key its files set
-(dotted key -> value; comments and layering dropped): a compact, reviewable record of what each run sets, generated
-by this file (``python tests/test_config_layers.py --write``) from the layers of :data:`RUNS` and first written
-from the single-file configs the layers replaced.
+(dotted key -> value; comments and layering dropped): a compact, reviewable record of what each run sets, written by
+this file (``python tests/test_config_layers.py --write``) from the layers of :data:`RUNS`.
 
 Why the settings and not the printed ``--print_config``: the test resolves both sides, the layered files and the
-recorded settings, with today's CLI parser (built once) and compares the two resolved configs whole. Every key the
-CLI has is compared, defaults included, yet an option added to the package later (a new default) changes both
-sides alike and needs no new test data; only a change to what a shipped run sets does, and its diff is the
-settings that changed. The plain merge of :mod:`tempo_pl.config_layers` (what the pipelines read) is checked
-against the same record.
+recorded settings, with the package's CLI parser (built once) and compares the two resolved configs whole. Every key
+the CLI has is compared, defaults included, yet an option added to the package (a new default) changes both sides
+alike and needs no new test data; only a change to what a shipped run sets does, and the record's diff is then the
+settings that changed. The plain merge of :mod:`tempo_pl.config_layers` (what the pipelines read) is checked against
+the same record.
 """
 
 from __future__ import annotations
