@@ -1,6 +1,7 @@
 """``tempo-pl demo``: TEMPO's effect end to end, offline, on a laptop CPU.
 
-One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`` config under ``configs/demo/``::
+One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`` run of configs under ``configs/demo/``
+(the baselines and the frozen critic as overlays over ``tempo.yaml``)::
 
     tempo-pl demo --out runs/demo
 
