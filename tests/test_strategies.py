@@ -706,7 +706,7 @@ def test_parameter_and_kv_counts_match_the_architecture() -> None:
 
 def test_memory_doc_is_generated_from_the_configs() -> None:
     table = _benchmark("memory_table")
-    rows = [table.estimate(p) for p in table.config_paths()]
+    rows = [table.estimate(layers) for layers in table.config_runs()]
     assert {r.config for r in rows} == {f"{m}_aime{q}" for m in ("olmo3_7b", "qwen3_8b", "qwen3_14b") for q in ("", "_qlora")}
     assert (ROOT / "docs" / "memory.md").read_text() == table.render(rows), "run benchmarks/memory_table.py --write"
     for row in rows:
@@ -716,13 +716,13 @@ def test_memory_doc_is_generated_from_the_configs() -> None:
 
 def test_generation_batch_size_bounds_the_rollout_estimate(tmp_path: Path) -> None:
     table = _benchmark("memory_table")
-    source = ROOT / "configs" / "tempo" / "qwen3_14b_aime.yaml"
+    base, source = ROOT / "configs" / "tempo" / "aime.yaml", ROOT / "configs" / "tempo" / "qwen3_14b_aime.yaml"
     cfg = yaml.safe_load(source.read_text())
-    chunked = table.estimate(source)
+    chunked = table.estimate((base, source))
     del cfg["model"]["init_args"]["training"]["generation_batch_size"]
     whole = tmp_path / "qwen3_14b_aime.yaml"
     whole.write_text(yaml.safe_dump(cfg))
-    unchunked = table.estimate(whole)
+    unchunked = table.estimate((base, whole))
     # 16 prompts per rank at once hold 8 times the KV cache of 2 at a time, on top of the gathered bf16 weights
     weights = table.count_parameters("Qwen3-14B").total * 2 / table.GIB
     assert unchunked.rollout - weights == pytest.approx(8 * (chunked.rollout - weights), rel=1e-9)
