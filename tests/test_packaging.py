@@ -96,3 +96,11 @@ def test_config_typo_is_named(tmp_path: Path, capsys) -> None:
         main(["fit", "--config", str(bad), "--print_config"])
     assert exit_info.value.code != 0
     assert "max_new_tokenz" in capsys.readouterr().err
+
+
+def test_plain_pytest_collects_the_tests_that_import_their_helpers() -> None:
+    # `python -P` leaves the working folder off sys.path, as the `pytest` script does (`python -m pytest` adds it)
+    out = subprocess.run([sys.executable, "-P", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "tests/test_eval_rng.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "No module named 'tests'" not in out.stdout
