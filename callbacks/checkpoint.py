@@ -10,6 +10,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from tempo_pl import checkpoint_io
+
 from .signal_stop import RunInterrupted, StopRequest
 
 
@@ -97,6 +99,7 @@ class RLStepCheckpoint(ModelCheckpoint):
     # ------------------------------------------------------------------ setup and the signal watch
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        checkpoint_io.install(trainer.strategy)  # atomic saves, weights-only loads
         if stage != "fit":
             return
         if not isinstance(getattr(pl_module, "rl_step", None), int):

@@ -1,0 +1,164 @@
+"""Checkpoints run no code when read (export, fit and validate refuse a crafted pickle), a failed or killed save
+leaves the previous file as it was, a damaged or missing ``last.ckpt`` is named and an older intact checkpoint is
+resumed instead (never step 0 in the old folder)."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _tiny_run import tiny_config, write_config
+from tempo_pl import checkpoint_io
+from tempo_pl.checkpoint_io import (CheckpointWriteError, DamagedCheckpoint, UnsafeCheckpoint, check_intact,
+                                    load_checkpoint_file, resolve_last, save_checkpoint_file)
+
+
+class WritesAFile:
+    """A pickle whose loading creates ``marker`` (``open(marker, "w")``): code run by ``torch.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def _crafted(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"hyper_parameters": {"policy": {}}, "state_dict": {}, "payload": WritesAFile(marker)}, path)
+    return path, marker
+
+
+def test_export_refuses_a_crafted_checkpoint_without_running_it(tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    path, marker = _crafted(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(path), str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(path) in err and "refusing the checkpoint" in err and "io.open" in err
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_fit_and_validate_refuse_a_crafted_checkpoint(subcommand: str, tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    path, marker = _crafted(tmp_path)
+    config = write_config(tiny_config(tmp_path, steps=1), tmp_path / "cfg.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", str(config), "--ckpt_path", str(path)])
+    assert exit_info.value.code == 1
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(path) in err and "weights_only=True" in err
+
+
+def test_spec_dataclasses_of_a_module_built_in_python_load(tmp_path: Path) -> None:
+    from tempo_pl.models import LoraSpec, ModelSpec
+
+    spec = ModelSpec(name_or_path="x", lora=LoraSpec(r=2, alpha=4))
+    save_checkpoint_file({"hyper_parameters": {"policy": spec}}, tmp_path / "a.ckpt")
+    assert load_checkpoint_file(tmp_path / "a.ckpt")["hyper_parameters"]["policy"] == spec
+
+
+# ------------------------------------------------------------------------------------------------ atomic saves
+def _state(value: float) -> dict:
+    return {"state_dict": {"w": torch.full((1000,), value)}, "tempo": {"rl_step": int(value)}}
+
+
+def _disk_full(*_args) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_save_on_a_full_disk_keeps_the_previous_file_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    last = tmp_path / "last.ckpt"
+    save_checkpoint_file(_state(1.0), last)
+    before = last.read_bytes()
+    monkeypatch.setattr(checkpoint_io.os, "fsync", _disk_full)
+    with pytest.raises(CheckpointWriteError) as err:
+        save_checkpoint_file(_state(2.0), last)
+    monkeypatch.undo()
+    assert str(last) in str(err.value) and "disk is full (ENOSPC" in str(err.value)
+    assert "previous file is kept unchanged" in str(err.value)
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temporary file is gone
+    assert load_checkpoint_file(last)["tempo"]["rl_step"] == 1
+
+
+def test_a_killed_save_keeps_the_previous_file_and_the_next_save_clears_its_leftover(tmp_path: Path) -> None:
+    last = tmp_path / "last.ckpt"
+    save_checkpoint_file(_state(1.0), last)
+    before = last.read_bytes()
+    leftover = checkpoint_io.temp_path(last).with_name(".last.ckpt.tmp-999999")
+    leftover.write_bytes(before[:100])  # what a process killed during its write leaves
+    assert last.read_bytes() == before and check_intact(last) is None
+
+    def interrupted(file) -> None:
+        file.write(b"PK partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_io.write_atomically(last, interrupted)
+    assert last.read_bytes() == before
+    save_checkpoint_file(_state(3.0), last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert load_checkpoint_file(last)["tempo"]["rl_step"] == 3
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda b: b[: len(b) // 2], "not a whole torch.save archive"),
+    (lambda b: b"", "empty (0 bytes)"),
+    (lambda b: b[:3000] + bytes([b[3000] ^ 0xFF]) + b[3001:], "CRC-32"),
+])
+def test_a_damaged_file_is_named_with_the_reason(tmp_path: Path, damage, reason: str) -> None:
+    path = tmp_path / "last.ckpt"
+    save_checkpoint_file(_state(1.0), path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DamagedCheckpoint, match=re.escape(reason)) as err:
+        load_checkpoint_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_last_falls_back_to_the_newest_intact_step_checkpoint(tmp_path: Path) -> None:
+    folder, run = tmp_path / "run" / "checkpoints", tmp_path / "run"
+    for step in (2, 4, 6):
+        save_checkpoint_file(_state(float(step)), folder / f"step{step:06d}.ckpt")
+    (folder / "step000006.ckpt").write_bytes((folder / "step000006.ckpt").read_bytes()[:500])
+    for step in (2, 4, 6):  # written in this order
+        os.utime(folder / f"step{step:06d}.ckpt", (time.time() + step, time.time() + step))
+    assert resolve_last([folder], run) != ("last", None)
+    chosen, note = resolve_last([folder], run)  # last.ckpt missing
+    assert chosen == str(folder / "step000004.ckpt")
+    assert "last.ckpt" in note and "does not exist" in note and "step000006.ckpt passed over" in note
+    (folder / "last.ckpt").write_bytes(b"")
+    chosen, note = resolve_last([folder], run)
+    assert chosen == str(folder / "step000004.ckpt") and "empty" in note
+    save_checkpoint_file(_state(7.0), folder / "last.ckpt")
+    assert resolve_last([folder], run) == ("last", None)
+
+
+def test_last_refuses_a_run_folder_without_an_intact_checkpoint(tmp_path: Path) -> None:
+    folder, run = tmp_path / "run" / "checkpoints", tmp_path / "run"
+    assert resolve_last([folder], run) == ("last", None)  # nothing there yet: a first start
+    run.mkdir()
+    (run / "config.yaml").write_text("x")
+    with pytest.raises(DamagedCheckpoint, match="cannot be resumed") as err:
+        resolve_last([folder], run)
+    assert str(folder / "last.ckpt") in str(err.value) and "does not exist" in str(err.value)
+
+
+def test_unsafe_checkpoint_reason_names_what_it_asked_for(tmp_path: Path) -> None:
+    path, marker = _crafted(tmp_path)
+    with pytest.raises(UnsafeCheckpoint, match="io.open"):
+        load_checkpoint_file(path)
+    assert not marker.exists()
