@@ -20,28 +20,31 @@ class TrainingDiverged(RuntimeError):
         super().__init__(message)
 
 
-def update_problems(metrics: dict[str, float], max_grad_norm: Optional[float]) -> list[str]:
-    """What went wrong in one RL step's updates, read from its logged ``train/<policy|critic>/...`` metrics: a
-    non-finite loss, optimizer steps skipped for a non-finite gradient, a gradient norm over ``max_grad_norm``."""
-    problems = []
+def update_problems(metrics: dict[str, float], max_grad_norm: Optional[float]) -> dict[str, Optional[str]]:
+    """Each update that ran in one RL step (``policy``, ``critic``: the ones with logged ``train/<name>/...``
+    metrics) and what went wrong in it (None: nothing): a non-finite loss, optimizer steps skipped for a non-finite
+    gradient, a gradient norm over ``max_grad_norm``."""
+    problems: dict[str, Optional[str]] = {}
     for which in UPDATES:
         loss = metrics.get(f"train/{which}/loss")
         norm = metrics.get(f"train/{which}/grad_norm")
         skips = metrics.get(f"train/{which}/nonfinite_grad_skips", 0.0)
+        if loss is None and norm is None and not skips:
+            continue
+        problem = None
         if skips:
-            problems.append(f"the {which}'s gradient norm was not finite ({norm}; {int(skips)} optimizer step(s) "
-                            "skipped)")
+            problem = f"the {which}'s gradient norm was not finite ({norm}; {int(skips)} optimizer step(s) skipped)"
         elif loss is not None and not math.isfinite(loss):
-            problems.append(f"the {which}'s loss was not finite ({loss})")
-        if max_grad_norm is not None and norm is not None and math.isfinite(norm) and norm > max_grad_norm:
-            problems.append(f"the {which}'s gradient norm {norm:.4g} exceeded training.max_grad_norm_abort "
-                            f"({max_grad_norm:g})")
+            problem = f"the {which}'s loss was not finite ({loss})"
+        elif max_grad_norm is not None and norm is not None and math.isfinite(norm) and norm > max_grad_norm:
+            problem = f"the {which}'s gradient norm {norm:.4g} exceeded training.max_grad_norm_abort ({max_grad_norm:g})"
+        problems[which] = problem
     return problems
 
 
 class DivergenceGuard(Callback):
-    """Stops training once ``patience`` RL steps in a row had an update (policy or critic) whose loss or gradient
-    was not finite, or whose gradient norm exceeded ``max_grad_norm``, with :class:`TrainingDiverged` naming the
+    """Stops training once ``patience`` updates in a row of one model (policy or critic; RL steps without its update
+    are passed over) had a loss or gradient that was not finite, or a gradient norm over ``max_grad_norm``, with :class:`TrainingDiverged` naming the
     step and the quantity (``tempo-pl fit`` prints it as its last line and exits 1). Each such step is warned on the
     console as it happens. Optimizer steps with a non-finite gradient are skipped in any case
     (:func:`~tempo_pl.stages.minibatch.optimize`); the guard is what ends a run that only skips. ``TempoModule``
@@ -51,7 +54,7 @@ class DivergenceGuard(Callback):
     ranks the verdict is agreed (a maximum over ranks), so that every rank stops at the same step.
 
     Args:
-        patience: RL steps in a row with a failed update that stop the run (>= 1).
+        patience: failed updates of one model in a row that stop the run (>= 1).
         max_grad_norm: a gradient norm (before clipping) above this also counts as a failed update; None: off.
 
     Example::
@@ -68,7 +71,8 @@ class DivergenceGuard(Callback):
                              f"got {max_grad_norm!r}")
         self.patience = patience
         self.max_grad_norm = max_grad_norm
-        self.failed_in_a_row = 0
+        self.failed_in_a_row: dict[str, int] = {}
+        """Failed updates in a row, per model (``policy``, ``critic``)."""
         self._checked_step: Optional[int] = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -78,26 +82,31 @@ class DivergenceGuard(Callback):
             return
         self._checked_step = record.rl_step
         problems = update_problems(record.metrics, self.max_grad_norm)
-        failed = bool(problems)
-        if trainer.world_size > 1:
-            flag = torch.tensor(float(failed), device=pl_module.device)
-            failed = bool(trainer.strategy.reduce(flag, reduce_op="max") > 0)
-            problems = problems or ["an update on another rank failed"]
+        if trainer.world_size > 1:  # every rank stops at the same step
+            flags = torch.tensor([float(problems.get(which) is not None) for which in UPDATES], device=pl_module.device)
+            agreed = trainer.strategy.reduce(flags, reduce_op="max")
+            for which, flag in zip(UPDATES, agreed.tolist()):
+                if flag > 0 and problems.get(which) is None:
+                    problems[which] = f"the {which} update failed on another rank"
+        # an RL step without an update of a model (an E-step for the policy) neither counts nor resets its streak
+        for which, problem in problems.items():
+            self.failed_in_a_row[which] = self.failed_in_a_row.get(which, 0) + 1 if problem else 0
+        failed = {which: problem for which, problem in problems.items() if problem}
         if not failed:
-            self.failed_in_a_row = 0
             return
-        self.failed_in_a_row += 1
-        said = "; ".join(problems)
-        if self.failed_in_a_row >= self.patience:
+        worst = max(failed, key=lambda which: self.failed_in_a_row[which])
+        count = self.failed_in_a_row[worst]
+        said = "; ".join(failed.values())
+        if count >= self.patience:
             raise TrainingDiverged(record.rl_step, (
-                f"training diverged at RL step {record.rl_step}: {said}, {self.failed_in_a_row} RL step(s) in a row "
+                f"training diverged at RL step {record.rl_step}: {said}, in {count} {worst} update(s) in a row "
                 f"(training.nonfinite_patience: {self.patience}). Lower the learning rate or raise the gradient clip; "
                 "the last checkpoint holds the step before"))
-        rank_zero_warn(f"RL step {record.rl_step}: {said} ({self.failed_in_a_row} of "
-                       f"training.nonfinite_patience: {self.patience} in a row)")
+        rank_zero_warn(f"RL step {record.rl_step}: {said} ({count} of training.nonfinite_patience: {self.patience} "
+                       f"{worst} updates in a row)")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"failed_in_a_row": self.failed_in_a_row}
+        return {"failed_in_a_row": dict(self.failed_in_a_row)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.failed_in_a_row = int(state_dict.get("failed_in_a_row", 0))
+        self.failed_in_a_row = {k: int(v) for k, v in dict(state_dict.get("failed_in_a_row", {})).items()}

@@ -104,3 +104,19 @@ def test_plain_pytest_collects_the_tests_that_import_their_helpers() -> None:
                           "tests/test_eval_rng.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "No module named 'tests'" not in out.stdout
+
+
+@pytest.mark.parametrize("option, reason", [
+    (["--model.init_args.sampling.n", "0"], "SamplingSpec.n must be >= 1, got 0"),
+    (["--model.init_args.sampling.max_new_tokens", "0"], "SamplingSpec.max_new_tokens must be >= 1, got 0"),
+    (["--model.init_args.algorithm.advantage", "nope"], "algorithm.advantage must be one of"),
+])
+def test_a_refused_config_value_ends_with_its_reason(option: list, reason: str, tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), *option,
+              f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"[tempo-pl] error: {reason}"), last
