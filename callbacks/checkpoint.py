@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from tempo_pl import checkpoint_io
+from tempo_pl.run_folder import check_resumed_budget
 
 from .signal_stop import RunInterrupted, StopRequest
 
@@ -116,6 +117,7 @@ class RLStepCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None:  # resumed: everything is restored by now
+            check_resumed_budget(trainer, pl_module.rl_step)
             rewind_logs(trainer, pl_module.rl_step, self.last_eval)
         self._last_rl_step_saved = pl_module.rl_step if trainer.ckpt_path is not None else None
 

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 from tempo_pl import checkpoint_io
 from tempo_pl.callbacks import RunInterrupted, TrainingDiverged
 from tempo_pl.data.readers import DataError
-from tempo_pl.run_folder import claim, pin_version_for_resume, process_rank
+from tempo_pl.run_folder import RunAlreadyFinished, claim, pin_version_for_resume, process_rank
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -50,7 +50,7 @@ def root_reason(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-ONE_LINE_ERRORS = (ConfigError, DataError, checkpoint_io.CheckpointError, TrainingDiverged)
+ONE_LINE_ERRORS = (ConfigError, DataError, checkpoint_io.CheckpointError, RunAlreadyFinished, TrainingDiverged)
 """Errors ``tempo-pl`` ends with as one line (``[tempo-pl] error: ...``) instead of a traceback."""
 
 LIGHTNING_SUBCOMMANDS = {

@@ -162,3 +162,22 @@ def test_unsafe_checkpoint_reason_names_what_it_asked_for(tmp_path: Path) -> Non
     with pytest.raises(UnsafeCheckpoint, match="io.open"):
         load_checkpoint_file(path)
     assert not marker.exists()
+
+
+def test_extending_a_finished_run_through_limit_train_batches_says_why_not(tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    short = write_config(tiny_config(tmp_path, steps=1), tmp_path / "short.yaml")
+    longer = write_config(tiny_config(tmp_path, steps=3), tmp_path / "long.yaml")
+    main(["fit", "--config", str(short), "--ckpt_path", "last"])
+    main(["fit", "--config", str(short), "--ckpt_path", "last"])  # the same budget: done, and said so
+    assert "had already finished (RL step 1); nothing is left to train" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(longer), "--ckpt_path", "last"])
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ended its run's 1 epoch(s) at RL step 1" in last and "asks for 3" in last and "max_epochs" in last
+    # raising max_epochs, as the message says, trains the extra steps
+    main(["fit", "--config", str(longer), "--ckpt_path", "last", "--trainer.max_epochs=2"])
+    run = next((tmp_path / "runs" / "tiny").glob("version_*"))
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["tempo"]["rl_step"] > 1
