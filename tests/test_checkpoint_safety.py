@@ -5,9 +5,11 @@ resumed instead (never step 0 in the old folder)."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -181,3 +183,82 @@ def test_extending_a_finished_run_through_limit_train_batches_says_why_not(tmp_p
     main(["fit", "--config", str(longer), "--ckpt_path", "last", "--trainer.max_epochs=2"])
     run = next((tmp_path / "runs" / "tiny").glob("version_*"))
     assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["tempo"]["rl_step"] > 1
+
+
+# ------------------------------------------------------------------------------------------------ whole runs
+def _checkpoints_in(folder: Path, every: int = 1, keep_steps: bool = False):
+    def edit(cfg):
+        callbacks = cfg["trainer"]["callbacks"]
+        for callback in callbacks:
+            if callback["class_path"].endswith("RLStepCheckpoint"):
+                callback["init_args"]["dirpath"] = str(folder)
+        if keep_steps:
+            callbacks.append({"class_path": "tempo_pl.callbacks.RLStepCheckpoint", "init_args": {
+                "every_n_rl_steps": every, "save_top_k": -1, "save_last": False, "save_on_signal": False,
+                "dirpath": str(folder)}})
+    return edit
+
+
+@contextlib.contextmanager
+def _tmpfs(mount_point: Path, size: str):
+    mount_point.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}); the patched-write test covers ENOSPC")
+    try:
+        yield lambda new_size: subprocess.run(["mount", "-o", f"remount,size={new_size}", str(mount_point)],
+                                              check=True, timeout=30)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], timeout=30)
+
+
+@pytest.mark.slow
+def test_a_save_on_a_full_tmpfs_keeps_last_ckpt_byte_identical_and_resumable(tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "64m") as resize:
+        config = write_config(tiny_config(tmp_path, _checkpoints_in(disk), steps=1), tmp_path / "cfg.yaml")
+        main(["fit", "--config", str(config), "--ckpt_path", "last"])
+        last = disk / "last.ckpt"
+        before = last.read_bytes()
+        resize(f"{len(before) * 3 // 2 // 4096 * 4096}")  # room for the file, not for a second one beside it
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:  # one more RL step, whose save does not fit
+            main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs=2"])
+        assert exit_info.value.code == 1
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert said == (f"[tempo-pl] error: could not write the checkpoint {str(last)!r}: the disk is full (ENOSPC: "
+                        "No space left on device); the previous file is kept unchanged")
+        assert last.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["last.ckpt"]
+        resize("64m")
+        main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs=2"])
+        assert load_checkpoint_file(last)["tempo"]["rl_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_damaged_last_ckpt_resumes_from_the_newest_intact_step_checkpoint(tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    folder = tmp_path / "ckpts"
+    config = write_config(tiny_config(tmp_path, _checkpoints_in(folder, keep_steps=True), steps=2),
+                          tmp_path / "cfg.yaml")
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step000001.ckpt", "step000002.ckpt"]
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a save cut short by a full disk left it before
+    capsys.readouterr()
+    main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs=2"])
+    err = capsys.readouterr().err
+    assert (f"--ckpt_path last: {str(last)!r} cannot be resumed (1000 bytes that are not a whole torch.save archive"
+            in err)
+    assert f"resuming from {str(folder / 'step000002.ckpt')!r}, the newest intact checkpoint" in err
+    assert load_checkpoint_file(last)["tempo"]["rl_step"] > 2
+    for path in folder.iterdir():
+        path.unlink()
+    with pytest.raises(SystemExit) as exit_info:  # no checkpoint left: the run is not restarted in its own folder
+        main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_epochs=3"])
+    assert exit_info.value.code == 1
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"damaged checkpoint {str(last)!r}: the file does not exist" in said and "cannot be resumed" in said
