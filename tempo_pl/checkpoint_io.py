@@ -150,6 +150,8 @@ def check_intact(path: PathLike) -> None:
     """Raises :class:`DamagedCheckpoint` unless ``path`` is a whole checkpoint: a ``torch.save`` zip archive whose
     every record matches its CRC-32, or a sharded folder holding torch.distributed.checkpoint's ``.metadata``."""
     path = Path(path)
+    if path.is_file() and _VERIFIED.get(path.resolve()) == _identity(path):
+        return  # read whole already, unchanged since (--ckpt_path last checks the file before Lightning loads it)
     if path.is_dir():
         if not (path / DCP_METADATA).is_file():
             raise DamagedCheckpoint(path, f"the sharded checkpoint folder has no {DCP_METADATA} (its save did not "
@@ -169,6 +171,16 @@ def check_intact(path: PathLike) -> None:
         raise DamagedCheckpoint(path, f"it cannot be read ({describe_os_error(err)})") from err
     if bad is not None:
         raise DamagedCheckpoint(path, f"its record {bad!r} does not match its CRC-32 checksum")
+    _VERIFIED[path.resolve()] = _identity(path)
+
+
+_VERIFIED: dict[Path, tuple[int, int, int]] = {}
+"""Files :func:`check_intact` read whole, by their :func:`_identity` then."""
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _refusal_reason(err: pickle.UnpicklingError) -> str:
