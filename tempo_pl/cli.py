@@ -38,6 +38,7 @@ PIPELINES = {
 }
 """Subcommands beside LightningCLI's: module (with a ``main(argv)``) and the one-line description ``--help`` shows."""
 
+
 class ConfigError(ValueError):
     """A config value that the classes it builds refuse: the message is their own reason, without the parser's
     layers around it."""
