@@ -166,6 +166,7 @@ def test_unsafe_checkpoint_reason_names_what_it_asked_for(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_through_limit_train_batches_says_why_not(tmp_path: Path, capsys) -> None:
     from tempo_pl.cli import main
 

@@ -47,6 +47,7 @@ def test_the_fingerprints_name_each_pool_and_its_file(tmp_path: Path) -> None:
     data.load_state_dict(saved)  # the same rows: accepted
 
 
+@pytest.mark.slow
 def test_a_resume_on_a_changed_unlabeled_file_is_refused(tmp_path: Path, capsys) -> None:
     from tempo_pl.cli import main
 
