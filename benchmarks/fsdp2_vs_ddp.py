@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tempo_pl.config_layers import config_args
+from tempo_pl.run.config_layers import config_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = (ROOT / "configs" / "tiny.yaml", ROOT / "configs" / "fsdp2_tiny.yaml")

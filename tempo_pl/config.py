@@ -175,6 +175,12 @@ class TrainingConfig:
     """When ``max_generation_batches`` leave fewer kept groups than the batch (over all ranks): ``train`` on what was
     kept (logged as ``filter/underfilled``), or ``error`` as the reference does. ``train`` is the default because a
     test-time run whose labeled groups are all solved for a while should not die hours in; the counter shows it."""
+    nonfinite_patience: int = 3
+    """Stop the run once this many RL steps in a row had a policy or critic update whose loss or gradient was not
+    finite (or whose gradient norm exceeded ``max_grad_norm_abort``), naming the step and the quantity; each such
+    step is warned on the console (:class:`~tempo_pl.callbacks.DivergenceGuard`)."""
+    max_grad_norm_abort: Optional[float] = None
+    """A gradient norm (before clipping) above this counts as a failed update for ``nonfinite_patience``; null: off."""
 
     def __post_init__(self) -> None:
         check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
@@ -182,7 +188,10 @@ class TrainingConfig:
             raise ValueError(f"training.micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"training.generation_batch_size must be >= 1 or null, got {self.generation_batch_size}")
-        for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):
+        if self.max_grad_norm_abort is not None and not self.max_grad_norm_abort > 0:
+            raise ValueError(f"training.max_grad_norm_abort must be > 0 or null, got {self.max_grad_norm_abort}")
+        for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches",
+                     "nonfinite_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("policy_grad_clip", "critic_grad_clip"):

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
+from tempo_pl.callbacks import DivergenceGuard
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
 from tempo_pl.evaluation.evaluator import Evaluation, eval_dir, eval_sampling, gather_records
 from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
@@ -152,6 +153,11 @@ class TempoModule(RLStepLogging, LightningModule):
         """True when D_U answers reach the reward (the oracle RLVR upper bound, never test-time training)."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return bool(getattr(dm, "expose_unlabeled_answers", False))
+
+    @override
+    def configure_callbacks(self) -> list:
+        """The divergence guard of ``training.nonfinite_patience`` and ``training.max_grad_norm_abort``."""
+        return [DivergenceGuard(self.training_cfg.nonfinite_patience, self.training_cfg.max_grad_norm_abort)]
 
     @override
     def configure_model(self) -> None:

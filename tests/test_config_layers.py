@@ -9,7 +9,7 @@ Why the settings and not the printed ``--print_config``: the test resolves both 
 recorded settings, with the package's CLI parser (built once) and compares the two resolved configs whole. Every key
 the CLI has is compared, defaults included, yet an option added to the package (a new default) changes both sides
 alike and needs no new test data; only a change to what a shipped run sets does, and the record's diff is then the
-settings that changed. The plain merge of :mod:`tempo_pl.config_layers` (what the pipelines read) is checked against
+settings that changed. The plain merge of :mod:`tempo_pl.run.config_layers` (what the pipelines read) is checked against
 the same record.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_pl.config_layers import config_args, flat, nested, read_layers
+from tempo_pl.run.config_layers import config_args, flat, nested, read_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_FILE = ROOT / "tests" / "data" / "config_settings.json"

@@ -83,3 +83,27 @@ def test_config_typo_is_named(tmp_path: Path, capsys) -> None:
         main(["fit", "--config", str(bad), "--print_config"])
     assert exit_info.value.code != 0
     assert "max_new_tokenz" in capsys.readouterr().err
+
+
+def test_plain_pytest_collects_the_tests_that_import_their_helpers() -> None:
+    # `python -P` leaves the working folder off sys.path, as the `pytest` script does (`python -m pytest` adds it)
+    out = subprocess.run([sys.executable, "-P", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "tests/test_eval_rng.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "No module named 'tests'" not in out.stdout
+
+
+@pytest.mark.parametrize("option, reason", [
+    (["--model.init_args.sampling.n", "0"], "SamplingConfig.n must be >= 1, got 0"),
+    (["--model.init_args.sampling.max_new_tokens", "0"], "SamplingConfig.max_new_tokens must be >= 1, got 0"),
+    (["--model.init_args.algorithm.advantage", "nope"], "algorithm.advantage must be one of"),
+])
+def test_a_refused_config_value_ends_with_its_reason(option: list, reason: str, tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), *option,
+              f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"[tempo-pl] error: {reason}"), last

@@ -102,7 +102,7 @@ def test_frozen_critic_config_trains_with_spread_rewards_and_an_unchanged_critic
     updated (no critic backward) while its values still reward D_U rows."""
     from _tiny_run import build
 
-    from tempo_pl.config_layers import read_layers
+    from tempo_pl.run.config_layers import read_layers
 
     cfg = read_layers([ROOT / "configs/tiny.yaml", ROOT / "configs/tempo/frozen_critic.yaml"])
     cfg["trainer"].update(limit_train_batches=2, num_sanity_val_steps=0, limit_val_batches=0,

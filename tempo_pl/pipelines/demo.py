@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl
 
 import yaml
 
-from tempo_pl.config_layers import config_args, has_key, nested, read_layers
+from tempo_pl.run.config_layers import config_args, has_key, nested, read_layers
 from tempo_pl.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from tempo_pl.pipelines.demo_stages import (
     DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, build_stages, is_done, parallel_groups, stage_dir,

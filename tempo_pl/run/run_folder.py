@@ -210,3 +210,27 @@ def release(lock: Path) -> None:
     holder = _holder(lock)
     if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         lock.unlink(missing_ok=True)
+
+
+class RunAlreadyFinished(RuntimeError):
+    """A resume whose checkpoint ended the training the config asks for in fewer RL steps than it now asks for."""
+
+
+def check_resumed_budget(trainer: Any, rl_step: int) -> None:
+    """At the start of a resumed fit: when Lightning's loop has nothing left to run (the checkpoint's epochs are
+    done), says so; raises :class:`RunAlreadyFinished` when the config asks for more RL steps than were done (a
+    raised ``limit_train_batches`` cannot reopen a finished epoch)."""
+    if not trainer.fit_loop.done:
+        return
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    batches = trainer.num_training_batches
+    asked = batches * max_epochs if max_epochs is not None and batches != float("inf") else None
+    if asked is not None and rl_step < asked:
+        raise RunAlreadyFinished(
+            f"the checkpoint {str(trainer.ckpt_path)!r} ended its run's {max_epochs} epoch(s) at RL step {rl_step}; "
+            f"limit_train_batches: {batches} x max_epochs: {max_epochs} asks for {int(asked)}, but a finished epoch "
+            "is not reopened. To train more RL steps from it, raise trainer.max_epochs (a further epoch over the "
+            "prompt streams)")
+    if trainer.is_global_zero:
+        print(f"[tempo-pl] the run resumed from {str(trainer.ckpt_path)!r} had already finished (RL step {rl_step}); "
+              "nothing is left to train", file=sys.stderr)
