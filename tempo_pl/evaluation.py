@@ -19,6 +19,7 @@ from tempo_pl.metrics import score_questions, summarize_questions, write_questio
 from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.models import critic_response_values
 from tempo_pl.prompts import decode_prompts
+from tempo_pl.rewards.graders import row_graders
 from tempo_pl.rollout import SamplingSpec
 from tempo_pl.types import Rollout
 
@@ -72,6 +73,7 @@ class Evaluation:
             [[rollout.texts[i] for i in rows] for rows in groups],
             values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
             extraction=self.config.extraction,
+            graders=row_graders(rollout.prompt_batch),
         )
         prompts = decode_prompts(self.tokenizer, rollout) if self.tokenizer is not None else [None] * len(records)
         lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()

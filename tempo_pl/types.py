@@ -7,7 +7,7 @@ stage can be tested without Lightning and replaced by a research subclass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -29,10 +29,12 @@ class PromptBatch:
     answers: list[Optional[str]]
     """Ground truth for labeled rows; ``None`` for unlabeled rows."""
     is_labeled: list[bool]
+    graders: Optional[list[Any]] = None
+    """The grader of each row (``tempo_pl.rewards.graders.Grader``, from its dataset's ``grader:``); None: math."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        for name in ("prompts", "answers", "is_labeled"):
+        for name in ("prompts", "answers", "is_labeled") + (("graders",) if self.graders is not None else ()):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} entries, ids has {n}")
         for i, (labeled, answer) in enumerate(zip(self.is_labeled, self.answers)):
@@ -48,6 +50,7 @@ class PromptBatch:
             prompts=[self.prompts[i] for i in indices],
             answers=[self.answers[i] for i in indices],
             is_labeled=[self.is_labeled[i] for i in indices],
+            graders=None if self.graders is None else [self.graders[i] for i in indices],
         )
 
     @staticmethod
@@ -57,6 +60,8 @@ class PromptBatch:
             prompts=[x for b in batches for x in b.prompts],
             answers=[x for b in batches for x in b.answers],
             is_labeled=[x for b in batches for x in b.is_labeled],
+            graders=(None if all(b.graders is None for b in batches) else
+                     [g for b in batches for g in (b.graders if b.graders is not None else [None] * len(b))]),
         )
 
 

@@ -27,6 +27,8 @@ class PromptRow:
     prompt: str
     answer: Optional[str]
     is_labeled: bool
+    grader: Any = None
+    """The dataset's grader (``tempo_pl.rewards.graders.Grader``); None: math."""
 
 
 def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
@@ -36,6 +38,7 @@ def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
         prompts=[row.prompt for row in rows],
         answers=[row.answer for row in rows],
         is_labeled=[row.is_labeled for row in rows],
+        graders=None if all(row.grader is None for row in rows) else [row.grader for row in rows],
     )
 
 
