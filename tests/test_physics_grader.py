@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tempo_pl.data.benchmark_rows import hipho_row
-from tempo_pl.rewards.graders import build_grader
+from tempo_pl.rewards.graders import build_grader, counter_metrics
 from tempo_pl.rewards.judge import Judge, JudgeConfig
 from tempo_pl.rewards.physics import PhysicsGrader, parse_gold, without_unit
 
@@ -143,7 +143,7 @@ def test_judge_request_verdicts_cache_and_counters(judge_server):
     assert "Correct answer: 42" in first["messages"][0]["content"] or "Correct answer: 7" in first["messages"][0]["content"]
     grader.grade(responses[:1], [gold], questions=["What is 6*7? And 3+4?"])
     assert len(judge_server.requests) == 3  # cached per (question, answer, gold)
-    counters = grader.take_counters()
+    counters = counter_metrics(grader.take_counters())
     # hits: the second "forty-two" of the first call and the one of the second call
     assert counters["judge_calls"] == 3 and counters["judge_cache_hits"] == 2 and counters["judge_timeouts"] == 0
     assert counters["scored_by_judge"] == pytest.approx(3 / 8) and counters["scored_by_rule"] == pytest.approx(3 / 8)

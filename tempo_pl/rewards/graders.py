@@ -37,8 +37,8 @@ from tempo_pl.rewards import grading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FunctionGrader", "Grader", "GraderSpec", "Verdict", "build_grader", "grader_names", "register_grader",
-           "row_graders"]
+__all__ = ["FunctionGrader", "Grader", "GraderSpec", "Verdict", "build_grader", "counter_metrics", "grader_names",
+           "register_grader", "row_graders", "take_counts"]
 
 GraderSpec = Union[None, str, Mapping[str, Any]]
 """``None`` (math), a name, or ``{name: <name>, <option>: <value>, ...}``."""
@@ -77,7 +77,8 @@ class Grader:
     A subclass implements :meth:`extract` and :meth:`equivalent`; :meth:`grade` (one :class:`Verdict` per response)
     defaults to comparing the extracted answer with the gold, and :meth:`cluster` to grouping answers with
     :meth:`equivalent`. :meth:`setup` checks what the grader needs outside the process (the data module calls it),
-    :meth:`take_counters` hands over counts since its last call (logged under ``grading/``).
+    :meth:`take_counters` hands over counts since its last call (logged under ``grading/`` through
+    :func:`counter_metrics`: ``parts_<tier>`` counts become shares).
     """
 
     name = "grader"
@@ -200,6 +201,31 @@ def build_grader(spec: GraderSpec, where: str = "grader") -> Grader:
         return _factory(name, where)(**options)
     except TypeError as error:
         raise ValueError(f"{where}: grader {name!r} does not take options {sorted(options)} ({error})") from None
+
+
+def take_counts(graders: Sequence[Grader]) -> dict[str, float]:
+    """The counters of each distinct grader (taken: they restart at 0), summed by name."""
+    counts: dict[str, float] = {}
+    for grader in dict.fromkeys(graders):
+        for key, value in grader.take_counters().items():
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
+
+
+def counter_metrics(counts: Mapping[str, float]) -> dict[str, float]:
+    """Counters as logged: ``parts_<tier>`` counts become ``scored_by_<tier>``, the share of graded parts that tier
+    decided (``none``: no tier accepted the part); the other counters (``judge_calls`` ...) stay counts.
+
+    Example::
+
+        >>> counter_metrics({"parts_rule": 3, "parts_none": 1, "judge_calls": 2})
+        {'judge_calls': 2, 'scored_by_rule': 0.75, 'scored_by_none': 0.25}
+    """
+    parts = sum(v for k, v in counts.items() if k.startswith("parts_"))
+    metrics = {k: v for k, v in counts.items() if not k.startswith("parts_")}
+    metrics.update({"scored_by_" + k[len("parts_"):]: v / parts if parts else 0.0 for k, v in counts.items()
+                    if k.startswith("parts_")})
+    return metrics
 
 
 def row_graders(prompt_batch: Any) -> list[Grader]:

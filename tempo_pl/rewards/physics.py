@@ -164,10 +164,10 @@ class PhysicsGrader(Grader):
             self.judge.check()
 
     def take_counters(self) -> dict[str, float]:
+        """The judge's counters and ``parts_<tier>``: how many parts each tier decided (``none``: wrong)."""
         counts = dict(self.judge.take_counters()) if self.judge is not None else {}
-        parts = sum(self._scored_by.values())
-        for scorer in ("rule", "math-verify", "judge", "none"):
-            counts[f"scored_by_{scorer}"] = self._scored_by.get(scorer, 0) / parts if parts else 0.0
+        counts.update({f"parts_{scorer}": float(self._scored_by.get(scorer, 0))
+                       for scorer in ("rule", "math-verify", "judge", "none")})
         self._scored_by = {}
         return counts
 

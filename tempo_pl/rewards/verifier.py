@@ -20,9 +20,9 @@ class Verifier(RewardSource):
     ``incorrect_score + (correct_score - incorrect_score) * share of parts right``.
 
     Each row is graded by its dataset's grader (``grader:`` of the dataset spec, docs/graders.md; math by default).
-    Besides ``accuracy`` (every part right) it logs ``score`` (the mean share of parts right), ``points`` (the mean
-    points earned) and each grader's counters under ``grading/`` (the judge's calls and timeouts, the share of parts
-    each tier decided).
+    Besides ``accuracy`` (every part right) it reports ``score`` (the mean share of parts right) and ``points`` (the
+    mean points earned); the graders' own counters (judge calls, what decided each part) are logged per step by the
+    loop under ``train/grading/`` and per eval set under ``val/<set>/grading/``.
 
     This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1
     (docs/algorithm.md, "Rewards"); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on
@@ -85,8 +85,6 @@ class Verifier(RewardSource):
         )
         metrics = {"accuracy": mean_or_zero([float(v.correct) for v in verdicts]),
                    "score": mean_or_zero(share), "points": mean_or_zero([v.points for v in verdicts])}
-        for grader in dict.fromkeys(row_graders(rollout.prompt_batch)):
-            metrics.update({f"grading/{k}": v for k, v in grader.take_counters().items()})
         return RewardOutput(scores=scores, metrics=metrics)
 
     def _warn_unmatchable(self, rollout: Rollout) -> None:
