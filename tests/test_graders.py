@@ -90,8 +90,9 @@ def test_multiple_choice_letter_or_option_text():
     gold = json.dumps({"answer": "C", "options": {"A": "1 eV", "B": "2 eV", "C": "3 eV", "D": "4 eV"}})
     grader = MultipleChoiceGrader()
     responses = ["\\boxed{C}", "\\boxed{(C)}", "The answer is (C).", "Answer: C", "\\boxed{3 eV}", "\\boxed{C) 3 eV}",
-                 "\\boxed{B}", "\\boxed{2 eV}", "the answer is B", "I am not sure", "\\boxed{E}"]
-    assert [v.score for v in grader.grade(responses, [gold] * len(responses))] == [1.0] * 6 + [0.0] * 5
+                 "\\boxed{B}", "\\boxed{2 eV}", "the answer is B", "I am not sure", "\\boxed{E}",
+                 "C it is, though the answer is a bit long"]
+    assert [v.score for v in grader.grade(responses, [gold] * len(responses))] == [1.0] * 6 + [0.0] * 6
     assert [v.correct for v in grader.grade(["\\boxed{b}", "\\boxed{A}"], ["B", "B"])] == [True, False]
     assert grader.gold_problem("maybe") is not None and grader.gold_problem(gold) is None
     assert grader.gold_problem(json.dumps({"answer": "E", "options": {"A": "x"}})) is not None

@@ -75,7 +75,8 @@ def generated_cases(seed: int = 0, count: int = 400) -> list[tuple[str, str]]:
     fixed = ["A", "B", "C", "True", "False", "T", "F", "yes", "no", "\\frac{1}{2}", "0.5", "1/2", "2/4", "\\pi",
              "2\\pi", "6.28", "3.14", "\\sqrt{2}", "1.414", "(1, 2)", "(1,2.0)", "[1,2]", "k=3", "3", "3.0", "v = 5",
              "5 m/s", "\\text{5}", "1,000", "1000", "10^{3}", "1e3", "\\dfrac{3}{4}", "0.75", "2 \\times 10^{-3}",
-             "0.002", "-1", "- 1", "90^\\circ", "90", "50\\%", "50", ""]
+             "0.002", "-1", "- 1", "90^\\circ", "90", "50\\%", "50", "", "\\text{A}", "\\frac{\\sqrt{3}}{2}",
+             "0.866", "1.5 \\times 10^{-3} \\mathrm{m}", "(0, 1]", "\\infty"]
     cases += list(itertools.product(fixed, fixed))
     return cases
 

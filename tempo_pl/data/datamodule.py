@@ -22,7 +22,10 @@ def _spec_dict(spec: Optional[DatasetSpec]) -> Optional[dict]:
         return None
     # an in-memory dataset is described, not copied: hyperparameters are logged and saved in every checkpoint
     data = None if spec.data is None else f"{spec.source} of {spec.data.num_rows} rows (not saved)"
-    return {**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "data"}, "data": data}
+    saved = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "data"}
+    if isinstance(spec.grader, Grader):  # a grader object given in Python is saved by its name
+        saved["grader"] = spec.grader.name
+    return {**saved, "data": data}
 
 
 def _as_spec(value: Any, name: str) -> Any:

@@ -23,8 +23,9 @@ from typing import Any, Optional
 from tempo_pl.rewards.graders import MATH, Grader, Verdict, register_grader
 
 LETTERS = string.ascii_uppercase
+# the keyword in any case, the letter a capital: "the answer is a bit" names no option
 _ANSWER_PHRASE = re.compile(
-    r"(?:answer|choice|option)\s*(?:is|:)?\s*[:\-]?\s*\(?\**\s*([A-Z])\s*\**\)?(?![A-Za-z])", re.IGNORECASE)
+    r"(?i:answer|choice|option)\s*(?i:is|:)?\s*[:\-]?\s*\(?\**\s*([A-Z])\s*\**\)?(?![A-Za-z])")
 _LETTER_ONLY = re.compile(r"^\(?\s*([A-Z])\s*\)?\s*[.:)]?$")
 _LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])[).:]\s+(.+)$", re.DOTALL)
 _TAIL_CHARS = 4000
@@ -71,7 +72,7 @@ class MultipleChoiceGrader(Grader):
         if boxed is not None:
             return boxed.strip()
         phrases = list(_ANSWER_PHRASE.finditer(response[-_TAIL_CHARS:]))
-        return phrases[-1].group(1).upper() if phrases else None
+        return phrases[-1].group(1) if phrases else None
 
     @staticmethod
     def letter_of(answer: Optional[str], options: dict[str, str]) -> Optional[str]:
