@@ -125,7 +125,8 @@ def test_gpqa_diamond_rows_from_a_local_copy(tmp_path, monkeypatch):
         right = options[letter]
         assert right.startswith("right ")
         wrong = next(k for k in options if k != letter)
-        verdicts = grader.grade([f"\\boxed{{{letter}}}", f"\\boxed{{{right}}}", f"\\boxed{{{wrong}}}"], [row["answer"]] * 3)
+        responses = [f"\\boxed{{{letter}}}", f"\\boxed{{{right}}}", f"\\boxed{{{wrong}}}"]
+        verdicts = grader.grade(responses, [row["answer"]] * 3)
         assert [v.score for v in verdicts] == [1.0, 1.0, 0.0]
 
 

@@ -127,7 +127,8 @@ def without_unit(answer: str, unit: Optional[str]) -> str:
     if not unit:
         return answer
     unit_pattern = re.escape(unit.strip().strip("$"))
-    pattern = (r"(\\,|\\;|\\ |~|\s)*(\\(text|mathrm|rm)\{\s*" + unit_pattern + r"\s*\}|" + unit_pattern + r")\s*\$?\s*$")
+    separator, wrapped = r"(\\,|\\;|\\ |~|\s)*", r"\\(text|mathrm|rm)\{\s*" + unit_pattern + r"\s*\}"
+    pattern = separator + "(" + wrapped + "|" + unit_pattern + r")\s*\$?\s*$"
     stripped = re.sub(pattern, "", answer)
     return stripped if stripped.strip() else answer
 

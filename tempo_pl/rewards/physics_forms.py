@@ -26,7 +26,8 @@ _UNIT_WORDS = (
     "more|sec|unit|cu . m|cm 2|rs .|rs|kg|month|cm|mm|apple|liter|loss|yard|pure|year|increase|decrease|less|Surface|"
     "litre|pi sq m|s .|metre|meter|inch|kilogram|second|ampere|A|K|mol|cd|N|J|W|Pa|Hz|C|V|Ω|F|T|H|eV|kW·h|atm|bar|°C"
 ).split("|")
-_UNIT_PATTERNS = [re.compile(r"(^|\W)" + word + r"($|\W)") for word in _UNIT_WORDS + [w + "s" for w in _UNIT_WORDS]]
+_UNIT_PATTERNS = [re.compile(r"(^|\W)" + word + r"($|\W)")
+                  for word in _UNIT_WORDS + [w + "s" for w in _UNIT_WORDS]]
 _BRACKETS = "()[]"
 _THOUSANDS = re.compile(r"(\d)(,)(\d\d\d)($|\D)")
 
