@@ -7,7 +7,7 @@ stage can be tested without Lightning and replaced by a research subclass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -39,6 +39,9 @@ class PromptBatch:
     """The dataset columns of each row, by name, for reward functions (TRL passes every column as a keyword); an
     unlabeled row's hold only its question and id columns, since any other column may hold its answer. Default:
     none."""
+    graders: Optional[list[Any]] = None
+    """The grader of each row (``tempo_pl.rewards.graders.Grader``, from its dataset's ``grader:``); ``None``: math.
+    Default: none for every row."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -48,6 +51,8 @@ class PromptBatch:
             self.conversational = [False] * n
         if self.columns is None:
             self.columns = [{} for _ in range(n)]
+        if self.graders is None:
+            self.graders = [None] * n
         for name in ("prompts", "answers", "is_labeled", *ROW_EXTRAS):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} entries, ids has {n}")
@@ -66,7 +71,7 @@ class PromptBatch:
         return PromptBatch(**{name: [x for b in batches for x in getattr(b, name)] for name in ROW_FIELDS})
 
 
-ROW_EXTRAS = ("system_prompts", "conversational", "columns")
+ROW_EXTRAS = ("system_prompts", "conversational", "columns", "graders")
 """The per-row fields of :class:`PromptBatch` beside ids, prompts, answers and labels (defaulted when not given)."""
 ROW_FIELDS = ("ids", "prompts", "answers", "is_labeled", *ROW_EXTRAS)
 

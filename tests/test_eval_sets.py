@@ -130,9 +130,12 @@ def test_registry_names_the_usual_hub_datasets():
         "amc2023": ("math-ai/amc23", None, "test"),
         "math500": ("HuggingFaceH4/MATH-500", None, "test"),
         "gsm8k": ("openai/gsm8k", "main", "test"),
+        "gpqa_diamond": ("Idavidrein/gpqa", "gpqa_diamond", "train"),
+        "hipho": ("HY-Wan/HiPhO", None, "train"),
     }
     assert {i.file for i in BENCHMARKS.values()} == {
-        "aime2024.jsonl", "aime2025.jsonl", "amc2023.jsonl", "math500.jsonl", "gsm8k_test.jsonl"
+        "aime2024.jsonl", "aime2025.jsonl", "amc2023.jsonl", "math500.jsonl", "gsm8k_test.jsonl",
+        "gpqa_diamond.jsonl", "hipho.jsonl",
     }
 
 

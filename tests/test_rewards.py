@@ -103,11 +103,11 @@ def test_verifier_validates_config(kwargs, key):
 def test_verifier_uses_grader_processes_and_timeout(monkeypatch):
     calls = {}
 
-    def fake_grade_many(responses, golds, processes=None, timeout=2.0):
+    def fake_grade_many(responses, golds, processes=None, timeout=2.0, extraction="boxed"):
         calls.update(processes=processes, timeout=timeout)
         return [True] * len(responses)
 
-    monkeypatch.setattr("tempo_pl.rewards.verifier.grade_many", fake_grade_many)
+    monkeypatch.setattr("tempo_pl.rewards.grading.grade_many", fake_grade_many)
     rollout = make_rollout([TIE], answers=["7"])
     Verifier(processes=3, timeout=0.5)(rollout, make_stats(rollout))
     assert calls == {"processes": 3, "timeout": 0.5}
@@ -344,12 +344,12 @@ def test_grader_options_reach_the_grader(monkeypatch):
         seen.append(("cluster", timeout))
         return list(range(len(answers)))
 
-    def fake_grade_many(responses, golds, processes=None, timeout=2.0):
+    def fake_grade_many(responses, golds, processes=None, timeout=2.0, extraction="boxed"):
         seen.append(("grade", processes, timeout))
         return [False] * len(responses)
 
-    monkeypatch.setattr("tempo_pl.rewards.group_answers.cluster_answers", fake_cluster_answers)
-    monkeypatch.setattr("tempo_pl.rewards.pseudo_labels.grade_many", fake_grade_many)
+    monkeypatch.setattr("tempo_pl.rewards.grading.cluster_answers", fake_cluster_answers)
+    monkeypatch.setattr("tempo_pl.rewards.grading.grade_many", fake_grade_many)
     rollout = make_rollout([TIE])
     MajorityVote(timeout=0.25)(rollout, make_stats(rollout))
     SemanticCluster(timeout=0.5)(rollout, make_stats(rollout))

@@ -707,7 +707,8 @@ def test_parameter_and_kv_counts_match_the_architecture() -> None:
 def test_memory_doc_is_generated_from_the_configs() -> None:
     table = _benchmark("memory_table")
     rows = [table.estimate(layers) for layers in table.config_runs()]
-    assert {r.config for r in rows} == {f"{m}_aime{q}" for m in ("olmo3_7b", "qwen3_8b", "qwen3_14b") for q in ("", "_qlora")}
+    assert {r.config for r in rows} == {f"{m}{q}" for m in ("olmo3_7b_aime", "qwen3_8b_aime", "qwen3_14b_aime",
+                                                              "qwen3_4b_hipho") for q in ("", "_qlora")}
     assert (ROOT / "docs" / "memory.md").read_text() == table.render(rows), "run benchmarks/memory_table.py --write"
     for row in rows:
         assert row.gpus == (1 if row.config.endswith("_qlora") else 8), row

@@ -13,9 +13,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from tempo_pl.data.eval_sets import default_grader
 from tempo_pl.data.sources import DataError, DatasetSpec, Record, load_records
 from tempo_pl.data.streams import EMStreams, PromptRow, PromptStream, rows_to_batch
 from tempo_pl.data.templates import DEFAULT_TEMPLATE, apply_template, resolve_template
+from tempo_pl.rewards.graders import Grader, build_grader
 
 
 def _spec_dict(spec: Optional[DatasetSpec]) -> Optional[dict]:
@@ -23,7 +25,10 @@ def _spec_dict(spec: Optional[DatasetSpec]) -> Optional[dict]:
         return None
     # an in-memory dataset is described, not copied: hyperparameters are logged and saved in every checkpoint
     data = None if spec.data is None else f"{spec.source} of {spec.data.num_rows} rows (not saved)"
-    return {**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "data"}, "data": data}
+    saved = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "data"}
+    if isinstance(spec.grader, Grader):  # a grader object given in Python is saved by its name
+        saved["grader"] = spec.grader.name
+    return {**saved, "data": data}
 
 
 def _as_spec(value: Any, name: str) -> Any:
@@ -205,6 +210,13 @@ class TempoDataModule(LightningDataModule):
         self.allow_overlap = allow_overlap
         self.allow_changed_data = allow_changed_data
 
+        self.graders: dict[str, Grader] = {
+            key: build_grader(spec.grader if spec.grader is not None else default_grader(spec.path),
+                              f"TempoDataModule.{key}.grader")
+            for key, spec in [("labeled", labeled), ("unlabeled", unlabeled), ("mixed", mixed)]
+            + [(f"eval_sets[{i}]", spec) for i, spec in enumerate(self.eval_sets)] if spec is not None
+        }
+        """The grader of each dataset, keyed ``labeled``, ``unlabeled``, ``mixed``, ``eval_sets[<i>]``."""
         self.heldout_answers: dict[str, str] = {}
         """D_U answers by row id, for evaluation telemetry only; never part of a training batch."""
         self.streams: Optional[EMStreams] = None
@@ -218,12 +230,17 @@ class TempoDataModule(LightningDataModule):
         return [spec.display_name for spec in self.eval_sets]
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Read and check every dataset the stage needs (malformed rows raise :class:`DataError` here)."""
+        """Read and check every dataset the stage needs (malformed rows raise :class:`DataError` here) and the
+        external dependencies of their graders (an unreachable judge raises here)."""
+        for grader in dict.fromkeys(self.graders.values()):
+            grader.setup()
         if stage in (None, "fit") and self.streams is None:
             self._build_streams()
         if self._eval_rows is None:
             self._eval_rows = [
-                self._to_rows(load_records(spec, "eval", self.data_dir))[: self.eval_limit] for spec in self.eval_sets
+                self._to_rows(load_records(spec, "eval", self.data_dir), grader=self.graders[f"eval_sets[{i}]"]
+                              )[: self.eval_limit]
+                for i, spec in enumerate(self.eval_sets)
             ]
 
     def train_dataloader(self) -> EMStreams:
@@ -294,8 +311,10 @@ class TempoDataModule(LightningDataModule):
                 f" of {len(unlabeled)} unlabeled rows into training batches (as labeled rows). This is an upper "
                 "bound, not test-time training."
             )
-        self.labeled_rows = self._to_rows(labeled)
-        self.unlabeled_rows = self._to_rows(unlabeled, expose=self.expose_unlabeled_answers)
+        mixed_grader = self.graders.get("mixed")
+        self.labeled_rows = self._to_rows(labeled, grader=mixed_grader or self.graders.get("labeled"))
+        self.unlabeled_rows = self._to_rows(unlabeled, expose=self.expose_unlabeled_answers,
+                                            grader=mixed_grader or self.graders.get("unlabeled"))
 
         rank, world_size = 0, 1
         if self.trainer is not None:
@@ -327,9 +346,10 @@ class TempoDataModule(LightningDataModule):
                             "questions. Remove them from one pool, or set allow_overlap: true.")
         rank_zero_warn(f"TempoDataModule (allow_overlap: true): {message}")
 
-    def _to_rows(self, records: list[Record], expose: bool = False) -> list[PromptRow]:
-        """Apply the prompt template; an unlabeled row keeps its answer, and its columns beside the question and
-        id, only when ``expose`` (the oracle baseline)."""
+    def _to_rows(self, records: list[Record], expose: bool = False, grader: Optional[Grader] = None
+                 ) -> list[PromptRow]:
+        """Apply the prompt template and attach the dataset's grader; an unlabeled row keeps its answer, and its
+        columns beside the question and id, only when ``expose`` (the oracle baseline)."""
         rows = []
         for record in records:
             labeled = record.is_labeled or (expose and record.answer is not None)
@@ -342,6 +362,7 @@ class TempoDataModule(LightningDataModule):
                     system_prompt=record.system_prompt,
                     conversational=record.conversational,
                     columns=record.visible_columns(labeled),
+                    grader=grader,
                 )
             )
         return rows

@@ -16,15 +16,18 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from tempo_pl.data.eval_set_rows import gpqa_row, hipho_row
 from tempo_pl.data.readers import FILE_SUFFIXES, read_file
 
-__all__ = ["BENCHMARKS", "DATA_DIR_ENV", "BenchmarkInfo", "load_benchmark", "read_rows", "rows_to_schema"]
+__all__ = ["BENCHMARKS", "DATA_DIR_ENV", "BenchmarkInfo", "default_grader", "load_benchmark", "read_rows",
+           "rows_to_schema"]
 
 DATA_DIR_ENV = "TEMPO_PL_DATA_DIR"
 """Environment variable naming the directory of local benchmark files, used when ``local_dir`` is not given."""
@@ -50,6 +53,9 @@ class BenchmarkInfo:
         answer_format: how the source answer becomes the answer string: ``verbatim`` (``str``, stripped),
             ``number`` (a numeric answer such as ``27.0`` becomes ``27``), ``gsm8k`` (the number after ``####``
             in a GSM8K solution, thousands commas removed, as in the official ``extract_answer``).
+        row_builder: ``builder(source_row, index) -> row`` for sets whose rows need more than a field mapping (GPQA's
+            shuffled options, HiPhO's answers with points); it replaces the field mapping.
+        grader: the grader a dataset spec of this set uses when it names none (docs/graders.md).
 
     Example::
 
@@ -67,6 +73,8 @@ class BenchmarkInfo:
     id_prefix: str = ""
     hub_config: Optional[str] = None
     answer_format: str = "verbatim"
+    row_builder: Optional[Callable[[dict, int], dict]] = None
+    grader: str = "math"
 
     def __post_init__(self) -> None:
         if self.answer_format not in _ANSWER_FORMATS:
@@ -92,6 +100,11 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                       id_field="unique_id"),
         BenchmarkInfo("gsm8k", "gsm8k_test.jsonl", "openai/gsm8k", "test", "question", "answer",
                       id_field=None, id_prefix="gsm8k-test-", hub_config="main", answer_format="gsm8k"),
+        BenchmarkInfo("gpqa_diamond", "gpqa_diamond.jsonl", "Idavidrein/gpqa", "train", "Question", "Correct Answer",
+                      id_field="Record ID", hub_config="gpqa_diamond", row_builder=gpqa_row,
+                      grader="multiple_choice"),
+        BenchmarkInfo("hipho", "hipho.jsonl", "HY-Wan/HiPhO", "train", "question", "answer",
+                      row_builder=hipho_row, grader="physics"),
     )
 }
 """The registered evaluation sets. Local copies (see ``shared/data/SOURCES.md``) are in the common schema already;
@@ -118,6 +131,8 @@ def _format_answer(value: Any, answer_format: str, where: str) -> str:
 
 def rows_to_schema(rows: list[dict], info: BenchmarkInfo) -> list[dict]:
     """Map source rows onto ``id`` / ``problem`` / ``answer`` as ``info`` says, keeping the other fields."""
+    if info.row_builder is not None:
+        return [info.row_builder(dict(row), index) for index, row in enumerate(rows)]
     out = []
     for index, row in enumerate(rows):
         where = f"{info.name} row {index}"
@@ -154,8 +169,27 @@ def read_rows(path: os.PathLike | str) -> list[dict]:
             raise ValueError(f"{path} row {index}: missing field(s) {missing}; the row has {sorted(row)}")
         row_id = row.get("id")
         out.append({**row, "id": f"{path.stem}-{index}" if row_id is None else str(row_id),
-                    "problem": str(row["problem"]), "answer": str(row["answer"]).strip()})
+                    "problem": str(row["problem"]), "answer": _answer_text(row["answer"])})
     return out
+
+
+def _in_source_schema(path: Path, info: BenchmarkInfo) -> bool:
+    """A local copy saved from the Hub as it is (its rows have the source's question field, not ``problem``)."""
+    rows = read_file(path).rows
+    return bool(rows) and "problem" not in rows[0] and info.problem_field in rows[0]
+
+
+def default_grader(path: Optional[str]) -> str:
+    """The grader of a registered benchmark name (``multiple_choice`` for ``gpqa_diamond``); ``math`` otherwise."""
+    info = BENCHMARKS.get(path) if isinstance(path, str) else None
+    return "math" if info is None else info.grader
+
+
+def _answer_text(value: Any) -> str:
+    """A row's answer as text: a structured gold (several answers, options) as its JSON."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
 
 
 def _load_from_hub(info: BenchmarkInfo) -> list[dict]:
@@ -185,6 +219,10 @@ def load_benchmark(name_or_path: str, local_dir: Optional[str] = None) -> list[d
     if directory:
         local = Path(directory) / info.file
         if local.is_file():
+            if info.row_builder is not None and _in_source_schema(local, info):
+                from tempo_pl.data.readers import read_file
+
+                return rows_to_schema(read_file(local).rows, info)
             return read_rows(local)
     try:
         return _load_from_hub(info)

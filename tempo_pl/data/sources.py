@@ -21,6 +21,7 @@ column by name); the data module hands an unlabeled row's question and id column
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import numbers
 import re
@@ -85,6 +86,9 @@ class DatasetSpec:
     repeat: int = 1
     """Replicate every row this many times; the reference replicates the small test set to fill an epoch. Replicas
     keep the original row id."""
+    grader: Optional[Any] = None
+    """How this dataset's answers are graded: ``math`` (default), ``multiple_choice``, ``exact``, ``regex``,
+    ``physics``, ``module:name``, or ``{name: ..., <option>: ...}`` (docs/graders.md)."""
     data: Optional[Any] = None
     """Python API only: an in-memory ``datasets.Dataset`` or ``DatasetDict`` (``split`` picks the split), in place of
     ``path``. It is not saved with the hyperparameters: pass it again when rebuilding the data module."""
@@ -390,9 +394,17 @@ def _id_to_str(value: Any, field: str) -> str:
 
 
 def _answer_to_str(value: Any, field: str) -> str:
-    """Answers are compared as strings: integers and integral floats (AMC's ``27.0``) become ``"27"``."""
+    """Answers are compared as strings: integers and integral floats (AMC's ``27.0``) become ``"27"``; a structured
+    gold (a list or mapping: several answers with points, options) becomes its JSON text, which its grader reads."""
     if isinstance(value, str):
         return value.strip()
+    if getattr(value, "ndim", 0) > 0 and hasattr(value, "tolist"):  # a list column read from parquet
+        value = value.tolist()
+    if isinstance(value, (Mapping, list, tuple)):
+        try:
+            return json.dumps(value, ensure_ascii=False, sort_keys=True, default=_json_item)
+        except (TypeError, ValueError) as error:
+            raise _FieldError(field, f"a structured answer that is not JSON-serialisable ({error})") from None
     if isinstance(value, bool):
         raise _FieldError(field, f"expected a string or a number, got bool {value!r}")
     if isinstance(value, numbers.Integral):
@@ -403,6 +415,13 @@ def _answer_to_str(value: Any, field: str) -> str:
             raise _FieldError(field, f"non-finite number {number!r}")
         return str(int(number)) if number.is_integer() else repr(number)
     raise _FieldError(field, f"expected a string or a number, got {type(value).__name__}")
+
+
+def _json_item(value: Any) -> Any:
+    """numpy arrays and scalars of a parquet row as JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def _flag_to_bool(value: Any, field: str) -> bool:

@@ -31,6 +31,8 @@ class PromptRow:
     system_prompt: Optional[str] = None
     conversational: bool = False
     columns: dict = field(default_factory=dict, compare=False, repr=False)
+    grader: Any = None
+    """The dataset's grader (``tempo_pl.rewards.graders.Grader``); None: math."""
 
 
 def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
@@ -43,6 +45,7 @@ def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
         system_prompts=[row.system_prompt for row in rows],
         conversational=[row.conversational for row in rows],
         columns=[row.columns for row in rows],
+        graders=[row.grader for row in rows],
     )
 
 

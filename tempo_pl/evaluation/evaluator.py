@@ -20,6 +20,7 @@ from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.models.forward import critic_response_values
 from tempo_pl.engines.prompts import decode_prompts
 from tempo_pl.config import SamplingConfig
+from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
 from tempo_pl.types import Rollout
 
 
@@ -57,6 +58,7 @@ class Evaluation:
         self.config = config
         self.tokenizer = tokenizer
         self.records: dict[int, list] = {}
+        self.counts: dict[int, dict[str, float]] = {}
 
     def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
             batch_rows: int = 16, device: Optional[torch.device] = None) -> None:
@@ -66,13 +68,19 @@ class Evaluation:
         if critic is not None and rollout.num_rows:
             values_last = last_token_values(critic, rollout, batch_rows, device or torch.device("cpu"))
         groups = [rollout.group_rows([g]).tolist() for g in range(len(rollout.prompt_batch))]
+        graders = row_graders(rollout.prompt_batch)
+        take_counts(graders)  # what training counted is the training step's, not this set's
         records = score_questions(
             rollout.prompt_batch.ids,
             rollout.prompt_batch.answers,
             [[rollout.texts[i] for i in rows] for rows in groups],
             values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
             extraction=self.config.extraction,
+            graders=graders,
         )
+        totals = self.counts.setdefault(dataloader_idx, {})
+        for key, value in take_counts(graders).items():
+            totals[key] = totals.get(key, 0.0) + value
         prompts = decode_prompts(self.tokenizer, rollout) if self.tokenizer is not None else [None] * len(records)
         lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()
         for record, rows, prompt in zip(records, groups, prompts):
@@ -88,17 +96,20 @@ class Evaluation:
         jsonl_dir: Optional[Path],
         rl_step: int,
     ) -> dict[str, float]:
-        """``val/<set>/<metric>`` of every eval set; writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when
-        given). ``gather`` collects the records of every rank (identity on one process)."""
+        """``val/<set>/<metric>`` of every eval set, with ``val/<set>/grading/<counter>`` of its graders (this rank's);
+        writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when given). ``gather`` collects the records of every
+        rank (identity on one process)."""
         metrics: dict[str, float] = {}
         for idx, records in sorted(self.records.items()):
             records = gather(records)
             name = set_names[idx] if idx < len(set_names) else f"set{idx}"
             summary = summarize_questions(records, ks=list(self.config.pass_ks))
             metrics.update({f"val/{name}/{k}": float(v) for k, v in summary.items()})
+            counts = counter_metrics(self.counts.get(idx, {}))
+            metrics.update({f"val/{name}/grading/{k}": float(v) for k, v in counts.items()})
             if jsonl_dir is not None:
                 write_question_jsonl(jsonl_dir / f"{name}_step{rl_step:06d}.jsonl", records)
-        self.records = {}
+        self.records, self.counts = {}, {}
         return metrics
 
 

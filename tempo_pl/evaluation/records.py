@@ -49,6 +49,7 @@ from tempo_pl.rewards.grading import (
     extract_answer,
     extractor_chain,
 )
+from tempo_pl.rewards.graders import Grader, MathGrader
 from tempo_pl.rewards.group_answers import answer_entropy, answered_cluster_sizes, majority_cluster
 
 __all__ = [
@@ -84,6 +85,8 @@ class QuestionResult:
         prompt: the prompt text the policy read (chat template applied, after any left truncation), when known.
         response_lengths: each response's length in tokens (its EOS included), when known.
         truncated: whether each response hit the token limit without an EOS, when known.
+        scores: each response's share of the gold's parts answered right, for graders of several parts (physics);
+            ``correct`` is then "every part right".
 
     Example::
 
@@ -102,12 +105,13 @@ class QuestionResult:
     prompt: Optional[str] = None
     response_lengths: Optional[list[int]] = None
     truncated: Optional[list[bool]] = None
+    scores: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         n = len(self.responses)
         if n == 0:
             raise ValueError(f"QuestionResult {self.question_id!r} has no responses")
-        for name in ("answers", "correct", "values", "clusters", "response_lengths", "truncated"):
+        for name in ("answers", "correct", "values", "clusters", "response_lengths", "truncated", "scores"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(
@@ -199,6 +203,7 @@ def score_questions(
     extraction: str = "boxed",
     timeout: float = 2.0,
     processes: Optional[int] = None,
+    graders: Optional[Sequence[Grader]] = None,
 ) -> list[QuestionResult]:
     """Grade and cluster the responses of many questions, grading all of them in one parallel batch.
 
@@ -212,7 +217,12 @@ def score_questions(
         extraction: ``boxed`` or ``lenient`` (see :func:`tempo_pl.rewards.grading.grade`).
         timeout: per-comparison grading bound in seconds.
         processes: grading worker processes (default: the available CPUs).
+        graders: the grader of each question (docs/graders.md); default: math for all. A question whose grader is
+            not the math grader is extracted, graded and clustered by it (``extractors`` then do not apply), and
+            its record keeps each response's share of parts right in ``scores``.
     """
+    if graders is not None and not all(isinstance(g, MathGrader) for g in graders):
+        return _score_with_graders(question_ids, golds, responses, values, graders, extraction, timeout, processes)
     if not len(question_ids) == len(golds) == len(responses):
         raise ValueError(
             f"score_questions got {len(question_ids)} ids, {len(golds)} golds and {len(responses)} response lists"
@@ -243,6 +253,31 @@ def score_questions(
     return records
 
 
+def _score_with_graders(question_ids, golds, responses, values, graders, extraction, timeout, processes):
+    """:func:`score_questions` with a grader per question: one grading call per grader over its questions."""
+    if not len(question_ids) == len(golds) == len(responses) == len(graders):
+        raise ValueError(f"score_questions got {len(question_ids)} ids, {len(golds)} golds, {len(responses)} response "
+                         f"lists and {len(graders)} graders")
+    verdicts: list = [None] * len(question_ids)
+    for grader in dict.fromkeys(graders):
+        mine = [i for i, g in enumerate(graders) if g is grader]
+        flat = grader.grade([r for i in mine for r in responses[i]], [golds[i] for i in mine for _ in responses[i]],
+                            timeout=timeout, processes=processes, extraction=extraction)
+        start = 0
+        for i in mine:
+            verdicts[i], start = flat[start:start + len(responses[i])], start + len(responses[i])
+    records = []
+    for i, (qid, gold, group, grader) in enumerate(zip(question_ids, golds, responses, graders)):
+        answers = [grader.extract(r, extraction) if isinstance(r, str) else None for r in group]
+        answers = [a if a is not None and a.strip() else None for a in answers]
+        records.append(QuestionResult(
+            question_id=str(qid), gold=gold, responses=list(group), answers=answers,
+            correct=[v.correct for v in verdicts[i]],
+            values=None if values is None or values[i] is None else [float(v) for v in values[i]],
+            clusters=grader.cluster(answers, timeout=timeout), scores=[v.score for v in verdicts[i]]))
+    return records
+
+
 def score_question(
     question_id: str,
     gold: str,
@@ -268,8 +303,8 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
         records: one per question, all with the same number n of responses.
         ks: the j of the ``pass@j`` keys; those above n are left out (n samples cannot estimate them).
 
-    Returns keys ``mean@n``, ``pass@j``, ``maj@n``, ``distinct_answers``, ``answer_entropy``, ``no_answer_rate``
-    and, when every record carries values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance`` and
+    Returns keys ``mean@n``, ``pass@j``, ``maj@n``, ``distinct_answers``, ``answer_entropy``, ``no_answer_rate``,
+    ``score@n`` (the mean share of parts right) when every record has ``scores``, and, when every record carries values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance`` and
     ``critic_within_question_auroc``.
     """
     if not records:
@@ -303,6 +338,8 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
     summary["distinct_answers"] = mean(len(c) for c in counts)
     summary["answer_entropy"] = mean(answer_entropy(list(c.values())) for c in counts)
     summary["no_answer_rate"] = mean(sum(a is None for a in r.answers) / n for r in records)
+    if all(r.scores is not None for r in records):
+        summary[f"score@{n}"] = mean(sum(r.scores) / n for r in records)
     if all(with_values):
         values = torch.tensor([v for r in records for v in r.values], dtype=torch.float64)
         correct = torch.tensor([bool(c) for r in records for c in r.correct])

@@ -119,9 +119,9 @@ class _Worker:
         return RuntimeError(f"a grading worker could not start: {reason} (worker: {sys.executable} "
                             f"{grading_worker.__file__})")
 
-    def send(self, item: int, pred: str, gold: str, timeout: float, symmetric: bool = True) -> None:
+    def send(self, item: int, pred: str, gold: str, timeout: float, symmetric: bool = True, rule: str = "math") -> None:
         self.item, self.deadline = item, time.monotonic() + timeout
-        self.send_conn.send((pred, gold, timeout * _SOFT_DEADLINE_SHARE, symmetric))
+        self.send_conn.send((pred, gold, timeout * _SOFT_DEADLINE_SHARE, symmetric, rule))
 
     def done(self) -> None:
         self.item, self.deadline = None, math.inf
@@ -281,9 +281,10 @@ class _Schedule:
         return longest.pop() if longest else None
 
 
-def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symmetric: bool = True) -> list[bool]:
+def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symmetric: bool = True,
+              rule: str = "math") -> list[bool]:
     """Compare normalised (pred, gold) pairs in up to ``processes`` workers, each pair within ``timeout``: math-verify
-    with the gold as gold, or in either order when ``symmetric``."""
+    with the gold as gold, or in either order when ``symmetric``; ``rule="physics"``: the physics grader's rules."""
     from multiprocessing.connection import wait
 
     results = [False] * len(pairs)
@@ -326,7 +327,7 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symm
                     item = schedule.next_for(worker.slot)
                     if item is not None:
                         try:
-                            worker.send(item, *pairs[item], timeout, symmetric)
+                            worker.send(item, *pairs[item], timeout, symmetric, rule)
                         except OSError:  # it died while idle: the pipe to it is broken
                             unanswered -= died(worker)
                 elif not worker.ready and now - worker.started_at > WORKER_START_TIMEOUT_S:

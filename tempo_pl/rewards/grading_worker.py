@@ -1,5 +1,6 @@
-"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s, symmetric)`` it
-receives: ``verify(gold, pred)``, or either order when ``symmetric``.
+"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s, symmetric[, rule])`` it
+receives: ``verify(gold, pred)``, or either order when ``symmetric``; with ``rule="physics"`` the physics grader's
+rule tier (:func:`tempo_pl.rewards.physics_rules.rules_equal`, loaded by path like this file) instead.
 
 :mod:`tempo_pl.rewards.grading_pool` starts it as a fresh interpreter that loads this file by path and calls
 :func:`serve`, so it must import nothing but the standard library and math-verify (the package's ``__init__`` files
@@ -24,6 +25,17 @@ class _SoftTimeout(BaseException):
 _WARM_UP_PAIRS = (("x+1", "1+x"), ("\\frac{\\sqrt{2}}{2}", "\\{1,2\\}"), ("(1,2]", "x=2"), ("\\frac{14}{3}", "p-q"))
 
 
+def _load_sibling(name: str):
+    """A module of this folder loaded by path (the package's ``__init__`` files would import torch)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_tempo_pl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def serve() -> None:  # pragma: no cover - runs in the worker process; exercised through the public API
     import logging
     import signal
@@ -43,18 +55,24 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
         out.send((START_FAILED, f"{type(err).__name__}: {err}"))
         return
     out.send("ready")
+    physics_rules = None
     while True:
         try:
-            pred, gold, budget, symmetric = inp.recv()
+            pred, gold, budget, symmetric, *rule = inp.recv()
         except (EOFError, OSError):
             return
+        if rule == ["physics"] and physics_rules is None:
+            physics_rules = _load_sibling("physics_rules")
         verdict = False
         try:
             signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
             try:
-                p, g = parsed(pred), parsed(gold)
-                verdict = bool(p and g) and (verify(g, p, timeout_seconds=None)
-                                             or (symmetric and verify(p, g, timeout_seconds=None)))
+                if rule == ["physics"]:
+                    verdict = bool(physics_rules.rules_equal(pred, gold))
+                else:
+                    p, g = parsed(pred), parsed(gold)
+                    verdict = bool(p and g) and (verify(g, p, timeout_seconds=None)
+                                                 or (symmetric and verify(p, g, timeout_seconds=None)))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _SoftTimeout:
