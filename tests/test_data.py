@@ -1,8 +1,6 @@
 """TempoDataModule and dataset sources: reading, checking, splitting D_L / D_U, labels kept out of training."""
 
 import json
-import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import tempo_pl.data as data_package
 from tempo_pl.data import sources
 from tempo_pl.data.datamodule import TempoDataModule
 from tempo_pl.data.sources import DataError, DatasetSpec, load_records, register_source, unregister_source
@@ -158,14 +155,12 @@ def test_hub_names_go_through_load_dataset_with_the_split(monkeypatch):
 
 
 def test_benchmark_names_dispatch_to_load_benchmark(monkeypatch):
+    from tempo_pl.data import eval_sets
+
     calls = []
-    fake = types.ModuleType("tempo_pl.data.eval_sets")
-    fake.BENCHMARKS = {"aime2024": None}
-    fake.load_benchmark = lambda name, local_dir=None: calls.append((name, local_dir)) or [
+    monkeypatch.setattr(eval_sets, "load_benchmark", lambda name, local_dir=None: calls.append((name, local_dir)) or [
         {"id": "2024-I-1", "problem": "Aya walks.", "answer": "204"}
-    ]
-    monkeypatch.setitem(sys.modules, "tempo_pl.data.eval_sets", fake)
-    monkeypatch.setattr(data_package, "benchmarks", fake, raising=False)
+    ])
 
     records = load_records(DatasetSpec("aime2024"), "eval", data_dir="/some/dir")
     assert calls == [("aime2024", "/some/dir")]

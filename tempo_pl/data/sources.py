@@ -20,10 +20,6 @@ column by name); the data module hands an unlabeled row's question and id column
 
 from __future__ import annotations
 
-import importlib
-import json
-import math
-import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +28,9 @@ from typing import Any, Optional
 
 from datasets import load_dataset
 
+from tempo_pl.data import eval_sets
 from tempo_pl.data.conversations import system_text, user_text
+from tempo_pl.data.fields import MISSING, FieldError, answer_to_str, flag_to_bool, id_to_str, lookup
 from tempo_pl.data.readers import FILE_SUFFIXES, DataError, Table, read_file, read_folder, table_from_dataset
 MAX_REPORTED_ROWS = 5
 """How many malformed rows a :class:`DataError` lists before summarising the rest as a count."""
@@ -42,7 +40,6 @@ SourceLoader = Callable[[str], Sequence[Mapping[str, Any]]]
 
 _SOURCE_LOADERS: dict[str, SourceLoader] = {}
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z_][\w-]*$")
-_MISSING = object()
 
 
 @dataclass
@@ -214,9 +211,8 @@ def read_tables(path: str, split: str = "train", data_dir: Optional[str] = None)
         tried = ", ".join(str(c) for c in candidates)
         raise FileNotFoundError(f"dataset file not found: {path!r} (tried {tried})")
 
-    benchmarks = _benchmarks_module()
-    if benchmarks is not None and path in benchmarks.BENCHMARKS:
-        rows = benchmarks.load_benchmark(path, local_dir=data_dir)
+    if path in eval_sets.BENCHMARKS:
+        rows = eval_sets.load_benchmark(path, local_dir=data_dir)
         return [Table(origin=f"benchmark {path}", rows=[dict(row) for row in rows])]
 
     try:
@@ -257,11 +253,11 @@ def load_records(spec: DatasetSpec, role: str, data_dir: Optional[str] = None) -
         check_columns(table, _required_fields(spec, role), f"{role} dataset {name!r}")
         rows = table.rows if remaining is None else table.rows[:remaining]
         for index, row in enumerate(rows):
-            row_id = str(index) if spec.id_field is None else _lookup(row, spec.id_field)
-            where = table.where(index, "?" if row_id is _MISSING else row_id)
+            row_id = str(index) if spec.id_field is None else lookup(row, spec.id_field)
+            where = table.where(index, "?" if row_id is MISSING else row_id)
             try:
                 record = _parse_row(row, spec, role, name, row_id)
-            except _FieldError as error:
+            except FieldError as error:
                 problems.append(f"{where}: field {error.field!r}: {error.reason}")
                 continue
             if record.id in first_seen:
@@ -324,45 +320,39 @@ def check_columns(table: Table, fields: dict[str, str], what: str = "dataset") -
                     f"{', '.join(missing)}{hint}")
 
 
-class _FieldError(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
-
-
 def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: Any) -> Record:
     if spec.id_field is not None:
-        row_id = _id_to_str(row_id, spec.id_field)
+        row_id = id_to_str(row_id, spec.id_field)
 
-    problem = _lookup(row, spec.problem_field)
-    if problem is _MISSING or problem is None:
-        raise _FieldError(spec.problem_field, "missing")
+    problem = lookup(row, spec.problem_field)
+    if problem is MISSING or problem is None:
+        raise FieldError(spec.problem_field, "missing")
     system, conversational = None, isinstance(problem, (list, tuple))
     if conversational:
         try:
             problem, system = user_text(problem), system_text(problem)
         except ValueError as error:
-            raise _FieldError(spec.problem_field, str(error)) from None
+            raise FieldError(spec.problem_field, str(error)) from None
     if not isinstance(problem, str):
-        raise _FieldError(spec.problem_field, f"expected a string, got {type(problem).__name__}")
+        raise FieldError(spec.problem_field, f"expected a string, got {type(problem).__name__}")
     if not problem.strip():
-        raise _FieldError(spec.problem_field, "empty problem")
+        raise FieldError(spec.problem_field, "empty problem")
 
     if role == "mixed":
-        is_labeled = _flag_to_bool(_lookup(row, spec.labeled_field), spec.labeled_field)
+        is_labeled = flag_to_bool(lookup(row, spec.labeled_field), spec.labeled_field)
     else:
         is_labeled = role != "unlabeled"
 
-    raw_answer = _lookup(row, spec.answer_field)
-    if raw_answer is _MISSING or raw_answer is None:
+    raw_answer = lookup(row, spec.answer_field)
+    if raw_answer is MISSING or raw_answer is None:
         if is_labeled:
-            raise _FieldError(spec.answer_field, "missing answer on a labeled row")
+            raise FieldError(spec.answer_field, "missing answer on a labeled row")
         answer = None
     else:
-        answer = _answer_to_str(raw_answer, spec.answer_field)
+        answer = answer_to_str(raw_answer, spec.answer_field)
         if not answer:
             if is_labeled:
-                raise _FieldError(spec.answer_field, "empty answer on a labeled row")
+                raise FieldError(spec.answer_field, "empty answer on a labeled row")
             answer = None  # verl parquets give unlabeled rows an empty placeholder
     # a dotted field's parent column is not shown: verl's extra_info holds the answer beside the question
     question_columns = tuple(f for f in (spec.problem_field, spec.id_field) if f is not None and f in row)
@@ -370,75 +360,3 @@ def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: An
                   conversational=conversational, columns=row, question_columns=question_columns)
 
 
-def _lookup(row: Mapping, field: str) -> Any:
-    """``row[field]``, or a walk through nested mappings for a dotted path; ``_MISSING`` when absent."""
-    if field in row:
-        return row[field]
-    value: Any = row
-    for part in field.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def _id_to_str(value: Any, field: str) -> str:
-    if value is _MISSING or value is None:
-        raise _FieldError(field, "missing id (set id_field: null to number rows by position)")
-    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
-        raise _FieldError(field, f"expected a string or integer id, got {type(value).__name__}")
-    text = str(value)
-    if not text.strip():
-        raise _FieldError(field, "empty id")
-    return text
-
-
-def _answer_to_str(value: Any, field: str) -> str:
-    """Answers are compared as strings: integers and integral floats (AMC's ``27.0``) become ``"27"``; a structured
-    gold (a list or mapping: several answers with points, options) becomes its JSON text, which its grader reads."""
-    if isinstance(value, str):
-        return value.strip()
-    if getattr(value, "ndim", 0) > 0 and hasattr(value, "tolist"):  # a list column read from parquet
-        value = value.tolist()
-    if isinstance(value, (Mapping, list, tuple)):
-        try:
-            return json.dumps(value, ensure_ascii=False, sort_keys=True, default=_json_item)
-        except (TypeError, ValueError) as error:
-            raise _FieldError(field, f"a structured answer that is not JSON-serialisable ({error})") from None
-    if isinstance(value, bool):
-        raise _FieldError(field, f"expected a string or a number, got bool {value!r}")
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        if not math.isfinite(number):
-            raise _FieldError(field, f"non-finite number {number!r}")
-        return str(int(number)) if number.is_integer() else repr(number)
-    raise _FieldError(field, f"expected a string or a number, got {type(value).__name__}")
-
-
-def _json_item(value: Any) -> Any:
-    """numpy arrays and scalars of a parquet row as JSON values."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def _flag_to_bool(value: Any, field: str) -> bool:
-    if value is _MISSING or value is None:
-        raise _FieldError(field, "missing is_labeled flag")
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
-        return bool(value)
-    raise _FieldError(field, f"expected a boolean (or 0/1), got {value!r}")
-
-
-def _benchmarks_module():
-    """The shipped-benchmark registry, or ``None`` while that module is absent from the tree."""
-    try:
-        return importlib.import_module("tempo_pl.data.eval_sets")
-    except ModuleNotFoundError as error:
-        if error.name != "tempo_pl.data.eval_sets":
-            raise
-        return None

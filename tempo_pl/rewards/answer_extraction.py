@@ -1,7 +1,7 @@
 r"""Answer extraction: the final answer a response states, found by string work in the calling process.
 
-``\boxed{...}`` is brace-matched (``\{`` is a literal brace, not a group), ``####`` takes the rest of its line; both
-are linear in the response length. :mod:`tempo_pl.rewards.answer_normalization` reuses the brace scanning.
+``\boxed{...}`` and ``####`` are read by :mod:`tempo_pl.rewards.boxed` (brace-matched, linear in the response
+length).
 
 Two extraction modes (:data:`EXTRACTION_MODES`): ``boxed`` reads ``\boxed{}`` and ``####`` only (the training
 reward, as the reference); ``lenient`` falls back, when neither is there, to the value after the last "answer is" /
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Iterator, Optional
+from typing import Optional
+
+from tempo_pl.rewards.boxed import BOXED, brace_depths, brace_group, extract_boxed, extract_gsm8k, last_match
 
 DEFAULT_EXTRACTORS: tuple[str, ...] = ("boxed", "gsm8k")
 
@@ -36,61 +38,12 @@ LENIENT_TAIL_CHARS = 4000
 """The prose fallbacks look at this many final characters: a final answer is stated last, and the bound keeps the
 scan short on a runaway response."""
 
-BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
-
-
-def brace_depths(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
-    r"""``(index, depth after it)`` of every unescaped ``{`` and ``}`` from ``text[start]`` on (``\{`` is literal)."""
-    depth, i, n = 0, start, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch in "{}":
-            depth += 1 if ch == "{" else -1
-            yield i, depth
-        i += 1
-
-
-def _brace_group(text: str, open_at: int) -> Optional[str]:
-    r"""Content of the ``{...}`` group opening at ``text[open_at]``, or None if it never closes (``\{`` is literal)."""
-    for i, depth in brace_depths(text, open_at):
-        if depth == 0:
-            return text[open_at + 1 : i]
-    return None
-
-
-def _last_match(pattern: re.Pattern, text: str) -> Optional[re.Match]:
-    """The last match of ``pattern`` in ``text``: a response states its final answer last."""
-    last = None
-    for last in pattern.finditer(text):
-        pass
-    return last
-
-
-def extract_boxed(response: str) -> Optional[str]:
-    last = _last_match(BOXED, response)
-    if last is None:
-        return None
-    i = last.end()
-    while i < len(response) and response[i] in " \t":
-        i += 1
-    if i < len(response) and response[i] == "{":
-        content = _brace_group(response, i)
-        return None if content is None else content.strip()
-    token = re.match(r"[^\s$]+", response[i:])  # "\boxed 5$": the argument is one token
-    return token.group(0) if token else None
-
-
-# what may stand between the boxes of one multi-part answer: "\boxed{1}, \boxed{2} \quad\text{and}\quad \boxed{3}"
 _BOX_SEPARATOR = re.compile(
     r"(?:\s|,|;|\band\b|\bor\b|\$|\\[()\[\],;!]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\})*"
 )
 
 
-def _extract_boxed_all(response: str) -> Optional[str]:
+def extract_boxed_all(response: str) -> Optional[str]:
     """The last box and the boxes right before it that only separators part ("\\boxed{-2} and \\boxed{1}" gives
     "-2, 1"), joined by commas: an answer of several parts boxed one by one, as math-verify's extraction joins them."""
     tail = response[-LENIENT_TAIL_CHARS:]
@@ -99,10 +52,10 @@ def _extract_boxed_all(response: str) -> Optional[str]:
         i = match.end()
         while i < len(tail) and tail[i] in " \t":
             i += 1
-        content = _brace_group(tail, i) if i < len(tail) and tail[i] == "{" else None
+        content = brace_group(tail, i) if i < len(tail) and tail[i] == "{" else None
         if content is not None:
             boxes.append((match.start(), i + len(content) + 2, content.strip()))
-    if not boxes or _last_match(BOXED, tail).start() != boxes[-1][0]:
+    if not boxes or last_match(BOXED, tail).start() != boxes[-1][0]:
         return extract_boxed(response)  # the last box is unterminated or unbraced: the single-box reading decides
     parts = [boxes[-1]]
     for box in reversed(boxes[:-1]):
@@ -110,12 +63,6 @@ def _extract_boxed_all(response: str) -> Optional[str]:
             break
         parts.insert(0, box)
     return ", ".join(content for _, _, content in parts) or None
-
-
-def _extract_gsm8k(response: str) -> Optional[str]:
-    last = _last_match(_GSM8K, response)
-    # "#### 18." states the same number as "#### 18"
-    return None if last is None else last.group(1).strip().rstrip(".").strip()
 
 
 # ------------------------------------------------------------------------------------------- prose fallbacks
@@ -360,7 +307,7 @@ def _extract_final_answer(response: str) -> Optional[str]:
     I hope it is correct." overrides an intermediate box (math-verify ranks this phrase above boxes too)."""
     tail = response[-LENIENT_TAIL_CHARS:]
     found = _stated_after(tail, list(_FINAL_ANSWER.finditer(tail)))
-    if found is None or _last_match(BOXED, tail[found[0]:]) is not None:
+    if found is None or last_match(BOXED, tail[found[0]:]) is not None:
         return None
     return found[1]
 
@@ -385,13 +332,13 @@ def _extract_last_math(response: str) -> Optional[str]:
     bare = _bare_line_end(tail, delimited[-1].end() if delimited else 0, len(tail) == len(response))
     if bare:
         return bare
-    plain = _last_match(_PLAIN, tail)
+    plain = last_match(_PLAIN, tail)
     if plain is not None and (not spans or (plain.end(), -plain.start()) > (spans[-1].end(), -spans[-1].start())):
         return _plain_run(tail, plain, delimited) or None
     return _joined_spans(tail, spans) or None if spans else None
 
 
-EXTRACTORS = {"boxed": extract_boxed, "boxed_all": _extract_boxed_all, "gsm8k": _extract_gsm8k,
+EXTRACTORS = {"boxed": extract_boxed, "boxed_all": extract_boxed_all, "gsm8k": extract_gsm8k,
               "final_answer": _extract_final_answer,
               "answer_is": _extract_answer_is, "last_math": _extract_last_math}
 r"""Answer extractors by name. ``boxed``: the last ``\boxed{...}`` or ``\fbox{...}``, brace-matched (also

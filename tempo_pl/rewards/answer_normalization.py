@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from tempo_pl.rewards.answer_extraction import BOXED, brace_depths, extract_boxed
+from tempo_pl.rewards.boxed import BOXED, brace_depths, extract_boxed
 
 MAX_ANSWER_CHARS = 1000
 """Answers longer than this after unwrapping are rejected unparsed: a final answer is short, a runaway generation
