@@ -30,7 +30,7 @@ from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, b
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
-from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
+from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec, ask_for_sampling_logprobs
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import reference_model, rollout_stats
 from tempo_pl.step_logging import RLStepLogging
@@ -40,8 +40,8 @@ from tempo_pl.stages.minibatch import MiniBatchPlan, Optimization, loss_units, o
 from tempo_pl.stages.ranks import Ranks
 from tempo_pl.stages.route import StepRoute
 from tempo_pl.stages import scoring
-from tempo_pl.stages.updates import (CriticUpdate, PolicyUpdate, critic_micro_loss, policy_micro_loss,
-                                     stats_made_by_updates)
+from tempo_pl.stages.updates import (CriticUpdate, PolicyUpdate, corrected_advantages, critic_micro_loss,
+                                     policy_micro_loss, stats_made_by_updates)
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout, StepPlan, StepRecord
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,12 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
         self.engine = self.build_engine(self.sampling)
 
     def build_engine(self, sampling: SamplingSpec) -> RolloutEngine:
-        """The rollout engine of training and evaluation (evaluation passes its own sampling to ``generate``)."""
-        return self.engine_factory(self.tokenizer, sampling, self.training_cfg.generation_batch_size)
+        """The rollout engine of training and evaluation (evaluation passes its own sampling to ``generate``), asked
+        for the sampler's log-probs when ``algorithm.rollout_correction`` needs them."""
+        engine = self.engine_factory(self.tokenizer, sampling, self.training_cfg.generation_batch_size)
+        if self.algorithm.rollout_correction != "none":
+            ask_for_sampling_logprobs(engine, f"algorithm.rollout_correction={self.algorithm.rollout_correction!r}")
+        return engine
 
     @override
     def configure_optimizers(self):
@@ -233,7 +237,9 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
             plan = self.step_plan
             self._route = StepRoute(
                 update_critic=plan.update_critic and not self.critic_is_frozen, update_policy=plan.update_policy,
-                on_policy=self.is_on_policy(rollout), critic_first=self.critic_goes_first(rollout))
+                # the correction weighs tokens by pi_old before the update: the no-grad pass gives pi_old
+                on_policy=self.is_on_policy(rollout) and self.algorithm.rollout_correction == "none",
+                critic_first=self.critic_goes_first(rollout))
         return self._route
 
     # ------------------------------------------------------------------ stages (override in research subclasses)
@@ -360,12 +366,16 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
 
     def update_policy(self, rollout: Rollout, stats: ForwardStats, advantages: Tensor) -> PolicyUpdate:
         """M-step: the clipped policy-gradient update on every row of the rollout (on-policy when the no-grad pass
-        left ``stats.old_logprobs`` empty: see :class:`~tempo_pl.stages.updates.PolicyMicroLoss`)."""
+        left ``stats.old_logprobs`` empty: see :class:`~tempo_pl.stages.updates.PolicyMicroLoss`), with the rollout
+        correction's weights when ``algorithm.rollout_correction`` is on."""
+        advantages, keep, correction = corrected_advantages(rollout, stats, advantages, self.algorithm,
+                                                            type(self.engine).__name__)
         micro_loss = policy_micro_loss(self.policy, row_inputs(rollout, self.device), rollout, stats, advantages,
-                                       self.algorithm, self._logprob_temperature, self.policy_loss)
-        out = self._optimize(rollout, self._policy_opt, micro_loss, rollout.response_mask)
+                                       self.algorithm, self._logprob_temperature, self.policy_loss, keep)
+        mask = rollout.response_mask * (keep.to(rollout.response_mask.device) if keep is not None else 1)
+        out = self._optimize(rollout, self._policy_opt, micro_loss, mask)
         made = micro_loss.on_policy
-        return PolicyUpdate({f"policy/{k}": v for k, v in out.items()},
+        return PolicyUpdate({**{f"policy/{k}": v for k, v in out.items()}, **correction},
                             micro_loss.old_logprobs if made else None, micro_loss.entropy if made else None)
 
     def step_metrics(

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from tempo_pl.algorithms.correction import rollout_correction
 from tempo_pl.algorithms.losses import add_policy_regularizers
 from tempo_pl.models import critic_response_values, policy_response_stats
 from tempo_pl.types import ForwardStats, Rollout
@@ -81,8 +82,9 @@ class PolicyMicroLoss:
     :attr:`entropy` for the step's metrics (every row is visited once: one epoch of one mini-batch)."""
 
     def __init__(self, policy: nn.Module, inputs: RowInputs, rollout: Rollout, stats: ForwardStats, advantages: Tensor,
-                 config, temperature: float, policy_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"]) -> None:
-        self.policy, self.inputs, self.advantages, self.config = policy, inputs, advantages, config
+                 config, temperature: float, policy_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"],
+                 keep: Optional[Tensor] = None) -> None:
+        self.policy, self.inputs, self.advantages, self.config, self.keep = policy, inputs, advantages, config, keep
         self.temperature, self.policy_loss, self.ref_logprobs = temperature, policy_loss, stats.ref_logprobs
         self.on_policy = stats.old_logprobs is None
         self.old_logprobs, self.entropy = stats.old_logprobs, None
@@ -95,6 +97,8 @@ class PolicyMicroLoss:
         ids, attn, resp_ids, resp_mask = self.inputs(rows)
         width = resp_mask.shape[1]  # the response columns some row of the micro-batch uses
         mask = resp_mask.float()
+        if self.keep is not None:  # tokens the rollout correction masked leave the loss
+            mask = mask * self.keep[rows, :width].to(mask.device)
         # an entropy that is only logged stays out of the graph
         out = policy_response_stats(self.policy, ids, attn, resp_ids, resp_mask, temperature=self.temperature,
                                     with_entropy=config.entropy_coef > 0 or self.on_policy,
@@ -112,10 +116,30 @@ class PolicyMicroLoss:
 
 def policy_micro_loss(
     policy: nn.Module, inputs: RowInputs, rollout: Rollout, stats: ForwardStats, advantages: Tensor, config,
-    temperature: float, policy_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"],
+    temperature: float, policy_loss: Callable[..., "tuple[Tensor, dict[str, Tensor]]"], keep: Optional[Tensor] = None,
 ) -> PolicyMicroLoss:
-    """The policy's micro-batch loss (:class:`PolicyMicroLoss`)."""
-    return PolicyMicroLoss(policy, inputs, rollout, stats, advantages, config, temperature, policy_loss)
+    """The policy's micro-batch loss (:class:`PolicyMicroLoss`); ``keep`` (N, R) masks tokens out of it."""
+    return PolicyMicroLoss(policy, inputs, rollout, stats, advantages, config, temperature, policy_loss, keep)
+
+
+def corrected_advantages(
+    rollout: Rollout, stats: ForwardStats, advantages: Tensor, config, engine_name: str
+) -> tuple[Tensor, Optional[Tensor], dict[str, float]]:
+    """The advantages under ``config.rollout_correction`` (``config`` is the ``AlgorithmConfig``): each token's
+    scaled by its weight (for the clipped losses, whose per-token loss scales with the advantage, this is the
+    reference's weighting of each token's loss), the tokens the correction keeps (None when it is off) and its
+    metrics under ``rollout/correction/``. The old log-probs are the no-grad pass's."""
+    if config.rollout_correction == "none":
+        return advantages, None, {}
+    if rollout.sampling_logprobs is None or stats.old_logprobs is None:
+        raise ValueError(f"algorithm.rollout_correction={config.rollout_correction!r}: the rollout engine "
+                         f"{engine_name} gave no sampling log-probs for this rollout")
+    old = stats.old_logprobs
+    mask = rollout.response_mask.float().to(old.device)
+    fix = rollout_correction(old, rollout.sampling_logprobs.to(old.device), mask, config.rollout_correction,
+                             config.rollout_correction_cap)
+    metrics = {f"rollout/correction/{name}": float(value) for name, value in fix.metrics.items()}
+    return advantages * fix.weights.to(advantages.device), fix.keep, metrics
 
 
 def stats_made_by_updates(stats: ForwardStats, critic: CriticUpdate, policy: PolicyUpdate) -> ForwardStats:
