@@ -128,8 +128,15 @@ class TrainingConfig:
     kept (logged as ``filter/underfilled``), or ``error`` as the reference does. ``train`` is the default because a
     test-time run whose labeled groups are all solved for a while should not die hours in; the counter shows it."""
 
+    rollout_ahead: int = 0
+    """``1``: collect the rollout of RL step t+1 while step t scores and updates, from the weights step t started with
+    (one policy update stale; ``docs/algorithm.md``, "Rollouts one step ahead"), in a background thread when the run
+    is one process; pair it with ``algorithm.rollout_correction``. ``0``: each step samples its own rollout first."""
+
     def __post_init__(self) -> None:
         check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
+        if self.rollout_ahead not in (0, 1) or isinstance(self.rollout_ahead, bool):
+            raise ValueError(f"training.rollout_ahead must be 0 or 1, got {self.rollout_ahead!r}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"training.micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:

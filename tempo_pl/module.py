@@ -9,7 +9,6 @@ stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from functools import partial
@@ -31,7 +30,7 @@ from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
 from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec, ask_for_sampling_logprobs
-from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
+from tempo_pl.stages.ahead import RolloutAhead, RolloutCollection
 from tempo_pl.stages.forward import reference_model, rollout_stats
 from tempo_pl.step_logging import RLStepLogging
 from tempo_pl.step_state import RLStepState
@@ -58,7 +57,7 @@ def _default_critic_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
 
 
-class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
+class TempoModule(RLStepLogging, RLStepState, RolloutCollection, EvaluationHooks, LightningModule):
     """Policy and critic of TEMPO test-time training, trained with manual optimization.
 
     Args:
@@ -146,6 +145,10 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
         self._route: Optional[StepRoute] = None
         self._critic_update: Optional[CriticUpdate] = None
         self._clock = StageClock()
+        self._ahead = RolloutAhead()
+        self._policy_updates = 0
+        """Policy updates done: the staleness of a rollout is the count now minus the count when it was sampled."""
+        self._sampling_policy: Optional[torch.nn.Module] = None
         if self.training_cfg.mini_batch_seed is not None:
             self._mini_batch_generator = torch.Generator().manual_seed(self.training_cfg.mini_batch_seed)
         self.save_hyperparameters(ignore=["labeled_reward", "unlabeled_reward", "rollout_engine"])
@@ -211,6 +214,7 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
                 rollout, metrics = self.collect_rollout(dataloader_iter)
             if rollout.num_rows == 0:
                 log.warning("RL step %d: no prompt group survived filtering; skipping the update", self.rl_step)
+                self._wait_for_sampler(clock)
                 self.finish_rl_step(plan, rollout, torch.zeros(0), {**metrics, "skipped_step": 1.0, **clock.seconds,
                                                                   **timings})
                 return
@@ -223,8 +227,10 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
             with clock.stage("update"):
                 critic = self.update_critic(rollout, stats, returns) if route.update_critic else CriticUpdate({})
                 policy = self.update_policy(rollout, stats, adv) if route.update_policy else PolicyUpdate({})
+                self._wait_for_sampler(clock)
                 if route.update_policy and hasattr(self.engine, "sync_weights"):  # an engine serving its own weights
                     self.engine.sync_weights(self.policy)
+        self._policy_updates += int(route.update_policy)
         stats = stats_made_by_updates(stats, critic, policy)
         metrics.update({**critic.metrics, **policy.metrics, **self.step_metrics(rollout, stats, reward, adv, returns)})
         timings.update(clock.seconds)
@@ -245,35 +251,9 @@ class TempoModule(RLStepLogging, RLStepState, EvaluationHooks, LightningModule):
     # ------------------------------------------------------------------ stages (override in research subclasses)
     def rollout(self, prompts: PromptBatch) -> Rollout:
         """Generate ``sampling.n`` responses per prompt with the current policy."""
+        policy = self.policy if self._sampling_policy is None else self._sampling_policy
         with self.generation_context():
-            return self.engine.generate(self.policy, prompts, self.sampling.n)
-
-    def generation_context(self) -> contextlib.AbstractContextManager:
-        """Gathers sharded policy parameters once for a whole ``generate`` call (FSDP2), a no-op otherwise and for an
-        engine that ``serves_own_weights`` (vLLM: ``sync_weights`` gives it the weights)."""
-        if self.device_mesh is None or getattr(self.engine, "serves_own_weights", False):
-            return contextlib.nullcontext()
-        from tempo_pl.strategies import gathered_for_generation
-
-        return gathered_for_generation(self.policy)
-
-    def collect_rollout(self, dataloader_iter: Iterator) -> tuple[Rollout, dict[str, float]]:
-        """Draw, generate, grade labeled groups, drop those without signal, refill (``docs/algorithm.md``, "Group
-        filtering and refill"). Returns the rollout cut to the RL batch (in prompts) and collection metrics."""
-        cfg = self.training_cfg
-        # refills come straight from the stream object: Lightning's dataloader_iter ends the epoch once it has handed
-        # out limit_train_batches batches, and a refill is part of the same RL step, not another one
-        refill_source = self.trainer.train_dataloader
-        collected = collect_rollout(
-            draw=lambda i: unwrap_batch(next(dataloader_iter) if i == 0 else next(refill_source)),
-            generate=self.rollout,
-            grade_labeled=lambda rollout: scoring.grade_labeled(self.labeled_reward, rollout),
-            options=CollectOptions(cfg.group_filter, cfg.max_generation_batches, self.tokenizer.pad_token_id,
-                                   underfilled=cfg.underfilled_batch),
-            ranks=Ranks.of(self._trainer),
-            rl_step=self.rl_step,
-        )
-        return collected.rollout, collected.metrics
+            return self.engine.generate(policy, prompts, self.sampling.n)
 
     def forward_stats(self, rollout: Rollout) -> ForwardStats:
         """One no-grad pass: values of the critic (of the unlabeled rows alone when the critic goes first); old

@@ -223,6 +223,8 @@ class HFGenerateEngine:
             eos_token_id=self._stop_ids(model),
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=self.sampling_logprobs,
         )
 
     def _generate_chunk(
@@ -236,7 +238,6 @@ class HFGenerateEngine:
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                             return_dict_in_generate=True, output_scores=self.sampling_logprobs,
                              **({} if cache is None else {"cache": cache}))
         response = out.sequences[:, width:]
         if not self.sampling_logprobs:
