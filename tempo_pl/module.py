@@ -250,7 +250,8 @@ class TempoModule(RLStepLogging, RLStepState, RolloutCollection, EvaluationHooks
 
     # ------------------------------------------------------------------ stages (override in research subclasses)
     def rollout(self, prompts: PromptBatch) -> Rollout:
-        """Generate ``sampling.n`` responses per prompt with the current policy."""
+        """Generate ``sampling.n`` responses per prompt with the current policy (with ``training.rollout_ahead: 1``,
+        in the sampler thread, a copy of the weights the step started with)."""
         policy = self.policy if self._sampling_policy is None else self._sampling_policy
         with self.generation_context():
             return self.engine.generate(policy, prompts, self.sampling.n)
