@@ -6,7 +6,9 @@ GPU, then prints one summary table: step time, generation tokens/s, peak GPU mem
 tensor of the policy and the critic moved (gradients flowed through the whole model). Exits non-zero when a run
 fails or a model did not train. The vLLM rows (``benchmarks/vllm_vs_generate.py``: tokens/s of both engines on a
 0.49B model at 1k-token responses, and the log-prob gap before and after a weight sync) are skipped, with a line
-that says so, where vLLM is not installed.
+that says so, where vLLM is not installed. The rollout_ahead rows (``benchmarks/rollout_ahead.py``) time a
+generation-heavy step with ``training.rollout_ahead`` 0 and 1: step time, the trainer's idle share, and the ratio of
+steps per hour (vLLM when it is installed, else transformers' generate).
 
     python benchmarks/gpu_check.py                 # on a GPU (about 0.37B parameters per model)
     python benchmarks/gpu_check.py --cpu-smoke     # tiny sizes on the CPU, 2 steps per run (the test suite runs it)
@@ -22,7 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +36,8 @@ import torch  # noqa: E402
 from lightning.pytorch import Callback, Trainer  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
-import vllm_vs_generate  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
+import rollout_ahead  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
+import vllm_vs_generate  # noqa: E402
 from vllm_vs_generate import EngineSizes, build_tokenizer_dir  # noqa: E402
 
 
@@ -54,6 +57,7 @@ CPU_SMOKE = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vo
 
 RUNS = ("bf16", "qlora_shared", "fsdp2", "fsdp2_qlora_shared")
 VLLM_CHECK = "vllm_vs_generate"
+AHEAD_CHECK = "rollout_ahead"
 QLORA_RUNS = ("qlora_shared", "fsdp2_qlora_shared")
 
 
@@ -225,8 +229,9 @@ def render(results: list[Result], sizes: Sizes, device: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, two RL steps per run")
-    parser.add_argument("--runs", nargs="+", default=[*RUNS, VLLM_CHECK], choices=[*RUNS, VLLM_CHECK],
-                        help=f"which checks to run, in this order ({VLLM_CHECK} last, whatever its place)")
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, VLLM_CHECK, AHEAD_CHECK],
+                        choices=[*RUNS, VLLM_CHECK, AHEAD_CHECK],
+                        help=f"which checks to run, in this order ({VLLM_CHECK}, then {AHEAD_CHECK} last)")
     args = parser.parse_args(argv)
     on_gpu = not args.cpu_smoke
     if on_gpu and not torch.cuda.is_available():
@@ -247,8 +252,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             engine_sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
             lines, vllm_ok = vllm_vs_generate.main_lines(engine_sizes, tokenizer, on_gpu)
             print("\n" + "\n".join(lines))
+        ahead_ok = True
+        if AHEAD_CHECK in args.runs:  # a generation-heavy step: 2k-token responses, vLLM when it is installed
+            shape = replace(rollout_ahead.CPU_SMOKE if args.cpu_smoke else rollout_ahead.GPU, vocab=sizes.vocab)
+            lines, ahead_ok = rollout_ahead.main_lines(shape, tokenizer, on_gpu,
+                                                       use_vllm=on_gpu and not vllm_vs_generate.vllm_missing())
+            print("\n" + "\n".join(lines))
     print(f"total {time.perf_counter() - start:.0f} s")
-    return 0 if all(r.ok for r in results) and vllm_ok else 1
+    return 0 if all(r.ok for r in results) and vllm_ok and ahead_ok else 1
 
 
 if __name__ == "__main__":

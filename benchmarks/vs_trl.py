@@ -52,9 +52,8 @@ TRL_MISSING = ("TRL is not installed: it is an optional benchmark dependency. In
 CLIP_LOW, CLIP_HIGH, LR = 3e-4, 5e-4, 1e-6
 STAGES = ("generation", "scoring", "update")
 """A tempo-pl step's stages as the module times them (``train/time/<stage>_s``): collection with generation, the
-no-grad pass (the critic's values) with scoring and advantages, the critic and policy updates (with the advantages
-when the critic goes first: its own forward then gives the labeled rows' values, and scoring holds the unlabeled
-rows' pass alone)."""
+no-grad pass (the critic's values) with scoring and advantages, the critic and policy updates (also when the critic
+goes first and its update runs inside the advantages stage: each second counts for the stage running)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

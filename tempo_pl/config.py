@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tempo_pl.algorithms.checks import check_choice
+from tempo_pl.algorithms.correction import CORRECTION_MODES, check_correction_cap
 from tempo_pl.algorithms.losses import AGG_MODES, KL_KINDS, VALUE_CLIP_MODES
 from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
 from tempo_pl.engines.prompts import PromptFormat
@@ -113,6 +114,14 @@ class AlgorithmConfig:
     """KL estimator: ``kl``, ``abs``, ``mse`` or ``low_var_kl``."""
     entropy_coef: float = 0.0
     """Weight of an entropy bonus in the policy loss (0 = off)."""
+    rollout_correction: str = "none"
+    """Correct the gap between the sampler's and the trainer's log-probs (``docs/algorithm.md``, "Rollout
+    correction"): ``token_tis`` weighs each token's policy loss by ``min(pi_old / pi_sampler, cap)`` (the reference's
+    truncated importance sampling), ``sequence_tis`` by the row's ratio truncated likewise, ``token_mask`` /
+    ``sequence_mask`` leave tokens / rows whose ratio is outside [1/cap, cap] out of the loss; ``none`` = off. Needs
+    an engine that gives the sampler's log-probs (``HFGenerateEngine``, ``VLLMEngine``)."""
+    rollout_correction_cap: float = 2.0
+    """The ``cap`` of ``rollout_correction`` (the reference's ``tis_imp_ratio_cap``; ``.inf`` = untruncated)."""
 
     def __post_init__(self) -> None:
         advantage_estimator(self.advantage)
@@ -120,6 +129,8 @@ class AlgorithmConfig:
         check_choice("algorithm.loss_agg_mode", self.loss_agg_mode, AGG_MODES)
         check_choice("algorithm.value_clip_mode", self.value_clip_mode, VALUE_CLIP_MODES)
         check_choice("algorithm.kl_kind", self.kl_kind, KL_KINDS)
+        check_choice("algorithm.rollout_correction", self.rollout_correction, CORRECTION_MODES)
+        check_correction_cap(self.rollout_correction, self.rollout_correction_cap)
         if self.dual_clip_ratio != 0 and self.dual_clip_ratio <= 1:
             raise ValueError(f"algorithm.dual_clip_ratio must be > 1 (or 0 = off), got {self.dual_clip_ratio}")
         for name in ("clip_low", "clip_high", "cliprange_value", "kl_coef", "entropy_coef"):
@@ -182,8 +193,15 @@ class TrainingConfig:
     max_grad_norm_abort: Optional[float] = None
     """A gradient norm (before clipping) above this counts as a failed update for ``nonfinite_patience``; null: off."""
 
+    rollout_ahead: int = 0
+    """``1``: collect the rollout of RL step t+1 while step t scores and updates, from the weights step t started with
+    (one policy update stale; ``docs/algorithm.md``, "Rollouts one step ahead"), in a background thread when the run
+    is one process; pair it with ``algorithm.rollout_correction``. ``0``: each step samples its own rollout first."""
+
     def __post_init__(self) -> None:
         check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
+        if self.rollout_ahead not in (0, 1) or isinstance(self.rollout_ahead, bool):
+            raise ValueError(f"training.rollout_ahead must be 0 or 1, got {self.rollout_ahead!r}")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ValueError(f"training.micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:

@@ -403,6 +403,34 @@ def test_ppo_loss_dual_clip_matches_reference(ref, seed):
     _compare_policy_loss(ref, "ppo", "vanilla", b, logp, old, adv, config)
 
 
+@pytest.mark.parametrize("cap", [1.2, 2.0])
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_token_tis_matches_reference_truncated_importance_sampling(ref, seed, mode, cap):
+    """``algorithm.rollout_correction: token_tis`` against the reference's ``vanilla`` loss with
+    ``tis_imp_ratio_cap`` and ``rollout_log_probs``: each token's loss times ``min(pi_old / pi_sampler, cap)``."""
+    from tempo_pl.algorithms.correction import rollout_correction
+
+    b = make_batch(seed, [2, 3, 4, 8])
+    logp, old, adv = _policy_inputs(b, 0.3)
+    sampler = old + torch.randn(b.n, b.width, generator=b.gen, dtype=DTYPE) * 0.6  # ratios on both sides of the cap
+    config = AlgorithmConfig(policy_loss="ppo", clip_low=0.2, clip_high=0.28, loss_agg_mode=mode)
+    fix = rollout_correction(old, sampler, b.mask, "token_tis", cap)
+    assert 0 < float(fix.metrics["truncated_fraction"]) < 1  # the cap is exercised
+    ours_loss, _ = policy_loss_fn("ppo").fn(logp, old, adv * fix.weights, b.mask * fix.keep, config)
+    (ours_grad,) = torch.autograd.grad(ours_loss, logp)
+    ref_config = ReferenceActorConfig(config.clip_low, config.clip_high)
+    ref_config.tis_imp_ratio_cap = cap
+    ref_loss, _, _, _ = ref.policy_loss("vanilla")(
+        old_log_prob=old, log_prob=logp, advantages=adv, response_mask=b.mask, loss_agg_mode=mode,
+        config=ref_config, rollout_log_probs=sampler)
+    (ref_grad,) = torch.autograd.grad(ref_loss, logp)
+    expected_weights = torch.exp(old - sampler).clamp(max=cap)  # the reference's expression, written out
+    assert_agrees("token_tis weights", fix.weights, expected_weights, where=b.mask)
+    assert_agrees("token_tis loss", ours_loss, ref_loss)
+    assert_agrees("token_tis gradient w.r.t. log-probs", ours_grad, ref_grad)
+
+
 # ------------------------------------------------------------------------------------ value loss
 def _value_inputs(b: Batch, all_unlabeled: bool = False):
     gen = b.gen

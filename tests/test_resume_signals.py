@@ -28,8 +28,11 @@ STEPS = 6
 UNTIMED = ("train/time/", "train/perf/")
 
 
-def _config(folder: Path, every_n_rl_steps: int = 1) -> Path:
+def _config(folder: Path, every_n_rl_steps: int = 1, rollout_ahead: int = 0) -> Path:
     def edit(cfg):
+        if rollout_ahead:  # with the correction: the saved next rollout carries the sampler's log-probs
+            cfg["model"]["init_args"]["training"]["rollout_ahead"] = rollout_ahead
+            cfg["model"]["init_args"]["algorithm"]["rollout_correction"] = "token_tis"
         trainer = cfg["trainer"]
         trainer["val_check_interval"] = 2
         for callback in trainer["callbacks"]:
@@ -99,6 +102,15 @@ def _outputs(folder: Path) -> dict:
 def straight(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("straight")
     _config(folder)
+    result = _fit(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _outputs(folder)
+
+
+@pytest.fixture(scope="module")
+def straight_ahead(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("straight_ahead")
+    _config(folder, rollout_ahead=1)
     result = _fit(folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return _outputs(folder)
@@ -178,3 +190,22 @@ def test_steps_after_the_last_checkpoint_are_redone_and_logged_once(tmp_path: Pa
     resumed = _fit(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(_outputs(tmp_path), straight)
+
+
+@pytest.mark.slow
+def test_sigkill_with_rollouts_one_step_ahead_then_resume(tmp_path: Path, straight_ahead: dict) -> None:
+    """``training.rollout_ahead: 1``: the 4th training rollout is step 3's, collected while step 2 updates. The
+    checkpoint after step 1 holds step 2's rollout (sampled before step 1's update, which no checkpoint can redo):
+    the resumed run trains on it and logs what the straight run logs."""
+    _config(tmp_path, rollout_ahead=1)
+    killed = _fit(tmp_path, interrupt=(signal.SIGKILL, 4), pause=1.0)
+    assert killed.returncode == -signal.SIGKILL
+    run = _run_folder(tmp_path)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["tempo"]
+    assert saved["rl_step"] == 2 and saved["rollout_ahead"]["next_rollout"]["rollout"]["sampling_logprobs"] is not None
+    resumed = _fit(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    outputs = _outputs(tmp_path)
+    _assert_same_run(outputs, straight_ahead)
+    assert [v for _, v in outputs["scalars"]["train/rollout/staleness"]] == [
+        v for _, v in straight_ahead["scalars"]["train/rollout/staleness"]]

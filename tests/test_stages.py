@@ -323,3 +323,20 @@ def test_step_metrics_report_the_gap_between_sampler_and_trainer_log_probs():
     # gaps on valid tokens: 0.1, 0, 0.5, 0, 0.3 (the masked 9.0 is left out)
     assert m["rollout/logprob_gap_mean"] == pytest.approx(0.18)
     assert m["rollout/logprob_gap_max"] == pytest.approx(0.5)
+
+
+def test_the_stage_clock_counts_each_second_for_the_innermost_stage(monkeypatch):
+    import tempo_pl.stages.metrics as metrics
+    from tempo_pl.stages.metrics import StageClock
+
+    now = [0.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    clock = StageClock()
+    with clock.stage("scoring"):
+        now[0] += 2.0
+        with clock.stage("update"):  # the critic's update inside the advantages stage
+            now[0] += 5.0
+        now[0] += 1.0
+    with clock.stage("update"):
+        now[0] += 3.0
+    assert clock.seconds == {"time/scoring_s": 3.0, "time/update_s": 8.0}

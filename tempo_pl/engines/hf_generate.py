@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator, Optional, Protocol, runtime_checkable
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,10 @@ class HFGenerateEngine:
 
     serves_own_weights = False
     """It samples from the policy itself: under FSDP2 the module gathers the policy around every call."""
+    sampling_logprobs = False
+    """Fill ``Rollout.sampling_logprobs``: the log-probs of the distribution each token was drawn from (the
+    processed scores ``generate`` samples from: temperature, top-k and top-p applied), for the rollout correction.
+    ``generate`` then keeps a chunk's scores until it ends (rows x new tokens x vocabulary floats)."""
 
     def __init__(
         self,
@@ -165,11 +169,13 @@ class HFGenerateEngine:
             eos_token_id=self._stop_ids(model),
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=self.sampling_logprobs,
         )
 
     def _generate_chunk(
         self, model: nn.Module, token_ids: list[list[int]], n: int, config: GenerationConfig, device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
         width = max(len(ids) for ids in token_ids)
         pad_id = self.tokenizer.pad_token_id
         prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
@@ -177,24 +183,34 @@ class HFGenerateEngine:
         cache = shared_prompt_cache(model, prompt_ids.to(device), prompt_mask.to(device), n)  # prefilled once
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
-        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                   **({} if cache is None else {"cache": cache}))
-        return prompt_ids, prompt_mask, sequences[:, width:]
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                             **({} if cache is None else {"cache": cache}))
+        response = out.sequences[:, width:]
+        if not self.sampling_logprobs:
+            return prompt_ids, prompt_mask, response, None
+        scores = torch.stack(out.scores, dim=1).float()  # (rows, new tokens, vocabulary)
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+        return prompt_ids, prompt_mask, response, logprobs
 
     def _assemble(
         self,
-        pieces: list[tuple[Tensor, Tensor, Tensor]],
+        pieces: list[tuple],
         prompt_batch: PromptBatch,
         n: int,
         stop_ids: list[int],
         extra: dict,
     ) -> Rollout:
+        """``pieces``: ``(prompt ids, prompt mask, response ids[, sampling log-probs or None])`` per chunk."""
         pad_id = self.tokenizer.pad_token_id
+        logprob_pieces = [piece[3] if len(piece) > 3 else None for piece in pieces]
+        pieces = [piece[:3] for piece in pieces]
         width = max(p.shape[1] for p, _, _ in pieces)
         length = max(r.shape[1] for _, _, r in pieces)
         prompt_ids = torch.cat([pad(p, (width - p.shape[1], 0), value=pad_id) for p, _, _ in pieces])
         prompt_mask = torch.cat([pad(m, (width - m.shape[1], 0), value=0) for _, m, _ in pieces])
         response_ids = torch.cat([pad(r, (0, length - r.shape[1]), value=pad_id) for _, _, r in pieces])
+        logprobs = None if any(lp is None for lp in logprob_pieces) else torch.cat(
+            [pad(lp, (0, length - lp.shape[1]), value=0.0) for lp in logprob_pieces])
 
         is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device))
         # tokens after the first EOS: EOS counted before them (exclusive cumulative sum) is positive
@@ -218,7 +234,17 @@ class HFGenerateEngine:
             truncated=truncated,
             prompt_batch=prompt_batch,
             extra=extra,
+            sampling_logprobs=None if logprobs is None else logprobs * response_mask,
         )
+
+
+def ask_for_sampling_logprobs(engine: Any, why: str) -> None:
+    """Make ``engine`` fill ``Rollout.sampling_logprobs`` (its ``sampling_logprobs`` switch); refuse an engine that
+    has no such switch, naming it and ``why`` it is needed."""
+    if not hasattr(engine, "sampling_logprobs"):
+        raise ValueError(f"{why} needs the sampler's log-probs, but the rollout engine {type(engine).__name__} gives "
+                         "none (an engine with a sampling_logprobs switch: HFGenerateEngine, VLLMEngine)")
+    engine.sampling_logprobs = True
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -97,6 +97,8 @@ class VLLMEngine(HFGenerateEngine):
 
     serves_own_weights = True
     """vLLM samples from its own copy: under FSDP2 the module gathers nothing around ``generate``."""
+    sampling_logprobs = True
+    """vLLM returns every sampled token's log-prob: ``Rollout.sampling_logprobs`` is always filled."""
 
     def __init__(
         self,
@@ -176,7 +178,7 @@ class VLLMEngine(HFGenerateEngine):
         device = _device_of(model)
         prompt_ids, prompt_mask = self._prompt_tensors(token_ids, n, device)
         responses, logprobs = _response_tensors(outputs, self.tokenizer.pad_token_id, device)
-        rollout = self._assemble([(prompt_ids, prompt_mask, responses)], prompt_batch, n, stop_ids, extra)
+        rollout = self._assemble([(prompt_ids, prompt_mask, responses, None)], prompt_batch, n, stop_ids, extra)
         rollout.sampling_logprobs = logprobs * rollout.response_mask
         return rollout
 

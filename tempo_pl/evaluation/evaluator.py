@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import Tensor
+from typing_extensions import override
 
 from tempo_pl.algorithms.advantages import last_token_value
 from tempo_pl.config import EvalConfig
@@ -21,7 +23,8 @@ from tempo_pl.models.forward import critic_response_values
 from tempo_pl.engines.prompts import decode_prompts
 from tempo_pl.config import SamplingConfig
 from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
-from tempo_pl.types import Rollout
+from tempo_pl.run.rng_state import capture_rng, restore_rng
+from tempo_pl.types import PromptBatch, Rollout
 
 
 def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
@@ -127,3 +130,36 @@ def eval_dir(trainer) -> Path:
     path = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class EvaluationHooks(LightningModule):
+    """The validation hooks of :class:`~tempo_pl.module.TempoModule`: k samples per question from its ``engine``
+    (with ``evaluation``'s sampling), fed to an :class:`Evaluation` and logged at the RL step. Evaluation samples
+    from the global RNGs; they are restored afterwards, so training samples what it would have without it."""
+
+    _evaluation: Optional[Evaluation] = None
+    _rng_before_eval: Optional[dict] = None
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        # evaluation samples from the global RNGs; restoring them afterwards keeps training's samples unchanged
+        self._rng_before_eval = capture_rng()
+        self._evaluation = Evaluation(self.evaluation, tokenizer=self.tokenizer)
+
+    @override
+    def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        with self.generation_context():
+            rollout = self.engine.generate(self.policy, batch, self.evaluation.k,
+                                           sampling=eval_sampling(self.evaluation, self.sampling))
+        self._evaluation.add(dataloader_idx, rollout, self.critic, self.training_cfg.forward_batch_size, self.device)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        restore_rng(self._rng_before_eval)
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not rank 0 alone
+        jsonl_dir = eval_dir(self.trainer) if self.evaluation.write_jsonl else None
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "eval_set_names", []) or [])
+        metrics = self._evaluation.finish(names, gather_records,
+                                          jsonl_dir if self.trainer.is_global_zero else None, self.rl_step)
+        if metrics:  # straight to the loggers also when Lightning's sanity check mutes self.log
+            self.log_at_rl_step(metrics)

@@ -4,7 +4,7 @@ entropy, the critic's values, and (when asked) self-certainty and the reference 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,16 @@ from torch import Tensor, nn
 from tempo_pl.stages.minibatch import full_width, index_chunks, row_inputs
 from tempo_pl.models.forward import critic_response_values, policy_response_stats
 from tempo_pl.types import ForwardStats, Rollout
+
+
+@contextlib.contextmanager
+def reference_model(policy: nn.Module, reference: Optional[nn.Module]) -> Iterator[nn.Module]:
+    """The frozen reference policy of the KL term: its own copy, or the policy with its LoRA adapter disabled."""
+    if reference is not None:
+        yield reference
+    else:
+        with policy.disable_adapter():
+            yield policy
 
 
 @torch.no_grad()

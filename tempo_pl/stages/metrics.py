@@ -7,6 +7,7 @@ import contextlib
 import time
 from typing import Iterator
 
+from lightning.pytorch.profilers import PassThroughProfiler
 from torch import Tensor
 
 from tempo_pl.algorithms.advantages import masked_mean
@@ -64,6 +65,45 @@ def throughput(rollout: Rollout, timings: dict[str, float]) -> dict[str, float]:
         "perf/tokens_per_s": total / max(timings["time/step_s"], 1e-9),
         "perf/generated_tokens_per_s": generated / max(timings["time/generation_s"], 1e-9),
     }
+
+
+class StageClock:
+    """Seconds of one RL step by stage, each second counted once, for the innermost stage running: a stage entered
+    inside another pauses it (the critic's update, which runs inside the advantages stage when the critic goes first,
+    counts as ``update``, not ``scoring``). Each stage is also reported to the trainer's profiler as
+    ``tempo/<stage>`` (``trainer.profiler: simple`` prints them).
+
+    Example::
+
+        clock = StageClock(trainer.profiler)
+        with clock.stage("scoring"):
+            ...
+        clock.seconds  # {"time/scoring_s": ...}
+    """
+
+    def __init__(self, profiler=None) -> None:
+        self.seconds: dict[str, float] = {}
+        self._profiler = profiler or PassThroughProfiler()
+        self._running: list[str] = []
+        self._since = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._running.append(name)
+        try:
+            with self._profiler.profile(f"tempo/{name}"):
+                yield
+        finally:
+            self._charge()
+            self._running.pop()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._running:
+            key = f"time/{self._running[-1]}_s"
+            self.seconds[key] = self.seconds.get(key, 0.0) + now - self._since
+        self._since = now
 
 
 @contextlib.contextmanager

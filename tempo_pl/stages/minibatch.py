@@ -83,6 +83,31 @@ def grad_norm(optimizer: torch.optim.Optimizer) -> float:
 
 
 @dataclass
+class Optimization:
+    """One model's optimizer, its LR scheduler (stepped once per optimizer step; None = constant) and its
+    gradient-norm clip (0 = off)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[Any]
+    grad_clip: float
+
+    @staticmethod
+    def of(model: torch.nn.Module, make_optimizer: Callable, make_scheduler: Optional[Callable],
+           grad_clip: float) -> "Optimization":
+        """The optimizer of ``model``'s trainable parameters and its scheduler, made by the two factories."""
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        return Optimization(optimizer, make_scheduler(optimizer) if make_scheduler is not None else None, grad_clip)
+
+    def wrapped_by(self, wrappers) -> Any:
+        """The Lightning wrapper of this optimizer among a module's ``optimizers()`` (its ``step`` runs the
+        strategy's and precision plugin's hooks)."""
+        for wrapper in wrappers if isinstance(wrappers, list) else [wrappers]:
+            if getattr(wrapper, "optimizer", wrapper) is self.optimizer:
+                return wrapper
+        raise RuntimeError("the trainer holds no optimizer made by configure_optimizers for this model")
+
+
+@dataclass
 class MiniBatchPlan:
     rows_per_mini_batch: int
     rows_per_micro_batch: int
