@@ -186,10 +186,14 @@ def test_the_paper_configs_leave_both_switches_off_and_say_how_to_turn_them_on()
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "tempo").glob("*.yaml"))
     assert configs
-    for path in configs:
+    hinted = 0
+    for path in configs:  # a base and its overlays: the file that sets `algorithm` carries the hint
         text = path.read_text()
-        init = yaml.safe_load(text)["model"]["init_args"]
+        init = (yaml.safe_load(text).get("model") or {}).get("init_args") or {}
         assert "rollout_correction" not in (init.get("algorithm") or {}), path.name
         assert "rollout_ahead" not in (init.get("training") or {}), path.name
         hint = [line for line in text.splitlines() if line.lstrip().startswith("#") and "rollout_ahead: 1" in line]
-        assert len(hint) == 1 and "rollout_correction: token_tis" in hint[0], path.name
+        if "algorithm" in init:
+            assert len(hint) == 1 and "rollout_correction: token_tis" in hint[0], path.name
+            hinted += 1
+    assert hinted >= 2  # the AIME base and the HiPhO configs at least
