@@ -113,12 +113,20 @@ class RLStepCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_on_signal:
             self._stop = StopRequest.watch(self)
-        if trainer.ckpt_path is None:  # a fresh start: the logs restart at step 0, before the sanity evaluation
+        # a fresh start: the logs restart at step 0, before the sanity evaluation. A strategy that restores after
+        # setup (FSDP2) sets trainer.ckpt_path later: it is asked at the sanity check's start or the training's
+        if trainer.ckpt_path is None and not trainer.strategy.restore_checkpoint_after_setup:
+            rewind_logs(trainer, 0, None)
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
             rewind_logs(trainer, 0, None)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None:  # resumed: everything is restored by now
             rewind_logs(trainer, pl_module.rl_step, self.last_eval)
+        else:
+            rewind_logs(trainer, 0, None)  # no-op when the start was marked already
         self._last_rl_step_saved = pl_module.rl_step if trainer.ckpt_path is not None else None
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
