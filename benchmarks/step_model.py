@@ -274,15 +274,16 @@ def render(gpu: Gpu = H100) -> str:
              f"{calibration.hf_decode_overhead_s * 1e3:.1f} ms/step, {calibration.update_pass_s:.2f} s per update pass; "
              f"assumed: update MFU {UPDATE_MFU}, vLLM overhead {VLLM_DECODE_OVERHEAD_S * 1e3:.0f} ms/step, mean "
              f"response {MEAN_RESPONSE_FRACTION} x max_new_tokens)", "",
-             "| config | nodes | layout | rollout_ahead | generation s | update s | sync s | step s | GiB/GPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | nodes | colocated: generation + update + sync s | colocated step s (ahead 0 and 1) | "
+             "server step s, ahead 0 | server step s, ahead 1 | GiB/GPU colocated | GiB/GPU server's trainers |",
+             "|---|---|---|---|---|---|---|---|"]
     for config in PAPER_CONFIGS:
         for nodes in NODES:
-            for layout in ("colocated", "server"):
-                for ahead in (0, 1):
-                    p = predict(config, nodes, layout, ahead, gpu, calibration)
-                    lines.append(f"| {config} | {nodes} | {layout} | {ahead} | {p.generation_s:.0f} | "
-                                 f"{p.update_s:.0f} | {p.sync_s:.1f} | {p.step_s:.0f} | {p.memory_gib:.1f} |")
+            colocated = predict(config, nodes, "colocated", 0, gpu, calibration)
+            server = [predict(config, nodes, "server", ahead, gpu, calibration) for ahead in (0, 1)]
+            lines.append(f"| {config} | {nodes} | {colocated.generation_s:.0f} + {colocated.update_s:.0f} + "
+                         f"{colocated.sync_s:.1f} | {colocated.step_s:.0f} | {server[0].step_s:.0f} | "
+                         f"{server[1].step_s:.0f} | {colocated.memory_gib:.1f} | {server[0].memory_gib:.1f} |")
     lines += ["", "| published | figure | model |", "|---|---|---|", *published_comparison(calibration)]
     return "\n".join(lines)
 
