@@ -7,6 +7,7 @@ eval set (mean@k, pass@j, maj@k, diversity, critic calibration), written as per-
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,6 +22,10 @@ from tempo_pl.models import critic_response_values
 from tempo_pl.prompts import decode_prompts
 from tempo_pl.rollout import SamplingSpec
 from tempo_pl.types import Rollout
+
+# Every rank computes the evaluation metrics from the records of all ranks (gather_records), so they are equal on every
+# rank: Lightning's advice to reduce them across ranks (sync_dist=True), one warning per metric, is moot.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('val/")
 
 
 def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
