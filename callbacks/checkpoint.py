@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tempo_pl.run import checkpoint_io
 from tempo_pl.run.run_folder import check_resumed_budget
 
-from .signal_stop import RunInterrupted, StopRequest
+from .signal_stop import RunInterrupted, StopRequest, own_signals, requeue_slurm_job
 
 
 class RLStepCheckpoint(ModelCheckpoint):
@@ -30,13 +30,16 @@ class RLStepCheckpoint(ModelCheckpoint):
     after the resumed step (a ``SessionLog.START`` event, TensorBoard's own mechanism for restarts) and the evaluation
     logged at the resumed step is logged again, so that every RL step appears exactly once.
 
-    Signals (``save_on_signal``): the first SIGTERM or SIGINT (Ctrl-C) lets the RL step in progress and its
-    evaluation finish, then writes ``last.ckpt`` and stops the run with exit code 128 + signal number; a second
-    Ctrl-C stops at once, without that step. A SIGKILL (or a crash) loses the steps since the last scheduled save.
+    Signals (``save_on_signal``): the first SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 on any rank lets the RL step in
+    progress finish (and its evaluation, or the save being written), then every rank agrees, ``last.ckpt`` is
+    written and every rank stops with exit code 128 + signal number; a second Ctrl-C stops at once, without that
+    step. SIGUSR1 inside a SLURM job also requeues it (``scontrol requeue``), and the requeued command resumes by
+    itself. Lightning's own signal handlers are off during the fit. A SIGKILL (or a crash) loses the steps since
+    the last scheduled save.
 
     Args:
         every_n_rl_steps: save after every this many RL steps (and at the end of training).
-        save_on_signal: write ``last.ckpt`` and stop on SIGTERM/SIGINT, as above (needs ``save_last``).
+        save_on_signal: write ``last.ckpt`` and stop on SIGTERM/SIGINT/SIGUSR1, as above (needs ``save_last``).
         dirpath: folder of the checkpoints; default ``<log_dir>/checkpoints``. Checked writable at setup.
         filename: name of the numbered checkpoints; ``{rl_step}`` is the number of RL steps done.
         save_last: keep ``last.ckpt``, always the latest save.
@@ -103,6 +106,8 @@ class RLStepCheckpoint(ModelCheckpoint):
         checkpoint_io.install(trainer.strategy)  # atomic saves, weights-only loads
         if stage != "fit":
             return
+        if self.save_on_signal:
+            own_signals(trainer)
         if not isinstance(getattr(pl_module, "rl_step", None), int):
             raise TypeError(f"RLStepCheckpoint needs a module with an int rl_step (a TempoModule), got "
                             f"{type(pl_module).__name__}")
@@ -112,13 +117,21 @@ class RLStepCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_on_signal:
             self._stop = StopRequest.watch(self)
-        if trainer.ckpt_path is None:  # a fresh start: the logs restart at step 0, before the sanity evaluation
+        # a fresh start: the logs restart at step 0, before the sanity evaluation. A strategy that restores after
+        # setup (FSDP2) sets trainer.ckpt_path later: it is asked at the sanity check's start or the training's
+        if trainer.ckpt_path is None and not trainer.strategy.restore_checkpoint_after_setup:
+            rewind_logs(trainer, 0, None)
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
             rewind_logs(trainer, 0, None)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None:  # resumed: everything is restored by now
             check_resumed_budget(trainer, pl_module.rl_step)
             rewind_logs(trainer, pl_module.rl_step, self.last_eval)
+        else:
+            rewind_logs(trainer, 0, None)  # no-op when the start was marked already
         self._last_rl_step_saved = pl_module.rl_step if trainer.ckpt_path is not None else None
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -149,7 +162,12 @@ class RLStepCheckpoint(ModelCheckpoint):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if metrics:
             self.last_eval = {"rl_step": int(pl_module.rl_step), "metrics": metrics}
-        if self._due and not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        if self._stop is not None and not self._stopping:  # a signal during the evaluation: stop after it
+            self._stopping = self._stop.agreed(trainer)
+            self._due = self._due or self._stopping
+        if self._due:
             self._save_and_maybe_stop(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -162,8 +180,13 @@ class RLStepCheckpoint(ModelCheckpoint):
     def _save_and_maybe_stop(self, trainer: Trainer, pl_module: LightningModule) -> None:
         on_schedule = pl_module.rl_step % self.every_n_rl_steps == 0
         self._save(trainer, pl_module, last_only=not on_schedule)
+        if self._stop is not None and not self._stopping and self._stop.agreed(trainer):  # a signal during the save
+            self._stopping = True
+            self._save(trainer, pl_module, last_only=True)  # saved above unless this watcher's schedule skipped it
         if self._stopping and self._stop.is_last_watcher(self):
-            raise RunInterrupted(self._stop.signum, pl_module.rl_step, self.last_model_path or self.best_model_path)
+            requeued = requeue_slurm_job(self._stop.signum, trainer.is_global_zero)
+            raise RunInterrupted(self._stop.signum, pl_module.rl_step, self.last_model_path or self.best_model_path,
+                                 requeued)
 
     # ------------------------------------------------------------------ saving
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:

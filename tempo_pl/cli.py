@@ -5,8 +5,9 @@
 
 Runs (:mod:`tempo_pl.run.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
 (into the same version folder) with the same command line that started it; a folder that already holds a run, or
-that a live run writes into, is refused. A run stopped by SIGTERM/SIGINT (see
-:class:`~tempo_pl.callbacks.RLStepCheckpoint`) exits with 128 + the signal number after saving.
+that a live run writes into, is refused. A run stopped by SIGTERM/SIGINT/SIGUSR1 (see
+:class:`~tempo_pl.callbacks.RLStepCheckpoint`) exits with 128 + the signal number after saving, on every rank. A
+SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0) resumes its run as if given ``--ckpt_path last``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from lightning.pytorch.cli import LightningCLI
 from tempo_pl.callbacks import RunInterrupted, TrainingDiverged
 from tempo_pl.data.readers import DataError
 from tempo_pl.run import checkpoint_io
-from tempo_pl.run.run_folder import (RunAlreadyFinished, claim, first_missing_folder, pin_version_for_resume,
-                                     process_rank, removed_on_early_failure)
+from tempo_pl.run.run_folder import (RunAlreadyFinished, claim, first_missing_folder, first_versioned_logger,
+                                     latest_version, pin_version_for_resume, process_rank, removed_on_early_failure)
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -106,6 +107,8 @@ class TempoCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         add_progress_bar(config.trainer)
+        if self.subcommand == "fit" and config.get("ckpt_path") is None and resume_requeued_job(config):
+            config.ckpt_path = "last"
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             pinned = pin_version_for_resume(config.trainer.logger, config.trainer.get("default_root_dir"))
             if pinned is not None and process_rank() == 0:
@@ -161,6 +164,30 @@ class TempoCLI(LightningCLI):
     def after_validate(self) -> None:
         if process_rank() == 0:
             print_metrics_table(self.trainer.callback_metrics, prefix="val/")
+
+
+def resume_requeued_job(config) -> bool:
+    """Whether a ``fit`` without ``--ckpt_path`` is a requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) whose run
+    already holds ``checkpoints/last.ckpt``: then it resumes that run, as ``--ckpt_path last`` would."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if not os.environ.get("SLURM_JOB_ID") or not restarts.isdigit() or int(restarts) == 0:
+        return False
+    logger = first_versioned_logger(config.trainer.logger)
+    init_args = getattr(logger, "init_args", None) or {}
+    get = init_args.get if hasattr(init_args, "get") else lambda key: getattr(init_args, key, None)
+    root = Path(get("save_dir") or config.trainer.get("default_root_dir") or os.getcwd()) / str(
+        get("name") or "lightning_logs")
+    version = get("version")
+    version = version if version is not None else latest_version(root)
+    if version is None:
+        return False
+    folder = root / (version if isinstance(version, str) else f"version_{version}")
+    if not (folder / "checkpoints" / "last.ckpt").is_file():
+        return False
+    if process_rank() == 0:
+        print(f"[tempo-pl] requeued SLURM job (restart {restarts}): resuming from {folder / 'checkpoints'}",
+              file=sys.stderr)
+    return True
 
 
 def add_progress_bar(trainer_config) -> None:
@@ -237,7 +264,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         TempoCLI(args=None if from_command_line else argv)
     except RunInterrupted as stop:
-        print(f"[tempo-pl] {stop}", file=sys.stderr)
+        if process_rank() == 0:  # one line per run, whatever the number of processes
+            print(f"[tempo-pl] {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
     except ONE_LINE_ERRORS as err:
         print(f"[tempo-pl] error: {err}", file=sys.stderr)

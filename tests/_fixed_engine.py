@@ -69,9 +69,14 @@ class RecordingTempo(TempoModule):
 
     def on_train_start(self):
         super().on_train_start()
-        self.initial_policy = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        self.initial_policy = _full(self.policy.state_dict())
 
     def on_train_end(self):
-        torch.save({"records": self.records, "policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
-                    "initial_policy": self.initial_policy},
+        torch.save({"records": self.records, "policy": _full(self.policy.state_dict()),
+                    "critic": _full(self.critic.state_dict()), "initial_policy": self.initial_policy},
                    os.path.join(os.environ["TEMPO_TEST_OUT"], f"rank{self.global_rank}.pt"))
+
+
+def _full(state: dict) -> dict:
+    """Whole tensors (a sharded DTensor gathered: every rank calls this), detached copies."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}

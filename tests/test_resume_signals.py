@@ -48,15 +48,17 @@ def _config(folder: Path, every_n_rl_steps: int = 1, rollout_ahead: int = 0) -> 
     return write_config(tiny_config(folder, edit, steps=STEPS, validate=True), folder / "cfg.yaml")
 
 
-def _fit(folder: Path, interrupt: tuple[int, int] | None = None, pause: float = 0.0) -> subprocess.CompletedProcess:
-    """``python -m tempo_pl fit --config cfg.yaml --ckpt_path last`` in ``folder``; with ``interrupt=(signal, k)``
-    the signal is sent while this process's k-th training rollout (1-based) pauses."""
+def _fit(folder: Path, interrupt: tuple[int, int] | None = None, pause: float = 0.0, env: dict | None = None,
+         resume_arg: bool = True) -> subprocess.CompletedProcess:
+    """``python -m tempo_pl fit --config cfg.yaml --ckpt_path last`` in ``folder`` (without ``--ckpt_path`` when not
+    ``resume_arg``; ``env`` added to the environment); with ``interrupt=(signal, k)`` the signal is sent while this
+    process's k-th training rollout (1-based) pauses."""
     log = folder / "rollout_calls.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "TEMPO_TEST_STEP_LOG": str(log), "TEMPO_TEST_STEP_PAUSE": str(pause),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "tempo_pl", "fit", "--config", "cfg.yaml", "--ckpt_path", "last",
-               "--trainer.enable_progress_bar=false"]
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "tempo_pl", "fit", "--config", "cfg.yaml",
+               *(["--ckpt_path", "last"] if resume_arg else []), "--trainer.enable_progress_bar=false"]
     process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if interrupt is not None:
         signum, k = interrupt
@@ -209,3 +211,37 @@ def test_sigkill_with_rollouts_one_step_ahead_then_resume(tmp_path: Path, straig
     _assert_same_run(outputs, straight_ahead)
     assert [v for _, v in outputs["scalars"]["train/rollout/staleness"]] == [
         v for _, v in straight_ahead["scalars"]["train/rollout/staleness"]]
+
+
+def _slurm_env(tmp_path: Path, restarts: int) -> dict:
+    """The variables a 1-task SLURM job step has (what Lightning's SLURMEnvironment reads), and a fake ``scontrol``
+    first on PATH that appends its arguments to ``scontrol_calls.txt``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol_calls.txt"}\n')
+    scontrol.chmod(0o755)
+    return {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "tempo", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+            "SLURM_NODELIST": "127.0.0.1", "SLURM_RESTART_COUNT": str(restarts),
+            "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]])}
+
+
+@pytest.mark.slow
+def test_slurm_preemption_saves_requeues_and_the_same_command_resumes(tmp_path: Path, straight: dict) -> None:
+    """SIGUSR1 (``sbatch --signal=USR1@T``) during RL step 1: the step and its evaluation finish, last.ckpt is written
+    in the run folder, ``scontrol requeue`` is called once; the requeued job's command line (the sbatch script's,
+    without ``--ckpt_path``) resumes that run in its folder and ends as the uninterrupted run."""
+    _config(tmp_path)
+    stopped = _fit(tmp_path, interrupt=(signal.SIGUSR1, 2), pause=1.0, env=_slurm_env(tmp_path, 0), resume_arg=False)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    assert "stopped by SIGUSR1 after 2 RL steps" in stopped.stderr and "SLURM job 4242 requeued" in stopped.stderr
+    assert (tmp_path / "scontrol_calls.txt").read_text().splitlines() == ["requeue 4242"]
+    run = _run_folder(tmp_path)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["tempo"]["rl_step"] == 2
+    assert not list(tmp_path.rglob("hpc_ckpt*"))  # Lightning's own SLURM save is off: one path only
+    requeued = _fit(tmp_path, env=_slurm_env(tmp_path, 1), resume_arg=False)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "requeued SLURM job (restart 1): resuming" in requeued.stderr
+    assert (tmp_path / "scontrol_calls.txt").read_text().splitlines() == ["requeue 4242"]
+    _assert_same_run(_outputs(tmp_path), straight)

@@ -11,47 +11,58 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny_run import ROOT, schedule, tiny_config, write_config
+from _tiny_run import ROOT, schedule, subprocess_env, tiny_config, write_config
 
 STEPS = 2
 
 
-def _run(tmp_path: Path, devices: int) -> list[dict]:
-    out = tmp_path / f"devices{devices}"
-    out.mkdir()
+def _config(out: Path, ranks: int, strategy=None, num_nodes: int = 1) -> Path:
+    """configs/tiny.yaml's global batch of 4 prompts over ``ranks`` processes (``num_nodes`` nodes), recorded."""
 
     def edit(cfg: dict) -> None:
         schedule(cfg)["init_args"] = {"mode": "mixed"}
-        cfg["trainer"]["devices"] = devices
-        if devices > 1:
-            cfg["trainer"]["strategy"] = "ddp_find_unused_parameters_true"
+        cfg["trainer"]["devices"] = ranks // num_nodes
+        cfg["trainer"]["num_nodes"] = num_nodes
+        if ranks > 1:
+            cfg["trainer"]["strategy"] = strategy or "ddp_find_unused_parameters_true"
         cfg["model"]["class_path"] = "_fixed_engine.RecordingTempo"
         args = cfg["model"]["init_args"]
         args["rollout_engine"] = {"class_path": "_fixed_engine.FixedEngine"}
         # per rank: 2 prompts (1 labeled, 1 unlabeled) in one mini-batch; one process: the 4 of both ranks
-        args["training"] = {"mini_batch_size": 2 * (3 - devices), "micro_batch_size": 64, "group_filter": True,
+        args["training"] = {"mini_batch_size": 2 * (3 - ranks), "micro_batch_size": 64, "group_filter": True,
                             "max_generation_batches": 4}
-        cfg["data"]["init_args"]["batch_size"] = 2 * (3 - devices)
+        cfg["data"]["init_args"]["batch_size"] = 2 * (3 - ranks)
         # SGD: the weights move by the gradients themselves; Adam's first steps move every weight by about its lr
         # whatever the gradient's size, so float noise of 1e-9 in a near-zero gradient would show as 1e-6 there
         for name in ("policy_optimizer", "critic_optimizer"):
             args[name] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
         cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(out / "runs")
 
+    out.mkdir()
     cfg = tiny_config(out, edit, steps=STEPS)
     cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"] if "RolloutSampleLogger" not in cb["class_path"]]
-    path = write_config(cfg, out / "config.yaml")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TEMPO_TEST_OUT": str(out), "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "tempo_pl", "fit", "--config", str(path)], cwd=out, env=env,
+    return write_config(cfg, out / "config.yaml")
+
+
+def _env(out: Path) -> dict:
+    return {**subprocess_env(), "TEMPO_TEST_OUT": str(out),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _results(out: Path, ranks: int) -> list[dict]:
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+
+
+def _run(tmp_path: Path, devices: int) -> list[dict]:
+    out = tmp_path / f"devices{devices}"
+    path = _config(out, devices)
+    done = subprocess.run([sys.executable, "-m", "tempo_pl", "fit", "--config", str(path)], cwd=out, env=_env(out),
                           capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
+    return _results(out, devices)
 
 
-@pytest.mark.slow
-def test_two_ranks_compute_what_one_process_computes_on_their_batch(tmp_path: Path) -> None:
-    (one,), two = _run(tmp_path, 1), _run(tmp_path, 2)
+def _assert_ranks_compute_one_process(one: dict, two: list[dict]) -> None:
     for step in range(STEPS):
         single = one["records"][step]
         ranks = [r["records"][step] for r in two]
@@ -77,3 +88,9 @@ def test_two_ranks_compute_what_one_process_computes_on_their_batch(tmp_path: Pa
         for key, value in one[name].items():
             assert torch.allclose(two[0][name][key], value, atol=1e-6), f"{name}.{key}"
             assert torch.equal(two[0][name][key], two[1][name][key])  # DDP keeps the ranks identical
+
+
+@pytest.mark.slow
+def test_two_ranks_compute_what_one_process_computes_on_their_batch(tmp_path: Path) -> None:
+    (one,), two = _run(tmp_path, 1), _run(tmp_path, 2)
+    _assert_ranks_compute_one_process(one, two)

@@ -33,6 +33,7 @@ from tempo_pl.engines.hf_generate import HFGenerateEngine
 from tempo_pl.engines.served_weights import release_gathered, served_weights
 from tempo_pl.models.builders import DTYPES
 from tempo_pl.models.hf import hf_model
+from tempo_pl.run.node_env import local_rank
 from tempo_pl.run.rng_state import capture_rng, restore_rng
 from tempo_pl.types import PromptBatch, Rollout
 
@@ -223,7 +224,7 @@ class VLLMEngine(HFGenerateEngine):
             options["distributed_executor_backend"] = "external_launcher"
             # it reads the torchrun variables; Lightning's own launcher does not set RANK
             os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
-            os.environ.setdefault("LOCAL_RANK", str(torch.distributed.get_rank()))
+            os.environ.setdefault("LOCAL_RANK", str(local_rank()))  # the device index on this node (srun: SLURM_LOCALID)
             os.environ.setdefault("WORLD_SIZE", str(_world_size()))
         elif options["tensor_parallel_size"] > 1:
             raise ValueError(f"VLLMEngine.tensor_parallel_size={options['tensor_parallel_size']} needs a distributed "

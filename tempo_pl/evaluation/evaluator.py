@@ -7,6 +7,7 @@ eval set (mean@k, pass@j, maj@k, diversity, critic calibration), written as per-
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,6 +26,10 @@ from tempo_pl.config import SamplingConfig
 from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
 from tempo_pl.run.rng_state import capture_rng, restore_rng
 from tempo_pl.types import PromptBatch, Rollout
+
+# Every rank computes the evaluation metrics from the records of all ranks (gather_records), so they are equal on every
+# rank: Lightning's advice to reduce them across ranks (sync_dist=True), one warning per metric, is moot.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('val/")
 
 
 def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:

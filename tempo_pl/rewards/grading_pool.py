@@ -30,6 +30,7 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+from tempo_pl.run.node_env import local_world_size
 from tempo_pl.rewards import grading_worker
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,12 @@ def check_processes(processes: Optional[int]) -> int:
 
 def default_processes() -> int:
     """Worker processes batch calls use by default: the CPUs this process may run on, shared among the local
-    ranks of a ``torchrun`` job (``LOCAL_WORLD_SIZE``)."""
+    ranks of the node (``LOCAL_WORLD_SIZE`` of torchrun, ``SLURM_NTASKS_PER_NODE`` of srun)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    try:
-        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local_ranks = 1
-    return max(1, cpus // local_ranks)
+    return max(1, cpus // local_world_size())
 
 
 # The worker loads grading_worker.py by path, not as a module of the package: the package's __init__ files may pull
