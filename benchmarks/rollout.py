@@ -19,9 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer  # noqa: E402
 from tempo_pl.config import SamplingConfig  # noqa: E402
 from tempo_pl.engines.hf_generate import HFGenerateEngine, encode_prompts  # noqa: E402
+from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer  # noqa: E402
 from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config  # noqa: E402
 from tempo_pl.types import PromptBatch  # noqa: E402
 

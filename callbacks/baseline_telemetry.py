@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from tempo_pl.rewards.base import RewardSource
 from tempo_pl.rewards.critic import CriticValue
-from tempo_pl.rewards.self_rewards import MajorityVote, SemanticCluster
 from tempo_pl.rewards.pseudo_labels import pseudo_label_metrics
+from tempo_pl.rewards.self_rewards import MajorityVote, SemanticCluster
 from tempo_pl.rewards.verifier import Verifier
 
 TELEMETRY_KEYS = ("label_accuracy", "reward_accuracy", "train_accuracy")

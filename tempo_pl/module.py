@@ -25,22 +25,24 @@ from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
 from tempo_pl.callbacks import DivergenceGuard
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine, ask_for_sampling_logprobs
 from tempo_pl.evaluation.evaluator import EvaluationHooks
 from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+from tempo_pl.models.fsdp2 import shard_module
+from tempo_pl.models.shared_base import build_shared_actor_critic
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
-from tempo_pl.config import SamplingConfig
-from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine, ask_for_sampling_logprobs
-from tempo_pl.stages.ahead import RolloutAhead, RolloutCollection
-from tempo_pl.stages.forward import reference_model, rollout_stats
 from tempo_pl.run.step_logging import RLStepLogging
 from tempo_pl.run.step_state import RLStepState
+from tempo_pl.stages import scoring
+from tempo_pl.stages.ahead import RolloutAhead, RolloutCollection
+from tempo_pl.stages.forward import forward_stats, reference_model
 from tempo_pl.stages.metrics import StageClock, step_metrics, throughput, timed
 from tempo_pl.stages.minibatch import MiniBatchPlan, Optimization, loss_units, optimize, row_inputs
 from tempo_pl.stages.ranks import Ranks
 from tempo_pl.stages.route import StepRoute
-from tempo_pl.stages import scoring
 from tempo_pl.stages.updates import (CriticUpdate, PolicyUpdate, corrected_advantages, critic_micro_loss,
                                      policy_micro_loss, stats_made_by_updates)
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout, StepPlan, StepRecord
@@ -167,8 +169,6 @@ class TempoModule(RLStepLogging, RLStepState, RolloutCollection, EvaluationHooks
             return
         self.tokenizer = build_tokenizer(self.policy_spec)
         if self.shared_base:
-            from tempo_pl.models.shared_base import build_shared_actor_critic
-
             self.policy, self.critic = build_shared_actor_critic(self.policy_spec, self.critic_spec)
         else:
             self.policy = build_policy(self.policy_spec)
@@ -177,8 +177,6 @@ class TempoModule(RLStepLogging, RLStepState, RolloutCollection, EvaluationHooks
         if self.algorithm.kl_coef > 0 and not hasattr(self.policy, "disable_adapter"):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.device_mesh is not None:
-            from tempo_pl.models.fsdp2 import shard_module
-
             shard_module(self, self.device_mesh)
         self.engine = self.build_engine(self.sampling)
 
@@ -271,7 +269,7 @@ class TempoModule(RLStepLogging, RLStepState, RolloutCollection, EvaluationHooks
         log-probs and entropy of the policy unless the update is on-policy and takes them from its own forward."""
         route = self.step_route(rollout)
         kl = self.algorithm.kl_coef > 0
-        return rollout_stats(
+        return forward_stats(
             rollout, self.policy, self.critic, self.device, self.training_cfg.forward_batch_size,
             self._logprob_temperature,
             with_self_certainty=self.unlabeled_reward is not None and self.unlabeled_reward.needs_self_certainty,

@@ -29,9 +29,9 @@ from tempo_pl.data.conversations import assistant_text, system_text, user_text
 from tempo_pl.data.readers import DataError, table_from_dataset
 from tempo_pl.data.sources import check_columns, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
-from tempo_pl.models.lora import save_merged
-from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
 from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+from tempo_pl.models.lora import save_merged
 
 IGNORE_INDEX = -100
 """Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""

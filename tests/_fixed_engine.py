@@ -9,8 +9,8 @@ import zlib
 
 import torch
 
-from tempo_pl.module import TempoModule
 from tempo_pl.engines.hf_generate import HFGenerateEngine
+from tempo_pl.module import TempoModule
 
 
 def _code(text: str) -> int:

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from tempo_pl.callbacks.hf_export import HFExport
 from tempo_pl.callbacks.baseline_telemetry import BaselineTelemetry, default_reward_threshold
-from tempo_pl.run.config_layers import flat
+from tempo_pl.callbacks.hf_export import HFExport
 from tempo_pl.rewards import CriticValue, MajorityVote, SelfCertainty, SemanticCluster, Verifier
+from tempo_pl.run.config_layers import flat
 from tempo_pl.types import ForwardStats, Rollout, StepPlan
 from _rollouts import prompt_batch, rollout_from_texts
 

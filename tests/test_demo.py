@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_pl.run.config_layers import read_layers
 from tempo_pl.pipelines import demo, demo_stages, demo_summary
 from tempo_pl.pipelines.demo import DemoConfig
 from tempo_pl.pipelines.demo_stages import STAGES, TEST_TIME_METHODS
+from tempo_pl.run.config_layers import read_layers
 
 SUMMARY_KEYS = {
     "k", "steps", "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final",

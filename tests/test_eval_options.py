@@ -6,8 +6,8 @@ import pytest
 
 from test_rewards import make_rollout
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
 from tempo_pl.config import SamplingConfig
+from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
 
 
 @pytest.mark.parametrize("budget", [0, -3])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempo_pl.models.builders import build_critic, build_policy
-from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
 from tempo_pl.config import SamplingConfig
 from tempo_pl.engines.hf_generate import HFGenerateEngine, encode_prompts
+from tempo_pl.models.builders import build_critic, build_policy
+from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
 from tempo_pl.types import PromptBatch
 from _rollouts import rollout_from_tokens
 

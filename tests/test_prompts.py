@@ -12,14 +12,14 @@ import torch
 
 from tempo_pl.callbacks import RolloutSampleLogger
 from tempo_pl.config import EvalConfig
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
 from tempo_pl.evaluation.evaluator import Evaluation
 from tempo_pl.evaluation.records import write_question_jsonl
 from tempo_pl.models.builders import build_policy
-from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
-from tempo_pl.config import SamplingConfig
-from tempo_pl.engines.hf_generate import HFGenerateEngine
-from tempo_pl.sft import SFTModule, collate_sft
 from tempo_pl.models.tiny import CHATML_TEMPLATE, build_char_tokenizer
+from tempo_pl.sft import SFTModule, collate_sft
 from tempo_pl.types import PromptBatch, StepPlan, StepRecord
 
 THINKING_TEMPLATE = CHATML_TEMPLATE + (

@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-import tempo_pl.models.forward as forward_passes
 from tempo_pl.models.builders import CriticSpec, LoraSpec, build_critic, build_policy
+import tempo_pl.models.forward as forward_passes
 from tempo_pl.models.forward import critic_response_values, policy_response_stats
 from tempo_pl.models.hf import position_ids_from_mask
 from tempo_pl.models.shared_prompts import prompt_groups

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
+from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, groups_with_signal
 from tempo_pl.stages.minibatch import MiniBatchPlan, index_chunks, optimize
-from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.stages.scoring import LABELED_SCORES, apply_keep_rows, score_rollout
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout
 from _rollouts import rollout_from_tokens

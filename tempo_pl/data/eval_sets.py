@@ -220,8 +220,6 @@ def load_benchmark(name_or_path: str, local_dir: Optional[str] = None) -> list[d
         local = Path(directory) / info.file
         if local.is_file():
             if info.row_builder is not None and _in_source_schema(local, info):
-                from tempo_pl.data.readers import read_file
-
                 return rows_to_schema(read_file(local).rows, info)
             return read_rows(local)
     try:

@@ -18,13 +18,13 @@ from typing_extensions import override
 
 from tempo_pl.algorithms.advantages import last_token_value
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
-from tempo_pl.stages.minibatch import index_chunks, row_inputs
-from tempo_pl.models.forward import critic_response_values
-from tempo_pl.engines.prompts import decode_prompts
 from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.prompts import decode_prompts
+from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
+from tempo_pl.models.forward import critic_response_values
 from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
 from tempo_pl.run.rng_state import capture_rng, restore_rng
+from tempo_pl.stages.minibatch import index_chunks, row_inputs
 from tempo_pl.types import PromptBatch, Rollout
 
 # Every rank computes the evaluation metrics from the records of all ranks (gather_records), so they are equal on every

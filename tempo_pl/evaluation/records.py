@@ -43,13 +43,13 @@ import torch
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from torchmetrics.regression import ExplainedVariance
 
+from tempo_pl.rewards.graders import Grader, MathGrader
 from tempo_pl.rewards.grading import (
     are_equivalent,
     cluster_answers,
     extract_answer,
     extractor_chain,
 )
-from tempo_pl.rewards.graders import Grader, MathGrader
 from tempo_pl.rewards.group_answers import answer_entropy, answered_cluster_sizes, majority_cluster
 
 __all__ = [

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from tempo_pl.run.config_layers import config_args, read_layers
 from tempo_pl.pipelines.launcher import LAUNCHERS, launch
 from tempo_pl.pipelines.report import collect, plot_curves, write_tables
+from tempo_pl.run.config_layers import config_args, read_layers
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from urllib.parse import parse_qsl
 
 import yaml
 
-from tempo_pl.run.config_layers import config_args, has_key, nested, read_layers
 from tempo_pl.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from tempo_pl.pipelines.demo_stages import (
     DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, build_stages, is_done, parallel_groups, stage_dir,
@@ -50,6 +49,7 @@ from tempo_pl.pipelines.demo_stages import (
 from tempo_pl.pipelines.demo_summary import print_summary, write_report
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
 from tempo_pl.pipelines.progress import PROGRESS_FILE, StageDisplay
+from tempo_pl.run.config_layers import config_args, has_key, nested, read_layers
 
 def shipped_demo_configs() -> Path:
     """The stage configs: ``configs/demo`` beside the package in a source checkout (``pip install -e .``), else

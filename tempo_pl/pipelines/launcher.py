@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tempo_pl.cli import main as cli_main
+
 LAUNCHERS = ("subprocess", "inprocess")
 """``subprocess``: one ``python -m tempo_pl`` per run (isolated, its memory freed, runs in parallel);
 ``inprocess``: in this Python (no start-up cost, one run at a time)."""
@@ -79,8 +81,6 @@ def launch(
 
 def _run_inprocess(args: list[str]) -> float:
     from unittest import mock
-
-    from tempo_pl.cli import main as cli_main
 
     cpu = time.process_time()
     # LightningCLI warns when args are given while sys.argv holds the pipeline's own arguments

@@ -8,8 +8,8 @@ from tempo_pl.rewards.function_reward import FunctionReward
 from tempo_pl.rewards.graders import Grader, Verdict, build_grader, grader_names, register_grader
 from tempo_pl.rewards.multiple_choice import MultipleChoiceGrader
 from tempo_pl.rewards.physics import PhysicsGrader
-from tempo_pl.rewards.self_rewards import MajorityVote, SelfCertainty, SemanticCluster
 from tempo_pl.rewards.pseudo_labels import pseudo_label_metrics
+from tempo_pl.rewards.self_rewards import MajorityVote, SelfCertainty, SemanticCluster
 from tempo_pl.rewards.verifier import Verifier
 
 __all__ = [

@@ -30,8 +30,8 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from tempo_pl.run.node_env import local_world_size
 from tempo_pl.rewards import grading_worker
+from tempo_pl.run.node_env import local_world_size
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from tempo_pl.rewards import grading
-from tempo_pl.rewards.grading_pool import check_processes, run_pairs
 from tempo_pl.rewards.graders import Grader, Verdict, register_grader
+from tempo_pl.rewards.grading_pool import check_processes, run_pairs
 from tempo_pl.rewards.judge import Judge, JudgeConfig
 
 PART_SEPARATOR = " ;; "

@@ -36,8 +36,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig
-from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec
 from tempo_pl.config import SamplingConfig
+from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec
 
 PathLike = Union[str, Path]
 DCP_METADATA = ".metadata"

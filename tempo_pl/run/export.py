@@ -28,7 +28,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 from tempo_pl.models.lora import save_merged
+from tempo_pl.models.shared_base import build_shared_actor_critic
 from tempo_pl.run.checkpoint_io import load_checkpoint_file
 
 #: the file Lightning writes beside the shards of a distributed checkpoint (hyper-parameters, loops, callbacks)
@@ -53,8 +55,6 @@ def export_hf(
     hparams = read_hyperparameters(checkpoint)
     if hparams.get(POLICY) is None:
         raise ValueError(f"{checkpoint}: the hyper-parameters name no `policy` spec; is this a TempoModule checkpoint?")
-    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_tokenizer
-
     policy_spec = as_spec(hparams[POLICY], ModelSpec)
     critic_spec = as_spec(hparams.get(CRITIC), CriticSpec)
 
@@ -118,12 +118,8 @@ def full_precision(spec):
 def rebuild_models(policy_spec, critic_spec, shared_base: bool = False) -> dict[str, nn.Module]:
     """The run's models, unsharded and in full precision, keyed by their state-dict prefix."""
     if shared_base:
-        from tempo_pl.models.shared_base import build_shared_actor_critic
-
         policy, critic = build_shared_actor_critic(full_precision(policy_spec), full_precision(critic_spec))
         return {POLICY: policy, CRITIC: critic}
-    from tempo_pl.models.builders import build_critic, build_policy
-
     models = {POLICY: build_policy(full_precision(policy_spec))}
     if critic_spec is not None:
         models[CRITIC] = build_critic(full_precision(critic_spec), full_precision(policy_spec))

@@ -19,6 +19,7 @@ import copy
 import torch
 from lightning.pytorch import LightningModule
 
+from tempo_pl.models.fsdp2 import gathered_for_generation
 from tempo_pl.stages import scoring
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.metrics import StageClock
@@ -122,8 +123,6 @@ class RolloutCollection(LightningModule):
         engine that ``serves_own_weights`` (vLLM: ``sync_weights`` gives it the weights)."""
         if self.device_mesh is None or getattr(self.engine, "serves_own_weights", False):
             return contextlib.nullcontext()
-        from tempo_pl.models.fsdp2 import gathered_for_generation
-
         return gathered_for_generation(self.policy)
 
     def collect_rollout(self, dataloader_iter: Iterator) -> tuple[Rollout, dict[str, float]]:

@@ -9,8 +9,8 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from tempo_pl.stages.minibatch import full_width, index_chunks, row_inputs
 from tempo_pl.models.forward import critic_response_values, policy_response_stats
+from tempo_pl.stages.minibatch import full_width, index_chunks, row_inputs
 from tempo_pl.types import ForwardStats, Rollout
 
 
@@ -25,7 +25,7 @@ def reference_model(policy: nn.Module, reference: Optional[nn.Module]) -> Iterat
 
 
 @torch.no_grad()
-def rollout_stats(
+def forward_stats(
     rollout: Rollout,
     policy: nn.Module,
     critic: Optional[nn.Module],
