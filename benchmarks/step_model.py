@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,9 @@ from typing import Optional
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import memory_table  # noqa: E402  (a sibling script)
+import memory_table  # a sibling script: run as a script, its folder is first on the path
+
+from tempo_pl.run.config_layers import read_layers
 
 GIB = 1024**3
 
@@ -150,9 +150,13 @@ class Workload:
     kv_bytes_per_token: float
 
 
+def config_layers(config: str) -> tuple[Path, Path]:
+    """A paper run's config files: the AIME base, then the model's overlay."""
+    return memory_table.CONFIG_DIR / "aime.yaml", memory_table.CONFIG_DIR / f"{config}.yaml"
+
+
 def workload(config: str) -> Workload:
-    path = memory_table.CONFIG_DIR / f"{config}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_layers(config_layers(config))
     model = next(v for k, v in memory_table.CONFIG_MODELS.items() if config.startswith(k))
     init, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
     sampling = init["sampling"]
@@ -210,14 +214,14 @@ def update_s(w: Workload, rows: int, ranks: int, gpu: Gpu, calibration: Calibrat
 def memory_gib(config: str, ranks: int, layout: str) -> float:
     """docs/memory.md's peak per GPU with ``ranks`` ranks sharing the global batch (the server layout's training
     GPUs hold no rollout)."""
-    cfg = yaml.safe_load((memory_table.CONFIG_DIR / f"{config}.yaml").read_text())
+    cfg = read_layers(config_layers(config))
     global_prompts = int(cfg["data"]["init_args"]["batch_size"]) * int(cfg["trainer"]["devices"])
     cfg["trainer"]["devices"] = ranks
     cfg["data"]["init_args"]["batch_size"] = max(1, global_prompts // ranks)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{config}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        row = memory_table.estimate(path)
+        row = memory_table.estimate([path])
     return (row.resident + (row.training if layout == "server" else max(row.training, row.rollout)))
 
 

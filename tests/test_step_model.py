@@ -26,7 +26,7 @@ def test_reproduces_the_gpu_check_rows() -> None:
 
 def test_one_node_memory_is_docs_memory_md() -> None:
     for config in step_model.PAPER_CONFIGS:
-        row = memory_table.estimate(memory_table.CONFIG_DIR / f"{config}.yaml")
+        row = memory_table.estimate(step_model.config_layers(config))
         assert step_model.memory_gib(config, 8, "colocated") == pytest.approx(row.peak, rel=1e-9)
         assert step_model.memory_gib(config, 8, "server") == pytest.approx(row.resident + row.training, rel=1e-9)
 
