@@ -438,6 +438,8 @@ class TempoModule(RLStepLogging, LightningModule):
         checkpoint["tempo"] = {"rl_step": self.rl_step, "rng": capture_rng()}
         if self._mini_batch_generator is not None:
             checkpoint["tempo"]["mini_batch_rng"] = self._mini_batch_generator.get_state()
+        if hasattr(self.engine, "state_dict"):  # a served engine's policy version
+            checkpoint["tempo"]["engine"] = self.engine.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -447,6 +449,8 @@ class TempoModule(RLStepLogging, LightningModule):
             self._pending_rng = state["rng"]
             if self._mini_batch_generator is not None and "mini_batch_rng" in state:
                 self._mini_batch_generator.set_state(state["mini_batch_rng"])
+            if "engine" in state and hasattr(self.engine, "load_state_dict"):
+                self.engine.load_state_dict(state["engine"])
 
     @override
     def on_train_start(self) -> None:
