@@ -1,7 +1,8 @@
 """``tempo-pl serve``: a vLLM server for :class:`~tempo_pl.vllm_server.VLLMServerEngine`, from a run's config.
 
 Writes the policy's model config (architecture named, no quantization config: the trainer sends merged,
-dequantized weights) and tokenizer into a folder, then starts vLLM's OpenAI server (what ``vllm serve`` runs) on it with the flags the engine needs:
+dequantized weights) and tokenizer into a folder, then starts vLLM's OpenAI server (what ``vllm serve`` runs) on
+it with the flags the engine needs:
 
 - ``--load-format dummy``: no checkpoint is read; the trainer pushes its weights before the first rollout;
 - ``--worker-extension-cls tempo_pl.vllm_server_worker.TempoWeightReceiver`` and ``VLLM_SERVER_DEV_MODE=1``: the

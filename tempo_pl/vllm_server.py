@@ -27,11 +27,17 @@ from transformers import PreTrainedTokenizerBase
 from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, _device_of
 from tempo_pl.served_weights import release_gathered, served_weights
 from tempo_pl.server_http import (
-    RESTART_HINT, ServerError, assign_questions, collective_rpc, completion_body, read_completion, request_json,
+    RESTART_HINT,
+    ServerError,
+    assign_questions,
+    collective_rpc,
+    completion_body,
+    read_completion,
+    request_json,
     wait_until_up,
 )
 from tempo_pl.types import PromptBatch, Rollout
-from tempo_pl.weight_stream import local_address_towards, host_store, open_group, send_weights
+from tempo_pl.weight_stream import host_store, local_address_towards, open_group, send_weights
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ VLLMServerEngine uses, with the worker extension's methods answering through ``/
 
 ``python tests/_fake_vllm_server.py PORT [WORKERS]``. Completions are made up from the request's seed (sample k of
 a request with seed s: tokens ``10 + (s + k + i) % 50``, ``1 + (s + k) % max_tokens`` of them ending with the first
-stop id when ``(s + k) % 3 == 0``, else ``max_tokens`` of them; log-prob ``-0.1 (i + 1)`` at position i); weight updates really go over the gloo group
-(each worker's member of it is a thread here). ``GET /fake/log`` returns the completion requests, the
+stop id when ``(s + k) % 3 == 0``, else ``max_tokens`` of them; log-prob ``-0.1 (i + 1)`` at position i); weight
+updates really go over the gloo group (each worker's member of it is a thread here). ``GET /fake/log`` returns the completion requests, the
 received weights' sums and the prefix-cache resets; ``POST /fake/set_version`` makes a worker report another
 version (a server that missed an update).
 """
@@ -52,9 +52,10 @@ def in_threads(work) -> list:
 
 
 def rpc(method: str, payload: dict) -> list[dict]:
-    states = lambda: [{"rank": r, "policy_version": v, "logprobs_mode": "processed_logprobs", "dtype": "float32",
-                       "max_model_len": 512, "joined": bool(STATE["groups"])}
-                      for r, v in enumerate(STATE["versions"])]
+    def states() -> list[dict]:
+        return [{"rank": r, "policy_version": v, "logprobs_mode": "processed_logprobs", "dtype": "float32",
+                 "max_model_len": 512, "joined": bool(STATE["groups"])} for r, v in enumerate(STATE["versions"])]
+
     if method == "tempo_join":
         STATE["groups"] = in_threads(lambda rank: open_group(payload["host"], payload["port"], 1 + rank,
                                                              payload["world_size"], payload["timeout_s"],

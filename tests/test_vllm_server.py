@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _tiny_run import ROOT, subprocess_env
 
 from tempo_pl.server_http import ServerError, assign_questions, completion_body
@@ -121,7 +120,8 @@ def test_rollouts_requests_weights_and_versions_against_two_fake_servers(servers
     assigned = assign_questions([3 * (len(q) + 7) for q in ids], 2)
     assert sorted(assigned) == [0, 0, 1, 1, 1]  # the longest prompt alone weighs about two short ones
     for server, log in enumerate(logs):
-        assert sorted(r["prompt"] for r in log["completions"]) == sorted(q for q, s in zip(ids, assigned) if s == server)
+        mine = sorted(q for q, s in zip(ids, assigned) if s == server)
+        assert sorted(r["prompt"] for r in log["completions"]) == mine
     assert [r["seed"] for r in requests] == [seed + 3 * g for g in range(5)]
     assert [r["prompt"] for r in requests] == ids
     assert {(r["n"], r["temperature"], r["top_p"], r["top_k"], r["max_tokens"], r["model"]) for r in requests} == {
@@ -228,3 +228,24 @@ def test_tempo_pl_serve_prints_the_server_command_with_the_engines_flags(tmp_pat
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["architectures"] == ["Qwen3ForCausalLM"] and "quantization_config" not in config
     assert (tmp_path / "model" / "tokenizer.json").exists()
+
+
+def test_the_module_checkpoints_a_served_engines_policy_version(tmp_path: Path) -> None:
+    from _tiny_run import build, tiny_config
+
+    class VersionedEngine:
+        def __init__(self, version: int) -> None:
+            self.policy_version = version
+
+        def state_dict(self) -> dict:
+            return {"policy_version": self.policy_version}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.policy_version = state["policy_version"]
+
+    saving, loading = (build(tiny_config(tmp_path), tmp_path, name=f"{name}.yaml").model for name in ("a", "b"))
+    saving.engine, loading.engine = VersionedEngine(5), VersionedEngine(0)
+    checkpoint: dict = {}
+    saving.on_save_checkpoint(checkpoint)
+    loading.on_load_checkpoint(checkpoint)
+    assert checkpoint["tempo"]["engine"] == {"policy_version": 5} and loading.engine.policy_version == 5
