@@ -5,7 +5,7 @@ It is created apart from any process group the trainer or the server already has
 on a free port, and a gloo group on top of it, so neither side's default group is touched. Each pair travels as a
 fixed-size header (the name, dtype and shape, JSON) and then the tensor's bytes; a header without a name ends the
 stream. Gloo runs on any host (CPU memory, TCP): it is the one collective transport vLLM's CPU build can receive
-with (its own weight-transfer backends are NCCL, CUDA IPC and RDMA; see docs/vllm_server.md).
+with (its own weight-transfer backends need NCCL, CUDA IPC or Ray; see docs/vllm_server.md).
 
 Example::
 
@@ -26,9 +26,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor
-from torch.distributed import BroadcastOptions, PrefixStore, TCPStore
-
-from torch._C._distributed_c10d import ProcessGroupGloo  # isort: skip  (torch.distributed re-exports it lazily)
+from torch.distributed import BroadcastOptions, PrefixStore, ProcessGroupGloo, TCPStore
 
 HEADER_BYTES = 1024
 """Size of each tensor's header: a JSON object ``{"name", "dtype", "shape"}`` padded with spaces."""
@@ -57,7 +55,8 @@ def send_weights(groups: list, weights: Iterable[tuple[str, Tensor]]) -> tuple[i
     """Broadcast every pair from rank 0 of each group, then the end marker; returns (tensors, bytes) sent."""
     count = nbytes = 0
     for name, tensor in weights:
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        # through host memory: gloo's TCP transport sends from it (a no-op copy for a CPU tensor)
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu()
         _broadcast_all(groups, _header({"name": name, "dtype": str(tensor.dtype).removeprefix("torch."),
                                         "shape": list(tensor.shape)}))
         _broadcast_all(groups, data)
