@@ -1,7 +1,9 @@
 """A stand-in for a vLLM server started by ``tempo-pl serve``, run as its own process: the endpoints
 VLLMServerEngine uses, with the worker extension's methods answering through ``/collective_rpc``.
 
-``python tests/_fake_vllm_server.py PORT [WORKERS]``. Completions are made up from the request's seed (sample k of
+``python tests/_fake_vllm_server.py PORT [WORKERS [SETUP]]``; SETUP ``no_dev_mode`` answers 404 on
+``/collective_rpc`` (a server started without ``VLLM_SERVER_DEV_MODE=1``), ``raw_logprobs`` reports that log-probs
+mode (a server started without ``--logprobs-mode processed_logprobs``). Completions are made up from the request's seed (sample k of
 a request with seed s: tokens ``10 + (s + k + i) % 50``, ``1 + (s + k) % max_tokens`` of them ending with the first
 stop id when ``(s + k) % 3 == 0``, else ``max_tokens`` of them; log-prob ``-0.1 (i + 1)`` at position i); weight
 updates really go over the gloo group (each worker's member of it is a thread here). ``GET /fake/log`` returns the completion requests, the
@@ -19,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from tempo_pl.weight_stream import open_group, receive_weights
 
 LOCK = threading.Lock()
-STATE = {"completions": [], "weights": {}, "versions": [], "resets": 0, "groups": []}
+STATE = {"completions": [], "weights": {}, "versions": [], "resets": 0, "groups": [], "setup": "ok"}
 
 
 def completion(body: dict) -> dict:
@@ -53,7 +55,8 @@ def in_threads(work) -> list:
 
 def rpc(method: str, payload: dict) -> list[dict]:
     def states() -> list[dict]:
-        return [{"rank": r, "policy_version": v, "logprobs_mode": "processed_logprobs", "dtype": "float32",
+        mode = "raw_logprobs" if STATE["setup"] == "raw_logprobs" else "processed_logprobs"
+        return [{"rank": r, "policy_version": v, "logprobs_mode": mode, "dtype": "float32",
                  "max_model_len": 512, "joined": bool(STATE["groups"])} for r, v in enumerate(STATE["versions"])]
 
     if method == "tempo_join":
@@ -101,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["completions"].append(body)
             self.answer(200, completion(body))
-        elif self.path == "/collective_rpc":
+        elif self.path == "/collective_rpc" and STATE["setup"] != "no_dev_mode":
             try:
                 self.answer(200, {"results": rpc(body["method"], json.loads(body["args"][0]))})
             except KeyError as err:
@@ -121,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     port, workers = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
     STATE["versions"] = [None] * workers
+    STATE["setup"] = sys.argv[3] if len(sys.argv) > 3 else "ok"
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print("ready", flush=True)
     server.serve_forever()

@@ -29,10 +29,10 @@ def _free_port() -> int:
 
 
 class FakeServer:
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, setup: str = "ok") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, str(FAKE_SERVER), str(self.port), str(workers)],
+        self.process = subprocess.Popen([sys.executable, str(FAKE_SERVER), str(self.port), str(workers), setup],
                                         stdout=subprocess.PIPE, env=subprocess_env(), cwd=ROOT)
         assert self.process.stdout.readline().strip() == b"ready"
 
@@ -195,6 +195,20 @@ def test_an_unreachable_server_is_named_at_start(tiny_tokenizer) -> None:
                                           r"VLLMServerEngine.connect_timeout_s\)"):
         _engine(tiny_tokenizer, [url], connect_timeout_s=1)
     assert time.monotonic() - start < 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup, message", [
+    ("no_dev_mode", "has no /collective_rpc endpoint: start it with VLLM_SERVER_DEV_MODE=1"),
+    ("raw_logprobs", r"returns \{'raw_logprobs'\} log-probs: start it with --logprobs-mode processed_logprobs"),
+])
+def test_a_server_started_without_the_engines_flags_is_named_with_the_flag(tiny_tokenizer, setup, message) -> None:
+    server = FakeServer(setup=setup)
+    try:
+        with pytest.raises(ServerError, match=f"vLLM server {server.url} {message}"):
+            _engine(tiny_tokenizer, [server.url])
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("options, message", [
