@@ -3,12 +3,14 @@ VLLMServerEngine uses, with the worker extension's methods answering through ``/
 
 ``python tests/_fake_vllm_server.py PORT [WORKERS [SETUP]]``; SETUP ``no_dev_mode`` answers 404 on
 ``/collective_rpc`` (a server started without ``VLLM_SERVER_DEV_MODE=1``), ``raw_logprobs`` reports that log-probs
-mode (a server started without ``--logprobs-mode processed_logprobs``). Completions are made up from the request's seed (sample k of
-a request with seed s: tokens ``10 + (s + k + i) % 50``, ``1 + (s + k) % max_tokens`` of them ending with the first
-stop id when ``(s + k) % 3 == 0``, else ``max_tokens`` of them; log-prob ``-0.1 (i + 1)`` at position i); weight
-updates really go over the gloo group (each worker's member of it is a thread here). ``GET /fake/log`` returns the completion requests, the
-received weights' sums and the prefix-cache resets; ``POST /fake/set_version`` makes a worker report another
-version (a server that missed an update).
+mode (a server started without ``--logprobs-mode processed_logprobs``).
+
+Completions are made up from the request's seed (sample k of a request with seed s: tokens
+``10 + (s + k + i) % 50``, ``1 + (s + k) % max_tokens`` of them ending with the first stop id when
+``(s + k) % 3 == 0``, else ``max_tokens`` of them; log-prob ``-0.1 (i + 1)`` at position i); weight updates really
+go over the gloo group (each worker's member of it is a thread here). ``GET /fake/log`` returns the completion
+requests, the received weights' sums and the prefix-cache resets; ``POST /fake/set_version`` makes a worker report
+another version (a server that missed an update).
 """
 
 from __future__ import annotations
