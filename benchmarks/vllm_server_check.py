@@ -28,7 +28,15 @@ from typing import Optional
 import torch
 import vllm_vs_generate  # noqa: E402  (beside this script)
 import yaml
-from vllm_vs_generate import GAP_TOLERANCE, EngineSizes, _gap, _prompt_batch, _timed, vllm_missing
+from vllm_vs_generate import (
+    GAP_TOLERANCE,
+    EngineSizes,
+    _gap,
+    _prompt_batch,
+    _timed,
+    build_tokenizer_dir,
+    vllm_missing,
+)
 
 SERVER_START_TIMEOUT_S = 900
 
@@ -60,8 +68,9 @@ def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool,
         baseline_tokens_per_s: Optional[float] = None) -> tuple[list[str], bool]:
     """The check's printed lines and whether it passed; ``baseline_tokens_per_s``: VLLMEngine's figure, when the
     same run measured it (``benchmarks/vllm_vs_generate.py``)."""
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
     from tempo_pl.rollout import SamplingSpec
+
+    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
     from tempo_pl.vllm_server import VLLMServerEngine
 
     dtype = "bfloat16" if on_gpu else "float32"
@@ -131,8 +140,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if on_gpu and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --cpu-smoke on a CPU machine")
     sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
-    from gpu_check import build_tokenizer_dir
-
     with tempfile.TemporaryDirectory(prefix="tempo_server_check_") as tmp:
         lines, ok = main_lines(sizes, build_tokenizer_dir(sizes, Path(tmp) / "tokenizer"), on_gpu)
     print("\n".join(lines))

@@ -159,12 +159,12 @@ def test_hub_names_go_through_load_dataset_with_the_split(monkeypatch):
 
 def test_benchmark_names_dispatch_to_load_benchmark(monkeypatch):
     calls = []
-    fake = types.ModuleType("tempo_pl.data.benchmarks")
+    fake = types.ModuleType("tempo_pl.data.eval_sets")
     fake.BENCHMARKS = {"aime2024": None}
     fake.load_benchmark = lambda name, local_dir=None: calls.append((name, local_dir)) or [
         {"id": "2024-I-1", "problem": "Aya walks.", "answer": "204"}
     ]
-    monkeypatch.setitem(sys.modules, "tempo_pl.data.benchmarks", fake)
+    monkeypatch.setitem(sys.modules, "tempo_pl.data.eval_sets", fake)
     monkeypatch.setattr(data_package, "benchmarks", fake, raising=False)
 
     records = load_records(DatasetSpec("aime2024"), "eval", data_dir="/some/dir")
@@ -327,11 +327,8 @@ GOOD = {"id": "ok", "problem": "Fine?", "answer": "1"}
         ({"id": "b", "problem": "   ", "answer": "1"}, "labeled", "problem", "empty problem"),
         ({"id": "b", "problem": "Q"}, "labeled", "answer", "missing answer on a labeled row"),
         ({"id": "b", "problem": "Q", "answer": ""}, "eval", "answer", "empty answer on a labeled row"),
-        ({"id": "b", "problem": "Q", "answer": [1, 2]}, "labeled", "answer", "expected a string or a number, got list"),
         ({"id": "b", "problem": "Q", "answer": True}, "unlabeled", "answer",
          "expected a string or a number, got bool True"),
-        ({"id": "b", "problem": "Q", "answer": {"v": 1}}, "unlabeled", "answer",
-         "expected a string or a number, got dict"),
         ({"id": "ok", "problem": "Q", "answer": "2"}, "labeled", "id", "duplicate id"),
     ],
 )
@@ -378,3 +375,11 @@ def test_unreadable_file_names_the_file(tmp_path):
     path.write_text('{"id": 1, "problem": \n')
     with pytest.raises(DataError, match="broken.jsonl' line 1: not valid JSON"):
         load_records(DatasetSpec(str(path)), "labeled")
+
+
+def test_structured_answers_become_their_json_text(tmp_path):
+    """A list or mapping answer (several answers with points, options) reaches its grader as JSON text."""
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "problem": "Q", "answer": {"answers": ["1", "2"]}},
+                                                 {"id": "b", "problem": "Q", "answer": [1, 2]}])
+    records = load_records(DatasetSpec(path=str(path)), "labeled")
+    assert [r.answer for r in records] == ['{"answers": ["1", "2"]}', "[1, 2]"]

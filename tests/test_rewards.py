@@ -21,7 +21,8 @@ from tempo_pl.rewards import (
     Verifier,
     pseudo_label_metrics,
 )
-from tempo_pl.types import ForwardStats, PromptBatch, Rollout
+from tempo_pl.types import ForwardStats, Rollout
+from _rollouts import prompt_batch, rollout_from_texts
 
 torch.set_num_threads(1)
 
@@ -38,27 +39,9 @@ def make_rollout(
     response_mask: Optional[torch.Tensor] = None,
 ) -> Rollout:
     """A rollout whose group g holds the responses ``groups[g]`` (rows g*n .. g*n+n-1)."""
-    n = len(groups[0])
-    assert all(len(g) == n for g in groups)
-    num_groups, rows = len(groups), len(groups) * n
-    answers = [None] * num_groups if answers is None else answers
-    mask = torch.ones(rows, 4) if response_mask is None else response_mask
-    return Rollout(
-        prompt_ids=torch.ones(rows, 2, dtype=torch.long),
-        prompt_mask=torch.ones(rows, 2, dtype=torch.long),
-        response_ids=torch.ones(rows, mask.shape[1], dtype=torch.long),
-        response_mask=mask,
-        texts=[t for g in groups for t in g],
-        group_ids=torch.arange(num_groups).repeat_interleave(n),
-        is_labeled=torch.tensor([a is not None for a in answers]).repeat_interleave(n),
-        truncated=torch.zeros(rows, dtype=torch.bool),
-        prompt_batch=PromptBatch(
-            ids=[f"test:{g}" for g in range(num_groups)],
-            prompts=[f"question {g}" for g in range(num_groups)],
-            answers=list(answers),
-            is_labeled=[a is not None for a in answers],
-        ),
-    )
+    count = range(len(groups))
+    batch = prompt_batch([f"test:{g}" for g in count], answers, prompts=[f"question {g}" for g in count])
+    return rollout_from_texts(groups, batch, response_mask)
 
 
 def make_stats(rollout: Rollout, values=None, self_certainty=None) -> ForwardStats:
@@ -120,11 +103,11 @@ def test_verifier_validates_config(kwargs, key):
 def test_verifier_uses_grader_processes_and_timeout(monkeypatch):
     calls = {}
 
-    def fake_grade_many(responses, golds, processes=None, timeout=2.0):
+    def fake_grade_many(responses, golds, processes=None, timeout=2.0, extraction="boxed"):
         calls.update(processes=processes, timeout=timeout)
         return [True] * len(responses)
 
-    monkeypatch.setattr("tempo_pl.rewards.verifier.grade_many", fake_grade_many)
+    monkeypatch.setattr("tempo_pl.rewards.grading.grade_many", fake_grade_many)
     rollout = make_rollout([TIE], answers=["7"])
     Verifier(processes=3, timeout=0.5)(rollout, make_stats(rollout))
     assert calls == {"processes": 3, "timeout": 0.5}
@@ -361,12 +344,12 @@ def test_grader_options_reach_the_grader(monkeypatch):
         seen.append(("cluster", timeout))
         return list(range(len(answers)))
 
-    def fake_grade_many(responses, golds, processes=None, timeout=2.0):
+    def fake_grade_many(responses, golds, processes=None, timeout=2.0, extraction="boxed"):
         seen.append(("grade", processes, timeout))
         return [False] * len(responses)
 
-    monkeypatch.setattr("tempo_pl.rewards.group_answers.cluster_answers", fake_cluster_answers)
-    monkeypatch.setattr("tempo_pl.rewards.pseudo_labels.grade_many", fake_grade_many)
+    monkeypatch.setattr("tempo_pl.rewards.grading.cluster_answers", fake_cluster_answers)
+    monkeypatch.setattr("tempo_pl.rewards.grading.grade_many", fake_grade_many)
     rollout = make_rollout([TIE])
     MajorityVote(timeout=0.25)(rollout, make_stats(rollout))
     SemanticCluster(timeout=0.5)(rollout, make_stats(rollout))

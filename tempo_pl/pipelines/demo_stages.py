@@ -17,17 +17,23 @@ DONE_FILE = "done.json"
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: a config under the config folder, and the stages whose output it reads."""
+    """One step of the pipeline: its configs under the config folder, and the stages whose output it reads."""
 
     name: str
-    config: Optional[str]
-    """File name under the config folder; None for the report, which runs no training."""
+    configs: tuple[str, ...]
+    """File names under the config folder, layered base first (``--config A --config B``); empty for the report,
+    which runs no training."""
     needs: tuple[str, ...] = ()
     method: Optional[str] = None
     """The test-time method a run trains (one of :data:`TEST_TIME_METHODS`); None for the other stages."""
     seed: int = 0
     """Added to a test-time run's config seeds (``seed_everything`` and the data module's): run ``s`` of ``--seeds
     N`` samples and shuffles differently from the same zero-RL start."""
+
+
+def method_configs(method: str) -> tuple[str, ...]:
+    """A test-time method's config files: TEMPO's ``tempo.yaml``, the other methods' overlay layered over it."""
+    return ("tempo.yaml",) if method == "tempo" else ("tempo.yaml", f"{method}.yaml")
 
 
 def run_name(method: str, seed: int) -> str:
@@ -37,10 +43,10 @@ def run_name(method: str, seed: int) -> str:
 
 def build_stages(seeds: int = 1) -> tuple[Stage, ...]:
     """The pipeline with ``seeds`` runs of every test-time method (all sharing the SFT and zero-RL stages)."""
-    runs = tuple(Stage(run_name(m, s), f"{m}.yaml", needs=("zero_rl",), method=m, seed=s)
+    runs = tuple(Stage(run_name(m, s), method_configs(m), needs=("zero_rl",), method=m, seed=s)
                  for m in TEST_TIME_METHODS for s in range(seeds))
-    return (Stage("sft", "sft.yaml"), Stage("zero_rl", "zero_rl.yaml", needs=("sft",)), *runs,
-            Stage("report", None, needs=tuple(r.name for r in runs)))
+    return (Stage("sft", ("sft.yaml",)), Stage("zero_rl", ("zero_rl.yaml",), needs=("sft",)), *runs,
+            Stage("report", (), needs=tuple(r.name for r in runs)))
 
 
 STAGES: tuple[Stage, ...] = build_stages(1)
@@ -74,6 +80,6 @@ def stage_records(out: Path, stages: Sequence[Stage] = STAGES) -> dict[str, dict
     records = {}
     for stage in stages:
         path = stage_dir(out, stage.name) / DONE_FILE
-        if stage.config and path.is_file():
+        if stage.configs and path.is_file():
             records[stage.name] = json.loads(path.read_text())
     return records

@@ -1,5 +1,6 @@
-"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s, symmetric)`` it
-receives: ``verify(gold, pred)``, or either order when ``symmetric``.
+"""The grading worker process: answers math-verify's verdict on each ``(pred, gold, budget_s, symmetric[, rule])`` it
+receives: ``verify(gold, pred)``, or either order when ``symmetric``; with ``rule="physics"`` the physics grader's
+rule tier (:func:`tempo_pl.rewards.physics_rules.rules_equal`, loaded by path like this file) instead.
 
 :mod:`tempo_pl.rewards.grading_pool` starts it as a fresh interpreter that loads this file by path and calls
 :func:`serve`, so it must import nothing but the standard library and math-verify (the package's ``__init__`` files
@@ -12,6 +13,10 @@ from __future__ import annotations
 import os
 
 
+START_FAILED = "start failed"
+"""First element of the message a worker sends instead of ``"ready"`` when it cannot start: ``(START_FAILED, reason)``."""
+
+
 class _SoftTimeout(BaseException):
     """Raised by the worker's alarm; a BaseException, so that math-verify's ``except Exception`` lets it through."""
 
@@ -20,11 +25,21 @@ class _SoftTimeout(BaseException):
 _WARM_UP_PAIRS = (("x+1", "1+x"), ("\\frac{\\sqrt{2}}{2}", "\\{1,2\\}"), ("(1,2]", "x=2"), ("\\frac{14}{3}", "p-q"))
 
 
+def _load_sibling(name: str):
+    """A module of this folder loaded by path (the package's ``__init__`` files would import torch)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_tempo_pl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def serve() -> None:  # pragma: no cover - runs in the worker process; exercised through the public API
     import logging
     import signal
     import warnings
-    from functools import lru_cache
     from multiprocessing.connection import Connection
 
     # the protocol owns the original stdout; anything a library prints goes to stderr
@@ -34,6 +49,46 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
     logging.disable(logging.WARNING)  # math-verify warns on every call when its own timeout is off
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it closes or kills us
     warnings.simplefilter("ignore")
+    try:
+        parsed, verify = _start()
+    except Exception as err:  # the caller raises with this, the worker's own reason
+        out.send((START_FAILED, f"{type(err).__name__}: {err}"))
+        return
+    out.send("ready")
+    physics_rules = None
+    while True:
+        try:
+            pred, gold, budget, symmetric, *rule = inp.recv()
+        except (EOFError, OSError):
+            return
+        if rule == ["physics"] and physics_rules is None:
+            physics_rules = _load_sibling("physics_rules")
+        verdict = False
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
+            try:
+                if rule == ["physics"]:
+                    verdict = bool(physics_rules.rules_equal(pred, gold))
+                else:
+                    p, g = parsed(pred), parsed(gold)
+                    verdict = bool(p and g) and (verify(g, p, timeout_seconds=None)
+                                                 or (symmetric and verify(p, g, timeout_seconds=None)))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _SoftTimeout:
+            verdict = False
+        except Exception:  # a parser bug must not take the worker down: the pair is simply not equal
+            verdict = False
+        try:
+            out.send(verdict)
+        except OSError:
+            return
+
+
+def _start():  # pragma: no cover - runs in the worker process
+    """math-verify imported and warmed up; returns the cached parser and ``verify``."""
+    import signal
+    from functools import lru_cache
 
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
@@ -52,26 +107,4 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
     for a, b in _WARM_UP_PAIRS:
         verify(parsed(a), parsed(b), timeout_seconds=None)
         verify(parsed(b), parsed(a), timeout_seconds=None)
-    out.send("ready")
-    while True:
-        try:
-            pred, gold, budget, symmetric = inp.recv()
-        except (EOFError, OSError):
-            return
-        verdict = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
-            try:
-                p, g = parsed(pred), parsed(gold)
-                verdict = bool(p and g) and (verify(g, p, timeout_seconds=None)
-                                             or (symmetric and verify(p, g, timeout_seconds=None)))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _SoftTimeout:
-            verdict = False
-        except Exception:  # a parser bug must not take the worker down: the pair is simply not equal
-            verdict = False
-        try:
-            out.send(verdict)
-        except OSError:
-            return
+    return parsed, verify

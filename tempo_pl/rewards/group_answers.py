@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Optional
 
-from tempo_pl.rewards.grading import cluster_answers, extract_answer
+from tempo_pl.rewards.graders import MATH, Grader, row_graders
 from tempo_pl.types import Rollout
 
 
@@ -30,15 +30,28 @@ def rows_by_group(rollout: Rollout) -> dict[int, list[int]]:
     return groups
 
 
-def extracted_answers(texts: list[str]) -> list[Optional[str]]:
-    """The final answer of each response; ``None`` when there is none (an empty answer counts as none)."""
-    answers = [extract_answer(text) for text in texts]
-    return [a if a is not None and a.strip() else None for a in answers]
+def group_grader(rollout: Rollout, group: int) -> Grader:
+    """The grader of a prompt group (its dataset's ``grader:``; math by default)."""
+    return row_graders(rollout.prompt_batch)[group]
 
 
-def answer_clusters(answers: list[Optional[str]], timeout: float) -> list[int]:
-    """Equivalence-cluster id per answer; every missing answer is a singleton cluster of its own."""
-    clusters = cluster_answers(answers, timeout=timeout)
+def extracted_answers(texts: list[str], grader: Grader = MATH) -> list[Optional[str]]:
+    """The final answer of each response as ``grader`` reads it; ``None`` when there is none (an empty answer
+    counts as none)."""
+    answers = []
+    for text in texts:
+        try:
+            answer = grader.extract(text)
+        except Exception:  # model output never raises: an answer the grader cannot read is none
+            answer = None
+        answers.append(answer if answer is not None and answer.strip() else None)
+    return answers
+
+
+def answer_clusters(answers: list[Optional[str]], timeout: float, grader: Grader = MATH) -> list[int]:
+    """Equivalence-cluster id per answer (``grader``'s equivalence); every missing answer is a singleton cluster of
+    its own."""
+    clusters = grader.cluster(answers, timeout=timeout)
     # The grader already makes missing answers singletons; relabelling them with ids no real cluster uses keeps
     # the rewards correct even if a grader version grouped the Nones together.
     return [-1 - k if a is None else c for k, (a, c) in enumerate(zip(answers, clusters))]

@@ -12,8 +12,14 @@ import torch
 from torch import Tensor
 
 from tempo_pl.rewards.base import mean_or_zero
-from tempo_pl.rewards.grading import grade_many, is_equivalent
-from tempo_pl.rewards.group_answers import answer_clusters, extracted_answers, majority_cluster, rows_by_group
+from tempo_pl.rewards.group_answers import (
+    answer_clusters,
+    extracted_answers,
+    group_grader,
+    majority_cluster,
+    rows_by_group,
+)
+from tempo_pl.rewards.verifier import grade_rows
 from tempo_pl.types import Rollout
 
 
@@ -67,12 +73,13 @@ def pseudo_label_metrics(
         gold = heldout_answers[group]
         if gold is None:
             continue
-        answers = extracted_answers([rollout.texts[r] for r in members])
-        clusters = answer_clusters(answers, timeout)
+        grader = group_grader(rollout, group)
+        answers = extracted_answers([rollout.texts[r] for r in members], grader)
+        clusters = answer_clusters(answers, timeout, grader)
         winner, _ = majority_cluster(clusters, answers)
         # the cluster's first member stands for it, as the vote's representative does
         label = None if winner is None else answers[clusters.index(winner)]
-        labels_right.append(label is not None and is_equivalent(label, gold, timeout=timeout))
+        labels_right.append(label is not None and grader.equivalent([label], [gold], timeout=timeout)[0])
         rows.extend(members)
         golds.extend([gold] * len(members))
     if not labels_right:
@@ -82,9 +89,9 @@ def pseudo_label_metrics(
         kept = keep_rows.cpu().tolist()
         golds = [gold for row, gold in zip(rows, golds) if kept[row]]
         rows = [row for row in rows if kept[row]]
-    correct = torch.tensor(
-        grade_many([rollout.texts[r] for r in rows], golds, processes=processes, timeout=timeout), dtype=torch.bool
-    )
+    kept_rows = rollout.select_rows(torch.tensor(rows, dtype=torch.long))
+    correct = torch.tensor([v.correct for v in grade_rows(kept_rows, golds, timeout=timeout, processes=processes)],
+                           dtype=torch.bool)
     rewarded = scores.detach().cpu()[rows] > threshold
     return {
         "label_accuracy": sum(labels_right) / len(labels_right),

@@ -18,6 +18,7 @@ from tempo_pl.rewards.group_answers import (
     answer_entropy,
     cluster_sizes,
     extracted_answers,
+    group_grader,
     majority_cluster,
     rows_by_group,
 )
@@ -33,8 +34,8 @@ def _check_group_sizes(groups: dict[int, list[int]], needed: int, key: str, sour
 class MajorityVote(RewardSource):
     """TTRL's reward: 1 if a response's answer is equivalent to its group's majority answer, else 0.
 
-    The first ``n_votes`` rows of each group vote; answers are clustered by mathematical equivalence (the
-    grader's ``cluster_answers``: ``2+2`` and ``4`` vote together), and the largest cluster wins. Rows without an
+    The first ``n_votes`` rows of each group vote; answers are clustered by equivalence under the prompt's grader
+    (math by default: ``2+2`` and ``4`` vote together; docs/graders.md), and the largest cluster wins. Rows without an
     answer cast no vote and always score 0, so a group where no response has an answer scores all 0. Ties
     between clusters go to the cluster whose first member appears first in the group. (The reference code's
     ``binarize_max`` rewards every tied cluster and lets empty answers win; this follows TTRL's single label.)
@@ -74,9 +75,10 @@ class MajorityVote(RewardSource):
         scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
         keep_rows = None if self.n_train is None else torch.zeros(rollout.num_rows, dtype=torch.bool)
         ratios = []
-        for rows in groups.values():
-            answers = extracted_answers([rollout.texts[r] for r in rows])
-            clusters = answer_clusters(answers, self.timeout)
+        for group, rows in groups.items():
+            grader = group_grader(rollout, group)
+            answers = extracted_answers([rollout.texts[r] for r in rows], grader)
+            clusters = answer_clusters(answers, self.timeout, grader)
             votes = len(rows) if self.n_votes is None else self.n_votes
             winner, count = majority_cluster(clusters[:votes], answers[:votes])
             ratios.append(count / votes)
@@ -118,8 +120,10 @@ class SemanticCluster(RewardSource):
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:
         scores = torch.zeros(rollout.num_rows, dtype=torch.float32)
         entropies = []
-        for rows in rows_by_group(rollout).values():
-            clusters = answer_clusters(extracted_answers([rollout.texts[r] for r in rows]), self.timeout)
+        for group, rows in rows_by_group(rollout).items():
+            grader = group_grader(rollout, group)
+            clusters = answer_clusters(extracted_answers([rollout.texts[r] for r in rows], grader), self.timeout,
+                                       grader)
             sizes = cluster_sizes(clusters)
             n = len(rows)
             for row, cluster in zip(rows, clusters):

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource, checked_timeout, mean_or_zero
-from tempo_pl.rewards.grading import gold_problem, grade_many
+from tempo_pl.rewards.graders import Grader, Verdict, row_graders
 from tempo_pl.types import ForwardStats, Rollout
 
 log = logging.getLogger(__name__)
@@ -16,7 +16,13 @@ log = logging.getLogger(__name__)
 
 class Verifier(RewardSource):
     """Scores a response ``correct_score`` if the grader finds its answer equivalent to the gold, else
-    ``incorrect_score``.
+    ``incorrect_score``; a gold of several parts (the ``physics`` grader) scores
+    ``incorrect_score + (correct_score - incorrect_score) * share of parts right``.
+
+    Each row is graded by its dataset's grader (``grader:`` of the dataset spec, docs/graders.md; math by default).
+    Besides ``accuracy`` (every part right) it reports ``score`` (the mean share of parts right) and ``points`` (the
+    mean points earned); the graders' own counters (judge calls, what decided each part) are logged per step by the
+    loop under ``train/grading/`` and per eval set under ``val/<set>/grading/``.
 
     This is the only source that reads ``PromptBatch.answers``. TEMPO's E-step and PPO train on +1/-1
     (docs/algorithm.md, "Rewards"); the baselines' oracle RLVR upper bound uses 1/0. The module calls it on
@@ -72,19 +78,42 @@ class Verifier(RewardSource):
                 "scoring unlabeled rows needs the oracle to be enabled and their answers kept."
             )
         self._warn_unmatchable(rollout)
-        correct = torch.tensor(
-            grade_many(rollout.texts, golds, processes=self.processes, timeout=self.timeout), dtype=torch.bool
+        verdicts = grade_rows(rollout, golds, timeout=self.timeout, processes=self.processes)
+        share = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+        scores = (self.incorrect_score + (self.correct_score - self.incorrect_score) * share).to(
+            device=rollout.response_mask.device
         )
-        scores = torch.where(correct, self.correct_score, self.incorrect_score).to(
-            dtype=torch.float32, device=rollout.response_mask.device
-        )
-        return RewardOutput(scores=scores, metrics={"accuracy": mean_or_zero(correct.float())})
+        metrics = {"accuracy": mean_or_zero([float(v.correct) for v in verdicts]),
+                   "score": mean_or_zero(share), "points": mean_or_zero([v.points for v in verdicts])}
+        return RewardOutput(scores=scores, metrics=metrics)
 
     def _warn_unmatchable(self, rollout: Rollout) -> None:
         batch = rollout.prompt_batch
-        for pid, gold in zip(batch.ids, batch.answers):
-            problem = None if gold is None or pid in self._warned_ids else gold_problem(gold)
+        for pid, gold, grader in zip(batch.ids, batch.answers, row_graders(batch)):
+            problem = None if gold is None or pid in self._warned_ids else grader.gold_problem(gold)
             if problem:
                 self._warned_ids.add(pid)
                 log.warning("Verifier: the gold answer of prompt %r (%r) can never be matched: %s; every response "
                             "to it scores %s. Fix the row's answer field.", pid, gold, problem, self.incorrect_score)
+
+
+def grade_rows(rollout: Rollout, golds: list[Optional[str]], *, timeout: float = 2.0,
+               processes: Optional[int] = None, extraction: str = "boxed") -> list[Verdict]:
+    """One :class:`~tempo_pl.rewards.graders.Verdict` per row against ``golds[row]``, each row by its prompt's grader
+    (one batch call per grader); the question passed to a grader (and its judge) is the row's prompt."""
+    graders = row_graders(rollout.prompt_batch)
+    groups = rollout.group_ids.tolist()
+    by_grader: dict[int, list[int]] = {}
+    owner: dict[int, Grader] = {}
+    for row, group in enumerate(groups):
+        grader = graders[group]
+        by_grader.setdefault(id(grader), []).append(row)
+        owner[id(grader)] = grader
+    verdicts: list[Optional[Verdict]] = [None] * len(groups)
+    for key, rows in by_grader.items():
+        graded = owner[key].grade([rollout.texts[r] for r in rows], [golds[r] for r in rows], timeout=timeout,
+                                  processes=processes, extraction=extraction,
+                                  questions=[rollout.prompt_batch.prompts[groups[r]] for r in rows])
+        for row, verdict in zip(rows, graded):
+            verdicts[row] = verdict
+    return verdicts

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.critic import CriticValue
+from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
 from tempo_pl.types import ForwardStats, Rollout
 
 LABELED_SCORES = "labeled_scores"
@@ -47,6 +49,9 @@ def score_rollout(
         if out.keep_rows is not None:
             keep_rows = torch.ones(rollout.num_rows, dtype=torch.bool, device=scores.device)
             keep_rows[rows] = out.keep_rows.bool().to(scores.device)
+    # what the rows' graders counted while this step graded (judge calls, the tier that decided each part)
+    counts = take_counts(row_graders(rollout.prompt_batch))
+    metrics.update({f"grading/{k}": v for k, v in counter_metrics(counts).items()})
     return RewardOutput(scores=scores, metrics=metrics, keep_rows=keep_rows)
 
 
@@ -86,8 +91,6 @@ def check_critic_reward_can_learn(
 ) -> None:
     """Refuse a run whose only reward on D_U is a critic value that can never differ between responses: a zero value
     head that no update will ever move (frozen critic, or a schedule without E-steps)."""
-    from tempo_pl.rewards.critic import CriticValue
-
     if not isinstance(unlabeled, CriticValue) or critic is None or not value_head_is_zero(critic):
         return
     if critic_frozen or not updates_critic:

@@ -1,0 +1,129 @@
+"""Evaluation during fit and ``tempo-pl validate``: k samples per question, graded per question, summarised per
+eval set (mean@k, pass@j, maj@k, diversity, critic calibration), written as per-question JSONL.
+
+:class:`Evaluation` holds one validation epoch's records; the module's validation hooks only feed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from tempo_pl.algorithms.advantages import last_token_value
+from tempo_pl.config import EvalConfig
+from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
+from tempo_pl.stages.minibatch import index_chunks, row_inputs
+from tempo_pl.models.forward import critic_response_values
+from tempo_pl.engines.prompts import decode_prompts
+from tempo_pl.config import SamplingConfig
+from tempo_pl.rewards.graders import counter_metrics, row_graders, take_counts
+from tempo_pl.types import Rollout
+
+
+def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
+    """The training rollout's sampling with evaluation's k, temperature, top-p and (when set) response budget."""
+    budget = training.max_new_tokens if config.max_new_tokens is None else config.max_new_tokens
+    return dataclasses.replace(
+        training, n=config.k, temperature=config.temperature, top_p=config.top_p,
+        max_new_tokens=budget,
+    )
+
+
+@torch.no_grad()
+def last_token_values(critic: torch.nn.Module, rollout: Rollout, batch_rows: int, device: torch.device) -> Tensor:
+    """The critic's value at each response's last token, (N,), computed ``batch_rows`` rows at a time."""
+    inputs = row_inputs(rollout, device)
+    values = []
+    for rows in index_chunks(rollout.num_rows, batch_rows):
+        ids, attn, _, resp_mask = inputs(rows)
+        per_token = critic_response_values(critic, ids, attn, resp_mask)
+        values.append(last_token_value(per_token.float(), resp_mask.float()))
+    return torch.cat(values)
+
+
+class Evaluation:
+    """The per-question records of one validation epoch, per eval set (dataloader index).
+
+    Args:
+        config: the run's evaluation options.
+        tokenizer: decodes each question's prompt tokens into the record's ``prompt`` (the rendered prompt); None
+            leaves it out.
+    """
+
+    def __init__(self, config: EvalConfig, tokenizer=None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.records: dict[int, list] = {}
+        self.counts: dict[int, dict[str, float]] = {}
+
+    def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
+            batch_rows: int = 16, device: Optional[torch.device] = None) -> None:
+        """Grade a rollout of k samples per question and keep its records, with the critic's last-token value of
+        each sample (``batch_rows`` rows per forward pass) when there is a critic."""
+        values_last = None
+        if critic is not None and rollout.num_rows:
+            values_last = last_token_values(critic, rollout, batch_rows, device or torch.device("cpu"))
+        groups = [rollout.group_rows([g]).tolist() for g in range(len(rollout.prompt_batch))]
+        graders = row_graders(rollout.prompt_batch)
+        take_counts(graders)  # what training counted is the training step's, not this set's
+        records = score_questions(
+            rollout.prompt_batch.ids,
+            rollout.prompt_batch.answers,
+            [[rollout.texts[i] for i in rows] for rows in groups],
+            values=None if values_last is None else [values_last[rows].tolist() for rows in groups],
+            extraction=self.config.extraction,
+            graders=graders,
+        )
+        totals = self.counts.setdefault(dataloader_idx, {})
+        for key, value in take_counts(graders).items():
+            totals[key] = totals.get(key, 0.0) + value
+        prompts = decode_prompts(self.tokenizer, rollout) if self.tokenizer is not None else [None] * len(records)
+        lengths, truncated = rollout.response_lengths.tolist(), rollout.truncated.tolist()
+        for record, rows, prompt in zip(records, groups, prompts):
+            record.prompt = prompt
+            record.response_lengths = [int(lengths[i]) for i in rows]
+            record.truncated = [bool(truncated[i]) for i in rows]
+        self.records.setdefault(dataloader_idx, []).extend(records)
+
+    def finish(
+        self,
+        set_names: list[str],
+        gather: Callable[[list], list],
+        jsonl_dir: Optional[Path],
+        rl_step: int,
+    ) -> dict[str, float]:
+        """``val/<set>/<metric>`` of every eval set, with ``val/<set>/grading/<counter>`` of its graders (this rank's);
+        writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when given). ``gather`` collects the records of every
+        rank (identity on one process)."""
+        metrics: dict[str, float] = {}
+        for idx, records in sorted(self.records.items()):
+            records = gather(records)
+            name = set_names[idx] if idx < len(set_names) else f"set{idx}"
+            summary = summarize_questions(records, ks=list(self.config.pass_ks))
+            metrics.update({f"val/{name}/{k}": float(v) for k, v in summary.items()})
+            counts = counter_metrics(self.counts.get(idx, {}))
+            metrics.update({f"val/{name}/grading/{k}": float(v) for k, v in counts.items()})
+            if jsonl_dir is not None:
+                write_question_jsonl(jsonl_dir / f"{name}_step{rl_step:06d}.jsonl", records)
+        self.records, self.counts = {}, {}
+        return metrics
+
+
+def gather_records(records: list) -> list:
+    """The records of every rank, in rank order (identity without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return records
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, records)
+    return [r for part in gathered for r in part]
+
+
+def eval_dir(trainer) -> Path:
+    """``<log_dir>/eval``, created; every rank must call it (``trainer.log_dir`` broadcasts from rank 0)."""
+    path = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
