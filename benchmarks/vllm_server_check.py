@@ -68,9 +68,9 @@ def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool,
         baseline_tokens_per_s: Optional[float] = None) -> tuple[list[str], bool]:
     """The check's printed lines and whether it passed; ``baseline_tokens_per_s``: VLLMEngine's figure, when the
     same run measured it (``benchmarks/vllm_vs_generate.py``)."""
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
     from tempo_pl.vllm_server import VLLMServerEngine
 
     dtype = "bfloat16" if on_gpu else "float32"
@@ -78,13 +78,13 @@ def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool,
     tokenizer = build_tokenizer(ModelSpec(**spec))
     policy = build_policy(ModelSpec(**spec)).to("cuda" if on_gpu else "cpu").eval()
     params = sum(p.numel() for p in policy.parameters()) / 1e9
-    sampling = SamplingSpec(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
+    sampling = SamplingConfig(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
     with tempfile.TemporaryDirectory(prefix="tempo_server_check_") as tmp:
         process, url = _start_server(spec, Path(tmp), on_gpu)
         try:
             engine = VLLMServerEngine(tokenizer, sampling, urls=[url])
             _, first_call = _timed(lambda: engine.generate(policy, _prompt_batch(1),
-                                                           sampling=SamplingSpec(n=1, max_new_tokens=4)))
+                                                           sampling=SamplingConfig(n=1, max_new_tokens=4)))
             first_load = engine.last_sync_s
             torch.manual_seed(0)
             rollout, seconds = _timed(lambda: engine.generate(policy, _prompt_batch(sizes.prompts)))

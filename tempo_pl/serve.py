@@ -31,7 +31,7 @@ from typing import Optional
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tempo_pl.models import DTYPES, ModelSpec, _config_from_dict, build_tokenizer
+from tempo_pl.models.builders import DTYPES, ModelSpec, _config_from_dict, build_tokenizer
 
 WORKER_EXTENSION = "tempo_pl.vllm_server_worker.TempoWeightReceiver"
 SERVED_MODEL_NAME = "tempo-policy"

@@ -2,9 +2,9 @@
 
 :class:`VLLMServerEngine` sends each question's n samples to one of its servers' ``/v1/completions`` (prompt as
 token ids, one seed per question, the sampled tokens' log-probs returned) and assembles the rollout with the code
-:class:`~tempo_pl.vllm_engine.VLLMEngine` uses: same masks, truncation flags, texts and ``sampling_logprobs``.
+:class:`~tempo_pl.engines.vllm.VLLMEngine` uses: same masks, truncation flags, texts and ``sampling_logprobs``.
 After every policy update :meth:`VLLMServerEngine.sync_weights` streams the policy's weights
-(:func:`tempo_pl.served_weights.served_weights`: LoRA merged, 4-bit dequantized, FSDP2 units gathered one at a
+(:func:`tempo_pl.engines.served_weights.served_weights`: LoRA merged, 4-bit dequantized, FSDP2 units gathered one at a
 time) from the trainer's rank 0 to every worker of every server over a gloo group (:mod:`tempo_pl.weight_stream`),
 which loads them in place (:mod:`tempo_pl.vllm_server_worker`); no restart, no file. docs/vllm_server.md has the
 layout, the server flags and the failure behaviour.
@@ -24,8 +24,9 @@ from torch import nn
 from torch.nn.functional import pad
 from transformers import PreTrainedTokenizerBase
 
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, _device_of
-from tempo_pl.served_weights import release_gathered, served_weights
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine, _device_of
+from tempo_pl.engines.served_weights import release_gathered, served_weights
 from tempo_pl.server_http import (
     RESTART_HINT,
     ServerError,
@@ -51,7 +52,7 @@ class VLLMServerEngine(HFGenerateEngine):
     """Samples on vLLM servers of their own; streams the policy's weights to them after every update.
 
     Rows, masks, ``truncated``, texts and ``sampling_logprobs`` are those of
-    :class:`~tempo_pl.vllm_engine.VLLMEngine`, and so are the seeds: each call draws one seed from torch's global
+    :class:`~tempo_pl.engines.vllm.VLLMEngine`, and so are the seeds: each call draws one seed from torch's global
     RNG (which checkpoints save) and question g gets ``seed + g * n``, whichever server samples it, so a resumed run
     samples what the straight run sampled. A question's n samples go to one server (a majority vote and a critic
     group stay whole); questions are spread over the servers by prompt + response budget.
@@ -89,7 +90,7 @@ class VLLMServerEngine(HFGenerateEngine):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        sampling: SamplingSpec,
+        sampling: SamplingConfig,
         micro_batch_size: Optional[int] = None,
         urls: Optional[list[str]] = None,
         connect_timeout_s: float = 60.0,
@@ -143,7 +144,7 @@ class VLLMServerEngine(HFGenerateEngine):
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
-        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingSpec] = None
+        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingConfig] = None
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call pushes ``model``'s weights to the servers."""
@@ -195,7 +196,7 @@ class VLLMServerEngine(HFGenerateEngine):
         self.policy_version = int(state["policy_version"])
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _sample(self, token_ids: list[list[int]], n: int, seed: int, spec: SamplingSpec,
+    def _sample(self, token_ids: list[list[int]], n: int, seed: int, spec: SamplingConfig,
                 stop_ids: list[int]) -> list[tuple[list[int], list[float]]]:
         """Every question's n samples, question-major: question g on its assigned server with seed ``seed + g n``."""
         servers = assign_questions([n * (len(ids) + spec.max_new_tokens) for ids in token_ids], len(self.urls))

@@ -66,10 +66,10 @@ def _batch(prompts):
 
 
 def _engine(tokenizer, urls, **options):
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
     from tempo_pl.vllm_server import VLLMServerEngine
 
-    sampling = SamplingSpec(n=3, temperature=0.9, top_p=0.95, top_k=5, max_new_tokens=7, max_prompt_length=64)
+    sampling = SamplingConfig(n=3, temperature=0.9, top_p=0.95, top_k=5, max_new_tokens=7, max_prompt_length=64)
     return VLLMServerEngine(tokenizer, sampling, urls=urls, **{"connect_timeout_s": 5, "sync_timeout_s": 60,
                                                                 "request_timeout_s": 60, **options})
 
@@ -92,9 +92,9 @@ def test_a_greedy_request_asks_for_one_completion_with_every_sampling_field_set(
 @pytest.mark.slow
 def test_rollouts_requests_weights_and_versions_against_two_fake_servers(servers, tiny_tokenizer,
                                                                          tiny_policy_spec) -> None:
-    from tempo_pl.models import build_policy
-    from tempo_pl.prompts import encode_prompts
-    from tempo_pl.served_weights import served_weights
+    from tempo_pl.models.builders import build_policy
+    from tempo_pl.engines.prompts import encode_prompts
+    from tempo_pl.engines.served_weights import served_weights
 
     policy = build_policy(tiny_policy_spec)
     engine = _engine(tiny_tokenizer, [s.url for s in servers])
@@ -177,7 +177,7 @@ def test_rollouts_requests_weights_and_versions_against_two_fake_servers(servers
 
 @pytest.mark.slow
 def test_a_resumed_engine_pushes_its_checkpointed_version_first(servers, tiny_tokenizer, tiny_policy_spec) -> None:
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
 
     policy = build_policy(tiny_policy_spec)
     engine = _engine(tiny_tokenizer, [servers[0].url])
@@ -219,11 +219,11 @@ def test_a_server_started_without_the_engines_flags_is_named_with_the_flag(tiny_
     ({"urls": ["http://a:1"], "max_concurrent_requests": 0}, "max_concurrent_requests must be positive"),
 ])
 def test_options_are_checked_with_the_key_named(tiny_tokenizer, options, message) -> None:
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
     from tempo_pl.vllm_server import VLLMServerEngine
 
     with pytest.raises(ValueError, match=message):
-        VLLMServerEngine(tiny_tokenizer, SamplingSpec(), **options)
+        VLLMServerEngine(tiny_tokenizer, SamplingConfig(), **options)
 
 
 def test_tempo_pl_serve_prints_the_server_command_with_the_engines_flags(tmp_path: Path) -> None:

