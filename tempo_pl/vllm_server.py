@@ -87,6 +87,9 @@ class VLLMServerEngine(HFGenerateEngine):
     serves_own_weights = True
     """The servers sample from their own copies: under FSDP2 the module gathers nothing around ``generate``."""
 
+    sampling_logprobs = True
+    """The servers return every sampled token's log-prob: ``Rollout.sampling_logprobs`` is always filled."""
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
