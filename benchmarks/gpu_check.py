@@ -1,5 +1,6 @@
 """GPU check: a random ~0.4B Qwen3 through TEMPO steps with bf16, QLoRA on a shared base, FSDP2, and FSDP2 around
-the shared QLoRA base, on one GPU; then vLLM against transformers' generate and a weight-sync round trip.
+the shared QLoRA base, on one GPU; then vLLM against transformers' generate and a weight-sync round trip, and
+VLLMServerEngine against a vLLM server of its own (tokens/s against VLLMEngine, sync time per update).
 
 Runs offline (random weights from a config, a BPE tokenizer trained on the synthetic task) in a few minutes on one
 GPU, then prints one summary table: step time, generation tokens/s, peak GPU memory, and whether every trainable
@@ -37,6 +38,7 @@ from lightning.pytorch import Callback, Trainer  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 import rollout_ahead  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
+import vllm_server_check  # noqa: E402
 import vllm_vs_generate  # noqa: E402
 from vllm_vs_generate import EngineSizes, build_tokenizer_dir  # noqa: E402
 
@@ -58,6 +60,7 @@ CPU_SMOKE = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vo
 RUNS = ("bf16", "qlora_shared", "fsdp2", "fsdp2_qlora_shared")
 VLLM_CHECK = "vllm_vs_generate"
 AHEAD_CHECK = "rollout_ahead"
+SERVER_CHECK = "vllm_server"
 QLORA_RUNS = ("qlora_shared", "fsdp2_qlora_shared")
 
 
@@ -226,12 +229,19 @@ def render(results: list[Result], sizes: Sizes, device: str) -> str:
     return "\n".join(lines)
 
 
+def _tokens_per_s(lines: list[str], engine: str) -> Optional[float]:
+    """The tokens/s of ``engine``'s row in a check's table, if it printed one."""
+    rows = [line.split("|") for line in lines if line.startswith(f"| {engine} |")]
+    return float(rows[0][4]) if rows else None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, two RL steps per run")
-    parser.add_argument("--runs", nargs="+", default=[*RUNS, VLLM_CHECK, AHEAD_CHECK],
-                        choices=[*RUNS, VLLM_CHECK, AHEAD_CHECK],
-                        help=f"which checks to run, in this order ({VLLM_CHECK}, then {AHEAD_CHECK} last)")
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, VLLM_CHECK, SERVER_CHECK, AHEAD_CHECK],
+                        choices=[*RUNS, VLLM_CHECK, SERVER_CHECK, AHEAD_CHECK],
+                        help=f"which checks to run, in this order ({VLLM_CHECK}, {SERVER_CHECK}, then {AHEAD_CHECK} "
+                             "last, whatever their place)")
     args = parser.parse_args(argv)
     on_gpu = not args.cpu_smoke
     if on_gpu and not torch.cuda.is_available():
@@ -247,10 +257,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         results = [run_check(kind, sizes, tokenizer, root, on_gpu) for kind in args.runs if kind in RUNS]
         if results:
             print(render(results, sizes, device), flush=True)
-        vllm_ok = True
+        vllm_ok = server_ok = True
+        engine_sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
+        baseline = None
         if VLLM_CHECK in args.runs:
-            engine_sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
             lines, vllm_ok = vllm_vs_generate.main_lines(engine_sizes, tokenizer, on_gpu)
+            print("\n" + "\n".join(lines), flush=True)
+            baseline = _tokens_per_s(lines, "vllm")
+        if SERVER_CHECK in args.runs:
+            lines, server_ok = vllm_server_check.main_lines(engine_sizes, tokenizer, on_gpu, baseline)
             print("\n" + "\n".join(lines))
         ahead_ok = True
         if AHEAD_CHECK in args.runs:  # a generation-heavy step: 2k-token responses, vLLM when it is installed
@@ -259,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                        use_vllm=on_gpu and not vllm_vs_generate.vllm_missing())
             print("\n" + "\n".join(lines))
     print(f"total {time.perf_counter() - start:.0f} s")
-    return 0 if all(r.ok for r in results) and vllm_ok and ahead_ok else 1
+    return 0 if all(r.ok for r in results) and vllm_ok and server_ok and ahead_ok else 1
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def test_bad_engine_options_are_refused_before_vllm_is_needed(monkeypatch, optio
 
 def test_the_gpu_checks_vllm_rows_are_skipped_with_a_line_without_vllm() -> None:
     code = ("import sys; sys.modules['vllm'] = None; sys.path.insert(0, 'benchmarks'); import gpu_check; "
-            "sys.exit(gpu_check.main(['--cpu-smoke', '--runs', 'vllm_vs_generate']))")
+            "sys.exit(gpu_check.main(['--cpu-smoke', '--runs', 'vllm_vs_generate', 'vllm_server']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "vLLM vs generate: skipped, vLLM is not installed (pip install -e \".[vllm]\"" in proc.stdout
+    assert "VLLMServerEngine: skipped, vLLM is not installed" in proc.stdout
     assert "| engine |" not in proc.stdout

@@ -18,7 +18,8 @@ class RLStepState(LightningModule):
     global RNG states (restored when training starts, after Lightning has seeded) and the mini-batch generator's
     state when ``training.mini_batch_seed`` gives it one, and with ``training.rollout_ahead: 1`` the next step's
     rollout (sampled from the weights before the last update, which the checkpoint no longer holds: it is saved,
-    not sampled again) and the policy-update count its staleness is measured with."""
+    not sampled again) and the policy-update count its staleness is measured with; an engine with a state of its
+    own (a vLLM server's policy version) under ``"engine"``."""
 
     rl_step: int
     _mini_batch_generator: Optional[torch.Generator]
@@ -33,6 +34,8 @@ class RLStepState(LightningModule):
         if self.training_cfg.rollout_ahead:
             checkpoint["tempo"]["rollout_ahead"] = {"policy_updates": self._policy_updates,
                                                     "next_rollout": self._ahead.state_dict()}
+        if hasattr(self.engine, "state_dict"):  # a served engine's policy version
+            checkpoint["tempo"]["engine"] = self.engine.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -46,6 +49,8 @@ class RLStepState(LightningModule):
             if ahead is not None and self.training_cfg.rollout_ahead:
                 self._policy_updates = int(ahead["policy_updates"])
                 self._ahead.load_state_dict(ahead["next_rollout"], self.device)
+            if "engine" in state and hasattr(self.engine, "load_state_dict"):
+                self.engine.load_state_dict(state["engine"])
 
     @override
     def on_train_start(self) -> None:
