@@ -43,6 +43,9 @@ RUNS: dict[str, tuple[str, ...]] = {
     **{f"configs/tempo/{m}_aime": (_AIME, f"configs/tempo/{m}_aime.yaml") for m in _PAPER_MODELS},
     **{f"configs/tempo/{m}_aime_qlora": (_AIME, f"configs/tempo/{m}_aime.yaml", f"configs/tempo/{m}_aime_qlora.yaml")
        for m in _PAPER_MODELS},
+    # the reference's fourth run: Qwen3-4B on HiPhO (physics), whole files
+    "configs/tempo/qwen3_4b_hipho": ("configs/tempo/qwen3_4b_hipho.yaml",),
+    "configs/tempo/qwen3_4b_hipho_qlora": ("configs/tempo/qwen3_4b_hipho_qlora.yaml",),
     # the offline demo's stages: warm start, stage 1, and the test-time runs over TEMPO's
     "configs/demo/sft": ("configs/demo/sft.yaml",),
     "configs/demo/zero_rl": ("configs/demo/zero_rl.yaml",),
