@@ -118,7 +118,7 @@ def test_sft_module_checks_its_prompt_format_and_encodes_as_the_engine(tiny_poli
     prompts, completions = ["1+1?", "22+3?"], ["2", "25"]
     tensors = collate_sft(tiny_tokenizer, prompts, completions, fmt)
     engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=1, prompt_format=fmt))
-    engine_ids, _ = engine._encode_prompts(batch(*prompts), engine.sampling)
+    engine_ids, _ = engine.packer.encode(batch(*prompts), engine.sampling)
     for row, ids in enumerate(engine_ids):
         # the SFT sequence starts with exactly the engine's prompt tokens; the loss starts right after them
         assert tensors["input_ids"][row, : len(ids)].tolist() == ids

