@@ -73,8 +73,10 @@ def test_judge_asks_a_real_server_caches_and_bounds_time(judge_server):
     from tempo_pl.rewards.judge import Judge, JudgeConfig
     from tempo_pl.rewards.physics import PhysicsGrader
 
+    # a short prompt: the reference's (the default) is longer than the tiny char-level model's context
     grader = PhysicsGrader(math_verify=False, judge={"base_url": judge_server, "model": "tiny-judge", "max_tokens": 8,
-                                                     "timeout_s": 120.0, "max_concurrency": 2})
+                                                     "timeout_s": 120.0, "max_concurrency": 2,
+                                                     "prompt": "Q: {question} A: {answer} Gold: {gold}"})
     grader.setup()
     gold = json.dumps({"answers": ["42", "7"]})
     verdicts = grader.grade(["\\boxed{forty-two} \\boxed{7}"] * 2, [gold] * 2, questions=["6*7? 3+4?"] * 2)
