@@ -32,6 +32,11 @@ def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
     )
 
 
+def greedy_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
+    """Evaluation's sampling (:func:`eval_sampling`) decoding one response per question at temperature 0."""
+    return dataclasses.replace(eval_sampling(config, training), n=1, temperature=0.0, top_p=1.0)
+
+
 @torch.no_grad()
 def last_token_values(critic: torch.nn.Module, rollout: Rollout, batch_rows: int, device: torch.device) -> Tensor:
     """The critic's value at each response's last token, (N,), computed ``batch_rows`` rows at a time."""
@@ -57,6 +62,7 @@ class Evaluation:
         self.config = config
         self.tokenizer = tokenizer
         self.records: dict[int, list] = {}
+        self.greedy_correct: dict[int, list[bool]] = {}
 
     def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
             batch_rows: int = 16, device: Optional[torch.device] = None) -> None:
@@ -81,6 +87,12 @@ class Evaluation:
             record.truncated = [bool(truncated[i]) for i in rows]
         self.records.setdefault(dataloader_idx, []).extend(records)
 
+    def add_greedy(self, dataloader_idx: int, rollout: Rollout) -> None:
+        """Grade a rollout of one greedy response per question (:func:`greedy_sampling`) and keep its verdicts."""
+        records = score_questions(rollout.prompt_batch.ids, rollout.prompt_batch.answers,
+                                  [[text] for text in rollout.texts], extraction=self.config.extraction)
+        self.greedy_correct.setdefault(dataloader_idx, []).extend(bool(r.correct[0]) for r in records)
+
     def finish(
         self,
         set_names: list[str],
@@ -88,17 +100,21 @@ class Evaluation:
         jsonl_dir: Optional[Path],
         rl_step: int,
     ) -> dict[str, float]:
-        """``val/<set>/<metric>`` of every eval set; writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when
-        given). ``gather`` collects the records of every rank (identity on one process)."""
+        """``val/<set>/<metric>`` of every eval set (and ``val/<set>/greedy_accuracy`` where greedy verdicts were
+        added); writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when given). ``gather`` collects the
+        records and verdicts of every rank (identity on one process)."""
         metrics: dict[str, float] = {}
         for idx, records in sorted(self.records.items()):
             records = gather(records)
             name = set_names[idx] if idx < len(set_names) else f"set{idx}"
             summary = summarize_questions(records, ks=list(self.config.pass_ks))
             metrics.update({f"val/{name}/{k}": float(v) for k, v in summary.items()})
+            if idx in self.greedy_correct:
+                verdicts = gather(self.greedy_correct[idx])
+                metrics[f"val/{name}/greedy_accuracy"] = sum(verdicts) / len(verdicts)
             if jsonl_dir is not None:
                 write_question_jsonl(jsonl_dir / f"{name}_step{rl_step:06d}.jsonl", records)
-        self.records = {}
+        self.records, self.greedy_correct = {}, {}
         return metrics
 
 

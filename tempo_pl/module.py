@@ -24,7 +24,7 @@ from typing_extensions import override
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
-from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records
+from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records, greedy_sampling
 from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
@@ -419,6 +419,11 @@ class TempoModule(RLStepLogging, LightningModule):
             rollout = self.engine.generate(self.policy, batch, self.evaluation.k,
                                            sampling=eval_sampling(self.evaluation, self.sampling))
         self._evaluation.add(dataloader_idx, rollout, self.critic, self.training_cfg.forward_batch_size, self.device)
+        if self.evaluation.greedy:
+            with self.generation_context():
+                greedy = self.engine.generate(self.policy, batch, 1,
+                                              sampling=greedy_sampling(self.evaluation, self.sampling))
+            self._evaluation.add_greedy(dataloader_idx, greedy)
 
     @override
     def on_validation_epoch_end(self) -> None:

@@ -107,16 +107,24 @@ class DemoConfig:
     scenario: Optional[str] = None
     """A scenario of the config folder's ``scenarios.yaml`` (the synthetic task every stage reads); None is the
     first, the one the stage configs hold. Another one runs rewritten configs, kept in ``<out>/configs``."""
+    test_time_scale: float = 1.0
+    """Multiplies the test-time runs' RL steps (on top of ``steps_scale``; the evaluation interval stays), leaving
+    SFT and zero-RL as they are: run into a folder that holds a finished demo, it reuses its stage-1 models and
+    trains runs ``<run>_x<scale>`` beside the others, and its report (``comparison_x<scale>.*``,
+    ``summary_x<scale>.json``) adds each method's D_U mean@k at 1x and at this scale."""
 
     def __post_init__(self) -> None:
         self.out, self.config_dir = Path(self.out), Path(self.config_dir)
         scale = self.steps_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"demo: --steps-scale must be a positive number, got {self.steps_scale!r}")
+        tts = self.test_time_scale
+        if isinstance(tts, bool) or not isinstance(tts, (int, float)) or not math.isfinite(tts) or tts <= 0:
+            raise ValueError(f"demo: --test-time-scale must be a positive number, got {self.test_time_scale!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"demo: --seeds must be an integer >= 1, got {self.seeds!r}")
         if self.only is not None:
-            names = {s.name for s in build_stages(self.seeds)} | set(STAGE_NAMES)
+            names = {s.name for s in build_stages(self.seeds, self.test_time_scale)} | set(STAGE_NAMES)
             unknown = [s for s in self.only if s not in names]
             if unknown or not self.only:
                 raise ValueError(f"demo: --only takes stages from {list(STAGE_NAMES)}, got {self.only!r}")
@@ -143,7 +151,7 @@ class DemoConfig:
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        return build_stages(self.seeds)
+        return build_stages(self.seeds, self.test_time_scale)
 
     def selected(self) -> list[Stage]:
         """The stages to run; ``--only`` names a stage or a method (all its seeds)."""
@@ -159,11 +167,12 @@ def scaled(steps: int, scale: float) -> int:
     return max(1, round(steps * scale))
 
 
-def test_time_schedule(steps: int, eval_every: int, scale: float) -> tuple[int, int]:
-    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled (at least 1) and the
-    steps are rounded up to a multiple of it, so the last step is always evaluated."""
+def test_time_schedule(steps: int, eval_every: int, scale: float, test_time_scale: float = 1.0) -> tuple[int, int]:
+    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled by ``scale`` (at
+    least 1), the steps by ``scale * test_time_scale`` and rounded up to a multiple of the interval, so the last step
+    is always evaluated and runs of every ``test_time_scale`` are evaluated at the same steps."""
     every = scaled(eval_every, scale)
-    return every * max(1, math.ceil(scaled(steps, scale) / every)), every
+    return every * max(1, math.ceil(scaled(steps, scale * test_time_scale) / every)), every
 
 
 def _read_yaml(path: Path) -> dict:
@@ -255,7 +264,7 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
         return args + list(cfg.overrides)
     steps, every = test_time_schedule(
         _trainer_int(data, "limit_train_batches", path), _trainer_int(data, "val_check_interval", path),
-        cfg.steps_scale,
+        cfg.steps_scale, cfg.test_time_scale,
     )
     start = zero_rl_export(out)
     args += [f"--trainer.limit_train_batches={steps}", f"--trainer.val_check_interval={every}",
@@ -330,11 +339,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                     continue
                 for stage in todo:
                     check_inputs(stage)
-                if todo[0].name == "report":
-                    display.start("report")
+                if todo[0].name.startswith("report"):
+                    display.start(todo[0].name)
                     summary = write_report(cfg)
-                    ran.add("report")
-                    display.finish("report", "written")
+                    ran.add(todo[0].name)
+                    display.finish(todo[0].name, "written")
                     continue
                 parallel = min(cfg.jobs, len(todo))
                 threads = max(1, cores // parallel)
@@ -392,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "report gives their mean and min-max (default 1)")
     p.add_argument("--scenario", default=None,
                    help="the synthetic task, a name in the config folder's scenarios.yaml: trap (default: the "
-                        "consensus trap) or recheck")
+                        "consensus trap), recheck or drift")
+    p.add_argument("--test-time-scale", type=float, default=1.0,
+                   help="multiply the test-time runs' RL steps only (default 1): into a finished demo's folder, "
+                        "2 reuses its SFT and zero-RL models, trains <run>_x2 runs and reports D_U mean@k at 1x "
+                        "and 2x")
     return p
 
 
@@ -401,7 +414,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     only = None if ns.only is None else [s.strip() for s in ns.only.split(",") if s.strip()]
     return DemoConfig(out=Path(ns.out), steps_scale=ns.steps_scale, only=only, jobs=ns.jobs,
                       overrides=ns.overrides, launcher=ns.launcher, config_dir=Path(ns.config_dir), seeds=ns.seeds,
-                      scenario=ns.scenario)
+                      scenario=ns.scenario, test_time_scale=ns.test_time_scale)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
