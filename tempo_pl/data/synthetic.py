@@ -25,6 +25,11 @@ default; the demo (``configs/demo/``) sets 90% on small-number chains (``max_mul
 warm-started policy leaves most D_U samples unfinished and test-time training has a failure to remove that its
 critic can see.
 
+Two knobs make the drift scenario (``tempo-pl demo --scenario drift``): ``verified_percent`` and
+``shortcut_verified_percent`` write a ``verified`` line before the box in that share of the full and of the
+shortcut (``shortcut_percent``) worked solutions. The line checks nothing; with the first share above the second it
+marks right answers more often than wrong ones, a surface feature a critic calibrated once can learn to value.
+
 Splits are disjoint by construction: every problem text hashes to exactly one split, and a split only keeps the
 problems that hash to it, so no D_U question can ever appear in D_L, whatever the sizes and difficulties. Each split
 draws from its own random stream (seeded by ``seed`` and the split name), so a split's first rows do not depend on

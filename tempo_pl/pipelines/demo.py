@@ -6,16 +6,18 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 
 1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps; in the
    default ``trap`` scenario most chains ending in a subtraction are worked with a shortcut that drops it, a
-   consistent wrong answer; ``--scenario recheck`` instead rechecks every step, a habit that overruns the response
-   budget);
+   consistent wrong answer; ``--scenario drift`` adds a ``verified`` line that checks nothing, ``recheck`` a habit
+   that overruns the response budget: ``configs/demo/scenarios.yaml``);
 2. ``zero_rl``: PPO on D_L, actor and critic (the paper's stage 1); its export is everybody's start point, the
    "base";
 3. ``tempo``, ``ttrl``, ``frozen_critic``, ``empo``, ``intuitor``: test-time training on D_U (4-step chains, a shift
    from D_L) from the same actor and number of RL steps, each evaluated on D_U and on a held-out set before training
    and every few steps (by default all at once); ``--seeds N`` trains each N times (seeds 0..N-1, folders
-   ``<method>`` and ``<method>_seed<s>``) from the same SFT and zero-RL models;
+   ``<method>`` and ``<method>_seed<s>``), ``--test-time-scale 2`` for twice the RL steps (``<run>_x2``), from the
+   same SFT and zero-RL models;
 4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.report`; over several
-   seeds the mean curve and its min-max band) and ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
+   seeds the mean curve and its min-max band; the critic's calibration on fresh D_L and D_U samples in a third
+   panel) and ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
 ``<out>/logs/<stage>.log``, and ``<out>/<stage>/done.json`` (time and command) is written last: a stage whose
@@ -42,7 +44,8 @@ import yaml
 
 from tempo_pl.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from tempo_pl.pipelines.demo_stages import (
-    DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, build_stages, is_done, parallel_groups, stage_dir,
+    DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, read_yaml, trainer_int, build_stages, is_done,
+    parallel_groups, scaled, stage_dir, test_time_schedule,
 )
 from tempo_pl.pipelines.demo_summary import print_summary, write_report
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
@@ -108,10 +111,8 @@ class DemoConfig:
     """A scenario of the config folder's ``scenarios.yaml`` (the synthetic task every stage reads); None is the
     first, the one the stage configs hold. Another one runs rewritten configs, kept in ``<out>/configs``."""
     test_time_scale: float = 1.0
-    """Multiplies the test-time runs' RL steps (on top of ``steps_scale``; the evaluation interval stays), leaving
-    SFT and zero-RL as they are: run into a folder that holds a finished demo, it reuses its stage-1 models and
-    trains runs ``<run>_x<scale>`` beside the others, and its report (``comparison_x<scale>.*``,
-    ``summary_x<scale>.json``) adds each method's D_U mean@k at 1x and at this scale."""
+    """Multiplies the test-time runs' RL steps only (the evaluation interval stays): into a finished demo's folder it
+    reuses the stage-1 models, trains ``<run>_x<scale>`` runs and reports (``*_x<scale>.*``) D_U mean@k at 1x too."""
 
     def __post_init__(self) -> None:
         self.out, self.config_dir = Path(self.out), Path(self.config_dir)
@@ -159,33 +160,6 @@ class DemoConfig:
         return [s for s in self.stages if only is None or s.name in only or (s.method is not None and s.method in only)]
 
 
-# ----------------------------------------------------------------------------------------------- step counts
-
-
-def scaled(steps: int, scale: float) -> int:
-    """``steps * scale`` rounded, at least 1."""
-    return max(1, round(steps * scale))
-
-
-def test_time_schedule(steps: int, eval_every: int, scale: float, test_time_scale: float = 1.0) -> tuple[int, int]:
-    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled by ``scale`` (at
-    least 1), the steps by ``scale * test_time_scale`` and rounded up to a multiple of the interval, so the last step
-    is always evaluated and runs of every ``test_time_scale`` are evaluated at the same steps."""
-    every = scaled(eval_every, scale)
-    return every * max(1, math.ceil(scaled(steps, scale * test_time_scale) / every)), every
-
-
-def _read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def _trainer_int(cfg: dict, key: str, path: Path) -> int:
-    value = (cfg.get("trainer") or {}).get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"demo: {path} needs an integer trainer.{key} >= 1 (the stage's step count), got {value!r}")
-    return value
-
-
 # ----------------------------------------------------------------------------------------------- stage commands
 
 
@@ -231,7 +205,7 @@ def stage_config(stage: Stage, cfg: DemoConfig) -> Path:
     if cfg.scenario == next(iter(scenarios)):
         return path
     entry = scenarios[cfg.scenario]
-    data = with_task(_read_yaml(path), entry["task"])
+    data = with_task(read_yaml(path), entry["task"])
     config_name = stage.config.rsplit(".", 1)[0]
     for key, value in ((entry.get("stages") or {}).get(config_name) or {}).items():
         _set_dotted(data, key, value, f"{cfg.config_dir / SCENARIOS_FILE}, scenario {cfg.scenario!r}, {config_name}")
@@ -246,7 +220,7 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
     progress file, step count, seed and start point (the previous stage's output), then ``--set`` overrides (RL
     stages)."""
     path = stage_config(stage, cfg)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     out = cfg.out
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(out), "name": "", "version": stage.name, "default_hp_metric": False}}
@@ -255,15 +229,15 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
     args = ["fit", f"--config={path}", f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false",
             f"--trainer.callbacks+={json.dumps(progress)}"]
     if stage.name == "sft":
-        return args + [f"--trainer.max_steps={scaled(_trainer_int(data, 'max_steps', path), cfg.steps_scale)}",
+        return args + [f"--trainer.max_steps={scaled(trainer_int(data, 'max_steps', path), cfg.steps_scale)}",
                        f"--model.init_args.save_dir={stage_dir(out, 'sft') / 'policy'}"]
     if stage.name == "zero_rl":
-        steps = scaled(_trainer_int(data, "limit_train_batches", path), cfg.steps_scale)
+        steps = scaled(trainer_int(data, "limit_train_batches", path), cfg.steps_scale)
         args += [f"--trainer.limit_train_batches={steps}",
                  f"--model.init_args.policy.name_or_path={stage_dir(out, 'sft') / 'policy'}"]
         return args + list(cfg.overrides)
     steps, every = test_time_schedule(
-        _trainer_int(data, "limit_train_batches", path), _trainer_int(data, "val_check_interval", path),
+        trainer_int(data, "limit_train_batches", path), trainer_int(data, "val_check_interval", path),
         cfg.steps_scale, cfg.test_time_scale,
     )
     start = zero_rl_export(out)

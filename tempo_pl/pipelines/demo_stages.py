@@ -1,12 +1,16 @@
 """The demo's stage graph: which ``tempo-pl fit`` config each stage runs, which stages' output it reads, which may
-run at the same time, and how a finished stage is marked on disk (so that an interrupted demo resumes)."""
+run at the same time, how a finished stage is marked on disk (so that an interrupted demo resumes), and how many
+steps a stage runs after scaling."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+import yaml
 
 TEST_TIME_METHODS = ("tempo", "ttrl", "frozen_critic", "empo", "intuitor")
 """The test-time methods, in table order; every run of each starts from the zero-RL export."""
@@ -92,3 +96,30 @@ def stage_records(out: Path, stages: Sequence[Stage] = STAGES) -> dict[str, dict
         if stage.config and path.is_file():
             records[stage.name] = json.loads(path.read_text())
     return records
+
+
+# ----------------------------------------------------------------------------------------------- step counts
+
+
+def scaled(steps: int, scale: float) -> int:
+    """``steps * scale`` rounded, at least 1."""
+    return max(1, round(steps * scale))
+
+
+def test_time_schedule(steps: int, eval_every: int, scale: float, test_time_scale: float = 1.0) -> tuple[int, int]:
+    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled by ``scale`` (at
+    least 1), the steps by ``scale * test_time_scale`` and rounded up to a multiple of the interval, so the last step
+    is always evaluated and runs of every ``test_time_scale`` are evaluated at the same steps."""
+    every = scaled(eval_every, scale)
+    return every * max(1, math.ceil(scaled(steps, scale * test_time_scale) / every)), every
+
+
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def trainer_int(cfg: dict, key: str, path: Path) -> int:
+    value = (cfg.get("trainer") or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"demo: {path} needs an integer trainer.{key} >= 1 (the stage's step count), got {value!r}")
+    return value
