@@ -63,8 +63,7 @@ def test_the_2x_report_compares_each_method_with_its_1x_runs(tmp_path):
     curve = lambda v: {"val/unlabeled/mean@4": v, "val/unlabeled/pass@4": 0.5, "val/heldout/mean@4": 0.1,  # noqa: E731
                        "val/heldout/pass@4": 0.2}
     cfg = DemoConfig(out=tmp_path, test_time_scale=2)
-    with pytest.raises(RuntimeError, match="1x runs"):
-        demo_summary.test_time_compute(cfg, {})
+    assert demo_summary.test_time_compute(cfg, {}) == {"missing_1x_runs": list(TEST_TIME_METHODS)}
     scaled = {}
     for i, method in enumerate(TEST_TIME_METHODS):
         for name, steps, final in ((method, 10, 0.5 + i / 100), (f"{method}_x2", 20, 0.6)):
@@ -527,6 +526,17 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
     assert {s: (out / s / "done.json").read_text() for s in marks if s != "ttrl"} == {
         s: v for s, v in marks.items() if s != "ttrl"}
     assert (out / "summary.json").stat().st_mtime_ns != summary_mtime
+
+    # twice the test-time steps into the same folder: stage 1 is reused, the 2x runs sit beside the 1x ones
+    stage_1 = {s: (out / s / "done.json").read_text() for s in ("sft", "zero_rl")}
+    scaled = demo.main(["--out", str(out), "--steps-scale", "0.025", "--test-time-scale", "2", "--launcher",
+                        "inprocess", "--jobs", "1", *SMOKE_OVERRIDES])
+    assert {s: (out / s / "done.json").read_text() for s in stage_1} == stage_1
+    assert [scaled["methods"][m]["steps"] for m in TEST_TIME_METHODS] == [2] * len(TEST_TIME_METHODS)
+    compute = json.loads((out / "summary_x2.json").read_text())["test_time_compute"]
+    assert set(compute) == set(TEST_TIME_METHODS)
+    assert all((row["steps_1x"], row["steps_2x"]) == (1, 2) for row in compute.values())
+    assert (out / "comparison_x2.png").is_file() and "| tempo | 1 |" in (out / "test_time_compute_x2.md").read_text()
 
 
 def test_the_demo_runs_the_paper_configs_update():
