@@ -1,11 +1,11 @@
 """RL step time of FSDP2 against DDP: the same tiny run on the same number of processes, measured in one go.
 
-Runs ``configs/fsdp2_tiny.yaml`` (FSDP2 per decoder layer, activation checkpointing) and the same config with
-``strategy: ddp_find_unused_parameters_true`` one after the other, each for ``--steps`` RL steps without evaluation,
-reads every step's ``train/time/step_s`` back from TensorBoard, and prints the medians (the first step, which pays
-for lazy initialisation, left out) and their ratio. On a CPU with gloo this measures the sharding's overhead (an
-all-gather per layer in every forward and backward, activation recomputation), not its memory savings, which only a
-large model shows.
+Runs ``configs/fsdp2_tiny.yaml`` over ``configs/tiny.yaml`` (FSDP2 per decoder layer, activation checkpointing)
+and the same configs with ``strategy: ddp_find_unused_parameters_true`` one after the other, each for ``--steps`` RL
+steps without evaluation, reads every step's ``train/time/step_s`` back from TensorBoard, and prints the medians (the
+first step, which pays for lazy initialisation, left out) and their ratio. On a CPU with gloo this measures the
+sharding's overhead (an all-gather per layer in every forward and backward, activation recomputation), not its memory
+savings, which only a large model shows.
 
     python benchmarks/fsdp2_vs_ddp.py                 # 2 processes on the CPU, 8 RL steps each
     python benchmarks/fsdp2_vs_ddp.py --accelerator gpu --devices 8
@@ -21,8 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tempo_pl.run.config_layers import config_args
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "fsdp2_tiny.yaml"
+CONFIGS = (ROOT / "configs" / "tiny.yaml", ROOT / "configs" / "fsdp2_tiny.yaml")
 STRATEGIES = {"fsdp2": None, "ddp": "ddp_find_unused_parameters_true"}
 
 
@@ -35,7 +37,7 @@ def run(name: str, folder: Path, steps: int, devices: int, accelerator: str) -> 
     from tempo_pl.pipelines.report import read_scalars
 
     args = [
-        sys.executable, "-m", "tempo_pl", "fit", "--config", str(CONFIG),
+        sys.executable, "-m", "tempo_pl", "fit", *config_args(CONFIGS),
         f"--trainer.devices={devices}", f"--trainer.accelerator={accelerator}",
         f"--trainer.limit_train_batches={steps}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_progress_bar=false",
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="tempo_fsdp2_vs_ddp_") as tmp:
         for name in STRATEGIES:
             medians[name] = run(name, Path(tmp), args.steps, args.devices, args.accelerator)
-    print(f"{args.devices} processes on {args.accelerator}, {args.steps - 1} RL steps counted, configs/fsdp2_tiny.yaml")
+    print(f"{args.devices} processes on {args.accelerator}, {args.steps - 1} RL steps counted, "
+          "configs/fsdp2_tiny.yaml over configs/tiny.yaml")
     print("| median s | " + " | ".join(PARTS) + " |")
     print("|---" * (len(PARTS) + 1) + "|")
     for name in STRATEGIES:

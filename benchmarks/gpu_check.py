@@ -35,7 +35,7 @@ from lightning.pytorch import Callback, Trainer  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 import vllm_vs_generate  # noqa: E402  (beside this script: run as a script, its folder is on sys.path)
-from vllm_vs_generate import EngineSizes  # noqa: E402
+from vllm_vs_generate import EngineSizes, build_tokenizer_dir  # noqa: E402
 
 
 @dataclass
@@ -121,26 +121,14 @@ def _metric(metrics: dict, name: str) -> Optional[float]:
     return None
 
 
-def build_tokenizer_dir(sizes: Sizes, folder: Path) -> str:
-    """A BPE tokenizer trained on the synthetic task's problems, saved where ModelSpec.tokenizer can name it."""
-    from tempo_pl.data.synthetic import SyntheticTaskSpec, make_split
-    from tempo_pl.tiny import train_bpe_tokenizer
-
-    spec = SyntheticTaskSpec()
-    corpus = [row["problem"] for split in ("labeled", "unlabeled") for row in make_split(spec, split)]
-    tokenizer = train_bpe_tokenizer(corpus * 4, vocab_size=min(sizes.vocab, 4096))
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     """The TempoModule of one check: ``bf16`` (full fine-tuning, bf16 autocast), ``qlora_shared`` (NF4 base shared
     by two LoRA adapters), ``fsdp2`` (full fine-tuning sharded by FSDP2, bf16 compute), ``fsdp2_qlora_shared`` (the
     shared NF4 base and its two adapters sharded by FSDP2)."""
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
-    from tempo_pl.models import CriticSpec, LoraSpec, ModelSpec
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec
     from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     config = sizes.qwen3_config()
     base = dict(config=config, tokenizer=tokenizer, seed=0, attn_implementation="sdpa")
@@ -157,7 +145,7 @@ def make_module(kind: str, sizes: Sizes, tokenizer: str, on_gpu: bool):
     kwargs = dict(
         policy=policy,
         critic=critic,
-        sampling=SamplingSpec(n=sizes.n, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512),
+        sampling=SamplingConfig(n=sizes.n, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512),
         algorithm=AlgorithmConfig(clip_low=0.2, clip_high=0.28),
         training=TrainingConfig(mini_batch_size=sizes.prompts, micro_batch_size=sizes.prompts * sizes.n,
                                 forward_batch_size=sizes.prompts * sizes.n, group_filter=False),
@@ -171,7 +159,8 @@ def run_check(kind: str, sizes: Sizes, tokenizer: str, root: Path, on_gpu: bool)
     from tempo_pl.callbacks import EMSchedule
     from tempo_pl.data.datamodule import TempoDataModule
     from tempo_pl.data.sources import DatasetSpec
-    from tempo_pl.strategies import FSDP2Recipe, FSDP2Strategy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
+    from tempo_pl.strategies import FSDP2Strategy
 
     result = Result(kind)
     try:

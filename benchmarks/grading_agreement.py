@@ -38,31 +38,7 @@ Run::
     python benchmarks/grading_agreement.py --no-prose --verdicts /tmp/nemo_skills_tests.jsonl \\
         --verdicts /tmp/hendrycks_math_tests.jsonl --verdicts /tmp/simple_evals_examples.jsonl [--pred-as-response]
 
-Measured (2 CPUs shared with other work; lenient mode, agreement / wrong answers accepted / right answers refused):
-
-- prose set, 9336 pairs: 99.9% / 0 / 10 (``boxed`` 49.7%, it reads no prose; math-verify alone 93.8% / 13 / 568).
-  The 5336 delimited pairs 99.9% / 0 / 6 (7 before: "Answer: \\$32,\\!348" is now read whole); the 4000 bare pairs
-  99.9% / 0 / 4 (1000 per template, each 99.9% / 0 / 1), before bare expressions were read whole 91.7% / 6 / 326
-  (the whole response, its own line and "Thus we get" 89.0% / 2 / 108 each, "So the answer is" 99.8% / 0 / 2:
-  ``\\frac{\\sqrt{3}}{3}`` read as 3 and ``8n^2 + 4n + 1`` as 1 were accepted against the golds 3 and 1). Refused
-  now: "-2,1" in the five templates that leave it bare or after "Answer:", which MATH-500 means as two roots and
-  math-verify reads as the decimal -2.1 outside ``$...$``, and five "x = ..." cases, thousands written ``10,\\!080``
-  or ``58,500`` and the gold "x \\in [-2,7]".
-- Math-Verify's suite (commit 5d148cf), 269 rows: 95.9% / 2 / 9, the same verdicts before and after that change;
-  the 191 development rows (``test_all.py``) 96.9% / 2 / 4, the 78 held-back rows 93.6% / 0 / 5; rows judged with
-  default settings 97.3% / 0 / 4 (149 rows), other settings 94.2% / 2 / 5 (the two accepted: "Answer $ \\n 9 \\n $"
-  against 9, wrong only for a LaTeX-only extraction that does not read a span across lines). math-verify alone:
-  97.4% / 2 / 5.
-- A second source (NeMo-Skills ``test_math_equal.py`` at 0b012df, 56 rows; hendrycks/math
-  ``math_equivalence_test.py`` at 985bdc1, 16; simple-evals' judge examples at ee3b031, 8), held back from
-  development until the bare-expression gap was found on it: its rows have been seen since, so they no longer
-  measure unseen answers. Predictions graded as the bare answers they are: 80 rows 96.2% / 3 / 0, the 62 rows of
-  math-verify's notion 100% / 0 / 0, the 18 of another notion 83.3% / 3 / 0 (accepted: "10, 4, -2" for "4, 10, -2"
-  and "0.1, 4, 2" for "4, .1, 2", which MATH's string comparison orders, and 649 for 3245/5, which simple-evals'
-  judge may not simplify), before and after. Graded as responses (``--pred-as-response``): 96.2% / 3 / 0, default
-  notion 100% / 0 / 0, other notion 83.3% / 3 / 0 (the same three); before bare expressions were read whole 67.5% /
-  1 / 25, default notion 64.5% / 0 / 22 ("x^2 + 2*x + 1", "\\tfrac83", "\\mathrm{E}" read by their last number or not
-  at all). math-verify alone on the responses: 65.0% / 1 / 27.
+Measured figures, with their date and machine: ``docs/results.md``, "Grading".
 """
 
 from __future__ import annotations
@@ -71,14 +47,11 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tempo_pl.rewards import grading  # noqa: E402
+from tempo_pl.rewards import grading
 
 DISTRACTOR = "First, $2+3=5$ and 7 more steps give 12.\n"
 TEMPLATES = (

@@ -1,7 +1,7 @@
 """Peak memory of the policy's log-probs and entropy at Qwen3's vocabulary: chunked through the LM head against the
 whole-logits path, in the same run, and their largest differences (log-probs, entropy, every parameter gradient).
 
-The chunked path is ``tempo_pl.models.policy_response_stats`` as training calls it. The whole-logits path is what it
+The chunked path is ``tempo_pl.models.forward.policy_response_stats`` as training calls it. The whole-logits path is what it
 replaced: the model's (1, R, V) logits, then ``logprobs_from_logits`` and ``entropy_from_logits`` on all of them.
 Both run forward and backward of ``sum(log-probs) + sum(entropy)`` on one row, a tiny Qwen3 (hidden 32, one layer)
 with a 151,936-token vocabulary.
@@ -32,8 +32,9 @@ import torch  # noqa: E402
 from _live_bytes import LiveBytes  # noqa: E402
 
 from tempo_pl.algorithms.token_stats import LOGITS_CHUNK_ELEMENTS, entropy_from_logits, logprobs_from_logits  # noqa
-from tempo_pl.models import ModelSpec, build_policy, policy_response_stats  # noqa: E402
-from tempo_pl.tiny import tiny_qwen3_config  # noqa: E402
+from tempo_pl.models.builders import ModelSpec, build_policy  # noqa: E402
+from tempo_pl.models.forward import policy_response_stats  # noqa: E402
+from tempo_pl.models.tiny import tiny_qwen3_config  # noqa: E402
 
 QWEN3_VOCAB = 151_936
 PROMPT = 32

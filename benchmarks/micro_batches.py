@@ -29,10 +29,11 @@ from _live_bytes import LiveBytes  # noqa: E402
 
 from tempo_pl.algorithms.registry import policy_loss_fn  # noqa: E402
 from tempo_pl.config import AlgorithmConfig  # noqa: E402
-from tempo_pl.models import ModelSpec, build_policy, sequence_inputs  # noqa: E402
+from tempo_pl.models.builders import ModelSpec, build_policy  # noqa: E402
+from tempo_pl.models.forward import sequence_inputs  # noqa: E402
 from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, optimize, row_inputs, row_tokens  # noqa: E402
 from tempo_pl.stages.updates import policy_micro_loss  # noqa: E402
-from tempo_pl.tiny import tiny_qwen3_config  # noqa: E402
+from tempo_pl.models.tiny import tiny_qwen3_config  # noqa: E402
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout  # noqa: E402
 
 

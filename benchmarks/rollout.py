@@ -19,9 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tempo_pl.models import ModelSpec, build_policy, build_tokenizer  # noqa: E402
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, encode_prompts  # noqa: E402
-from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config  # noqa: E402
+from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer  # noqa: E402
+from tempo_pl.config import SamplingConfig  # noqa: E402
+from tempo_pl.engines.hf_generate import HFGenerateEngine, encode_prompts  # noqa: E402
+from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config  # noqa: E402
 from tempo_pl.types import PromptBatch  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     tokenizer = build_tokenizer(spec)
     model = build_policy(spec).to(device).eval()
     batch = _prompts(args.prompts)
-    sampling = SamplingSpec(n=args.n, max_new_tokens=args.new_tokens, max_prompt_length=512)
+    sampling = SamplingConfig(n=args.n, max_new_tokens=args.new_tokens, max_prompt_length=512)
     engine = HFGenerateEngine(tokenizer, sampling)
 
     # the bare baseline gets its inputs ready-made: templating and tokenization are the engine's overhead

@@ -46,11 +46,23 @@ class EngineSizes:
     max_new_tokens: int
 
     def qwen3_config(self) -> dict:
-        from tempo_pl.tiny import tiny_qwen3_config
+        from tempo_pl.models.tiny import tiny_qwen3_config
 
         return tiny_qwen3_config(vocab_size=self.vocab, hidden_size=self.hidden, num_layers=self.layers,
                                  num_heads=self.heads, num_kv_heads=self.kv_heads,
                                  intermediate_size=self.intermediate, max_position_embeddings=4096)
+
+
+def build_tokenizer_dir(sizes: EngineSizes, folder: Path) -> str:
+    """A BPE tokenizer trained on the synthetic task's problems, saved where ModelSpec.tokenizer can name it."""
+    from tempo_pl.data.synthetic import SyntheticTaskSpec, make_split
+    from tempo_pl.models.tiny import train_bpe_tokenizer
+
+    spec = SyntheticTaskSpec()
+    corpus = [row["problem"] for split in ("labeled", "unlabeled") for row in make_split(spec, split)]
+    tokenizer = train_bpe_tokenizer(corpus * 4, vocab_size=min(sizes.vocab, 4096))
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 #: about Qwen2.5-0.5B's size: 0.35B in the layers, 2 x 67M in the untied embeddings and head
@@ -94,7 +106,7 @@ def _timed(fn):
 
 def _gap(policy, rollout, temperature: float) -> tuple[float, float]:
     """Mean and max |vLLM's sampling log-prob - the trainer's| over the rollout's response tokens."""
-    from tempo_pl.models import policy_response_stats, sequence_inputs
+    from tempo_pl.models.forward import policy_response_stats, sequence_inputs
 
     input_ids, attention_mask, position_ids = sequence_inputs(rollout)
     with torch.no_grad():
@@ -106,18 +118,19 @@ def _gap(policy, rollout, temperature: float) -> tuple[float, float]:
 
 def run(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool) -> tuple[list[str], bool]:
     """The check's printed lines and whether it passed."""
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
-    from tempo_pl.vllm_engine import VLLMEngine
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
+    from tempo_pl.engines.vllm import VLLMEngine
 
     dtype = "bfloat16" if on_gpu else "float32"
     spec = ModelSpec(config=sizes.qwen3_config(), tokenizer=tokenizer_dir, seed=0, dtype=dtype)
     tokenizer = build_tokenizer(spec)
     policy = build_policy(spec).to("cuda" if on_gpu else "cpu").eval()
     params = sum(p.numel() for p in policy.parameters()) / 1e9
-    sampling = SamplingSpec(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
+    sampling = SamplingConfig(n=sizes.n, temperature=1.0, max_new_tokens=sizes.max_new_tokens, max_prompt_length=512)
     batch, warm_up = _prompt_batch(sizes.prompts), _prompt_batch(1)
-    short = SamplingSpec(n=1, max_new_tokens=4, max_prompt_length=512)
+    short = SamplingConfig(n=1, max_new_tokens=4, max_prompt_length=512)
     # on the GPU vLLM takes 30% of the memory, as beside a trainer; on the CPU backend a fixed 256 MiB KV cache
     memory = {"gpu_memory_utilization": 0.3} if on_gpu else {"kv_cache_memory_bytes": 256 * 2**20}
     engines = {"generate": HFGenerateEngine(tokenizer, sampling),
@@ -183,9 +196,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if on_gpu and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --cpu-smoke on a CPU machine")
     sizes = CPU_SMOKE if args.cpu_smoke else GPU
-    sys.path.insert(0, str(Path(__file__).parent))
-    from gpu_check import build_tokenizer_dir
-
     with tempfile.TemporaryDirectory(prefix="tempo_vllm_check_") as tmp:
         lines, ok = main_lines(sizes, build_tokenizer_dir(sizes, Path(tmp) / "tokenizer"), on_gpu)
     print("\n".join(lines))

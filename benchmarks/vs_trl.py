@@ -86,8 +86,8 @@ def reward(prompts, completions, **kwargs) -> list[float]:
 
 
 def save_model(size: str, folder: Path) -> Path:
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     spec = ModelSpec(config=tiny_qwen3_config(vocab_size=100, **SIZES[size]), tokenizer=BUILTIN_CHAR, seed=0)
     path = folder / size
@@ -188,10 +188,10 @@ def run_tempo(args: argparse.Namespace, model_dir: str, side: str) -> dict:
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
     from tempo_pl.data.datamodule import TempoDataModule
     from tempo_pl.data.sources import DatasetSpec
-    from tempo_pl.models import CriticSpec, ModelSpec
+    from tempo_pl.models.builders import CriticSpec, ModelSpec
     from tempo_pl.module import TempoModule
     from tempo_pl.rewards.function_reward import FunctionReward
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     seed_everything(0, verbose=False)
     total = args.warmup + args.steps
@@ -207,7 +207,7 @@ def run_tempo(args: argparse.Namespace, model_dir: str, side: str) -> dict:
     module = TempoModule(
         policy=ModelSpec(name_or_path=model_dir),
         critic=CriticSpec(init_from_policy=True, seed=0, head_init_std=0.02) if critic else None,  # lr 0 needs a head
-        sampling=SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.tokens, max_prompt_length=512),
+        sampling=SamplingConfig(n=args.n, temperature=1.0, max_new_tokens=args.tokens, max_prompt_length=512),
         algorithm=AlgorithmConfig(advantage="em_token" if critic else "grpo", policy_loss="gspo",
                                   clip_low=CLIP_LOW, clip_high=CLIP_HIGH),
         training=TrainingConfig(mini_batch_size=args.prompts, micro_batch_size=rows, forward_batch_size=rows,

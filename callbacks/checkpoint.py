@@ -10,6 +10,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from tempo_pl.run import checkpoint_io
+from tempo_pl.run.run_folder import check_resumed_budget
+
 from .signal_stop import RunInterrupted, StopRequest
 
 
@@ -97,6 +100,7 @@ class RLStepCheckpoint(ModelCheckpoint):
     # ------------------------------------------------------------------ setup and the signal watch
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        checkpoint_io.install(trainer.strategy)  # atomic saves, weights-only loads
         if stage != "fit":
             return
         if not isinstance(getattr(pl_module, "rl_step", None), int):
@@ -113,6 +117,7 @@ class RLStepCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None:  # resumed: everything is restored by now
+            check_resumed_budget(trainer, pl_module.rl_step)
             rewind_logs(trainer, pl_module.rl_step, self.last_eval)
         self._last_rl_step_saved = pl_module.rl_step if trainer.ckpt_path is not None else None
 

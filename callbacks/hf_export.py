@@ -9,7 +9,7 @@ from typing import Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from tempo_pl.export import CRITIC, POLICY, save_hf_folders
+from tempo_pl.run.export import CRITIC, POLICY, save_hf_folders
 
 
 class HFExport(Callback):
@@ -17,7 +17,7 @@ class HFExport(Callback):
 
     This is how the zero-RL stage (stage 1) hands its result to TEMPO and every baseline: the folders load with
     ``ModelSpec(name_or_path="<dirpath>/policy")`` and ``CriticSpec(name_or_path="<dirpath>/critic")``. LoRA adapters
-    are merged into copies first, so the folders are plain checkpoints in the layout :func:`tempo_pl.export.export_hf`
+    are merged into copies first, so the folders are plain checkpoints in the layout :func:`tempo_pl.run.export.export_hf`
     writes from a Lightning checkpoint (the critic in the token-classification format, the tokenizer in each folder);
     a critic-free run writes ``policy`` only. ``<dirpath>/export.json`` records the RL steps done and the folders
     written. Rank zero writes; the other ranks wait at a barrier, so every rank can read the folders after ``fit``.

@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from .checkpoint import check_writable
 
-from tempo_pl.prompts import decode_prompts
+from tempo_pl.engines.prompts import decode_prompts
 
 
 class RolloutSampleLogger(Callback):

@@ -1,8 +1,9 @@
 """Compare TEMPO with the self-rewarding baselines from one start point, seed and budget (offline, tiny model).
 
     python examples/compare_methods.py                      # TEMPO, TTRL and the frozen-critic ablation, 8 RL steps
-    python examples/compare_methods.py --stage1 configs/baselines/zero_rl.yaml --steps 16
-    python examples/compare_methods.py tempo=configs/tiny.yaml empo=configs/baselines/empo.yaml --steps 4
+    python examples/compare_methods.py --stage1 configs/tiny.yaml,configs/baselines/zero_rl.yaml --steps 16
+    python examples/compare_methods.py tempo=configs/tiny.yaml empo=configs/tiny.yaml,configs/baselines/empo.yaml \
+        --steps 4
 
 Any ``tempo-pl compare`` option works (``--help``). With no method configs given, the three shipped ones are
 compared. Writes ``runs/compare/comparison.{csv,md,png}`` by default.
@@ -16,10 +17,11 @@ from pathlib import Path
 from tempo_pl.pipelines.compare import main
 
 ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
 DEFAULT_METHODS = [
-    f"tempo={ROOT / 'configs/tiny.yaml'}",
-    f"ttrl={ROOT / 'configs/baselines/ttrl.yaml'}",
-    f"frozen_critic={ROOT / 'configs/tempo/frozen_critic.yaml'}",
+    f"tempo={TINY}",
+    f"ttrl={TINY},{ROOT / 'configs/baselines/ttrl.yaml'}",  # an overlay over the tiny config: only the method differs
+    f"frozen_critic={TINY},{ROOT / 'configs/tempo/frozen_critic.yaml'}",
 ]
 
 

@@ -3,7 +3,7 @@
 ``tempo-pl fit|validate --config CONFIG.yaml`` runs LightningCLI in subclass mode: model, data and callbacks are
 ``class_path`` entries, so a research subclass of :class:`~tempo_pl.module.TempoModule` is used by naming it.
 
-Runs (:mod:`tempo_pl.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
+Runs (:mod:`tempo_pl.run.run_folder`): ``--ckpt_path last`` resumes the newest run of the logger's ``save_dir/name``
 (into the same version folder) with the same command line that started it; a folder that already holds a run, or
 that a live run writes into, is refused. A run stopped by SIGTERM/SIGINT (see
 :class:`~tempo_pl.callbacks.RLStepCheckpoint`) exits with 128 + the signal number after saving.
@@ -21,20 +21,39 @@ import jsonargparse
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from tempo_pl.callbacks import RunInterrupted
-from tempo_pl.run_folder import claim, pin_version_for_resume, process_rank
+from tempo_pl.callbacks import RunInterrupted, TrainingDiverged
+from tempo_pl.data.readers import DataError
+from tempo_pl.run import checkpoint_io
+from tempo_pl.run.run_folder import (RunAlreadyFinished, claim, first_missing_folder, pin_version_for_resume,
+                                     process_rank, removed_on_early_failure)
 
 # field docstrings of the typed configs become the --help text
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 PIPELINES = {
-    "export": ("tempo_pl.export", "Write a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/ and critic/"),
+    "export": ("tempo_pl.run.export", "Write a checkpoint (.ckpt or sharded FSDP2 folder) as Hugging Face policy/ and critic/"),
     "demo": ("tempo_pl.pipelines.demo", "The offline demo: warm start, zero-RL, TEMPO and baselines, report (CPU)"),
     "compare": ("tempo_pl.pipelines.compare", "Run methods from one start, seed and budget; table and plot"),
     "plot": ("tempo_pl.pipelines.plot", "Plot accuracy, pass@k and diversity against the RL step for existing runs"),
 }
 """Subcommands beside LightningCLI's: module (with a ``main(argv)``) and the one-line description ``--help`` shows."""
+
+
+class ConfigError(ValueError):
+    """A config value that the classes it builds refuse: the message is their own reason, without the parser's
+    layers around it."""
+
+
+def root_reason(err: BaseException) -> str:
+    """The message of the exception at the bottom of ``err``'s chain (the one a class raised about its value)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+ONE_LINE_ERRORS = (ConfigError, DataError, checkpoint_io.CheckpointError, RunAlreadyFinished, TrainingDiverged)
+"""Errors ``tempo-pl`` ends with as one line (``[tempo-pl] error: ...``) instead of a traceback."""
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train: RL steps (E/M schedule), evaluation every val_check_interval RL steps, checkpoints",
@@ -62,6 +81,23 @@ class TempoCLI(LightningCLI):
             auto_configure_optimizers=False,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyper-parameters of --ckpt_path while parsing: the file is checked whole first and
+        # read weights-only, a refusal naming it
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        checkpoint_io.check_intact(ckpt_path)
+        with checkpoint_io.safe_loading(ckpt_path):
+            super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(root_reason(err)) from err
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
@@ -76,17 +112,50 @@ class TempoCLI(LightningCLI):
                 print(f"[tempo-pl] --ckpt_path last: resuming the run in {pinned}", file=sys.stderr)
 
     def _claim_run_folder(self) -> None:
+        self._new_run_folder = None
         logger = self.trainer.logger
         if logger is None or process_rank() != 0 or getattr(logger, "log_dir", None) is None:
             return
         ckpt_path = self.config.get(self.subcommand).get("ckpt_path")
+        self._new_run_folder = first_missing_folder(Path(logger.log_dir))
         claim(Path(logger.log_dir), resuming=self.subcommand == "fit" and ckpt_path is not None,
               command=self.subcommand)
 
+    def _run_removing_folder_on_early_failure(self, run, **kwargs) -> None:
+        """``run(**kwargs)``; the run folder this command created is deleted if it fails before its first RL step."""
+        log_dir = Path(getattr(self.trainer.logger, "log_dir", None) or ".")
+        with removed_on_early_failure(getattr(self, "_new_run_folder", None), log_dir, self._before_first_step):
+            run(**kwargs)
+
+    def _before_first_step(self) -> bool:
+        return self.subcommand == "validate" or getattr(self.model, "rl_step", 0) == 0
+
+    def fit(self, **kwargs) -> None:
+        self._run_removing_folder_on_early_failure(self.trainer.fit, **kwargs)
+
+    def validate(self, **kwargs) -> None:
+        self._run_removing_folder_on_early_failure(self.trainer.validate, **kwargs)
+    def _safe_checkpoints(self) -> None:
+        """Atomic saves and weights-only loads (:mod:`tempo_pl.run.checkpoint_io`); ``--ckpt_path last`` falls back to
+        the newest intact checkpoint when ``last.ckpt`` is damaged or missing, saying so."""
+        checkpoint_io.install(self.trainer.strategy)
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only", False) is None:
+            config["weights_only"] = True
+        if self.subcommand != "fit" or config.get("ckpt_path") != "last":
+            return
+        logger = self.trainer.logger
+        run_dir = Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else None
+        config["ckpt_path"], note = checkpoint_io.resolve_last(checkpoint_io.checkpoint_folders(self.trainer), run_dir)
+        if note is not None and process_rank() == 0:
+            print(f"[tempo-pl] {note}", file=sys.stderr)
+
     def before_fit(self) -> None:
+        self._safe_checkpoints()
         self._claim_run_folder()
 
     def before_validate(self) -> None:
+        self._safe_checkpoints()
         self._claim_run_folder()
 
     def after_validate(self) -> None:
@@ -160,16 +229,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         print_overview()
         return
     # pipelines of several runs, beside LightningCLI's own subcommands
-    if argv[0] in PIPELINES:
-        module = importlib.import_module(PIPELINES[argv[0]][0])
-        module.main(argv[1:])
-        return
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if argv[0] in PIPELINES:
+            module = importlib.import_module(PIPELINES[argv[0]][0])
+            module.main(argv[1:])
+            return
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         TempoCLI(args=None if from_command_line else argv)
     except RunInterrupted as stop:
         print(f"[tempo-pl] {stop}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
+    except ONE_LINE_ERRORS as err:
+        print(f"[tempo-pl] error: {err}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

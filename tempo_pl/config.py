@@ -1,7 +1,11 @@
-"""Typed option groups of :class:`~tempo_pl.module.TempoModule`.
+"""Typed option groups of :class:`~tempo_pl.module.TempoModule`: sampling, algorithm, training, evaluation.
 
 Each dataclass is one YAML mapping under ``model.init_args``; the field docstrings are what ``tempo-pl fit --help``
 prints. Defaults follow the reference scripts where the reference has a value (``docs/algorithm.md``).
+
+Naming: a ``*Config`` says how a run behaves (these groups, and each pipeline's ``DemoConfig``/``CompareConfig``); a
+``*Spec`` says what to build or read (``ModelSpec``, ``CriticSpec`` and ``LoraSpec`` in :mod:`tempo_pl.models.builders`,
+``DatasetSpec`` in :mod:`tempo_pl.data.sources`, ``SyntheticTaskSpec``); ``FSDP2Recipe`` says how to shard.
 """
 
 from __future__ import annotations
@@ -12,7 +16,62 @@ from typing import Optional
 from tempo_pl.algorithms.checks import check_choice
 from tempo_pl.algorithms.losses import AGG_MODES, KL_KINDS, VALUE_CLIP_MODES
 from tempo_pl.algorithms.registry import advantage_estimator, policy_loss_fn
+from tempo_pl.engines.prompts import PromptFormat
 from tempo_pl.rewards.answer_extraction import EXTRACTION_MODES
+
+
+OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled.
+
+    Example::
+
+        SamplingConfig(n=8, temperature=1.0, max_new_tokens=16384, max_prompt_length=2048)
+    """
+
+    n: int = 8
+    """Responses per prompt (the group size)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 = greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1 = off."""
+    top_k: int = 0
+    """Sample among the k most likely tokens; 0 or -1 = off."""
+    max_new_tokens: int = 1024
+    """Response length budget; a response that reaches it without EOS is marked ``truncated``."""
+    max_prompt_length: int = 2048
+    """Longest prompt in tokens, chat template included."""
+    overlong_prompt: str = "truncate_left"
+    """A longer prompt is cut from the left (``"truncate_left"``, the reference code: it loses its beginning and the
+    chat template's header) or dropped (``"drop"``: the step trains on fewer prompts). Either way the prompts are
+    counted every RL step (``train/rollout/truncated_prompts``, ``train/rollout/dropped_overlong_prompts``) and the
+    first truncation is warned about, with the longest prompt's length."""
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
+    :class:`~tempo_pl.engines.prompts.PromptFormat`. Evaluation uses the same format."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt_format, dict):  # from Python or YAML without class_path
+            self.prompt_format = PromptFormat(**self.prompt_format)
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"SamplingConfig.top_k must be >= 0 (or -1 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_prompt_length < 1:
+            raise ValueError(f"SamplingConfig.max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if self.overlong_prompt not in OVERLONG_PROMPT_MODES:
+            raise ValueError(
+                f"SamplingConfig.overlong_prompt must be one of {OVERLONG_PROMPT_MODES}, got {self.overlong_prompt!r}"
+            )
 
 
 @dataclass
@@ -116,6 +175,12 @@ class TrainingConfig:
     """When ``max_generation_batches`` leave fewer kept groups than the batch (over all ranks): ``train`` on what was
     kept (logged as ``filter/underfilled``), or ``error`` as the reference does. ``train`` is the default because a
     test-time run whose labeled groups are all solved for a while should not die hours in; the counter shows it."""
+    nonfinite_patience: int = 3
+    """Stop the run once this many RL steps in a row had a policy or critic update whose loss or gradient was not
+    finite (or whose gradient norm exceeded ``max_grad_norm_abort``), naming the step and the quantity; each such
+    step is warned on the console (:class:`~tempo_pl.callbacks.DivergenceGuard`)."""
+    max_grad_norm_abort: Optional[float] = None
+    """A gradient norm (before clipping) above this counts as a failed update for ``nonfinite_patience``; null: off."""
 
     def __post_init__(self) -> None:
         check_choice("training.underfilled_batch", self.underfilled_batch, ("train", "error"))
@@ -123,7 +188,10 @@ class TrainingConfig:
             raise ValueError(f"training.micro_batch_tokens must be >= 1 or null, got {self.micro_batch_tokens}")
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"training.generation_batch_size must be >= 1 or null, got {self.generation_batch_size}")
-        for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches"):
+        if self.max_grad_norm_abort is not None and not self.max_grad_norm_abort > 0:
+            raise ValueError(f"training.max_grad_norm_abort must be > 0 or null, got {self.max_grad_norm_abort}")
+        for name in ("mini_batch_size", "micro_batch_size", "forward_batch_size", "ppo_epochs", "max_generation_batches",
+                     "nonfinite_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("policy_grad_clip", "critic_grad_clip"):

@@ -4,7 +4,7 @@ One ``training_step`` is one RL step (``docs/algorithm.md``, "One RL step"), a s
 ``collect_rollout -> forward_stats -> score -> advantages -> update_critic -> update_policy -> step_metrics``
 (``update_critic`` before ``advantages`` when :meth:`TempoModule.critic_goes_first`).
 The arithmetic lives in :mod:`tempo_pl.algorithms` (estimators and losses named through its registries), the
-stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation`.
+stages' plain functions in :mod:`tempo_pl.stages`, evaluation in :mod:`tempo_pl.evaluation.evaluator`.
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from typing_extensions import override
 
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
+from tempo_pl.callbacks import DivergenceGuard
 from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
-from tempo_pl.evaluation import Evaluation, eval_dir, eval_sampling, gather_records, greedy_sampling
-from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+from tempo_pl.evaluation.evaluator import Evaluation, eval_dir, eval_sampling, gather_records, greedy_sampling
+from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.rewards.verifier import Verifier
-from tempo_pl.rng_state import capture_rng, restore_rng
-from tempo_pl.rollout import HFGenerateEngine, RolloutEngine, SamplingSpec
+from tempo_pl.run.rng_state import capture_rng, restore_rng
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.forward import rollout_stats
-from tempo_pl.step_logging import RLStepLogging
+from tempo_pl.run.step_logging import RLStepLogging
 from tempo_pl.stages.metrics import step_metrics, throughput, timed
 from tempo_pl.stages.minibatch import MiniBatchPlan, loss_units, optimize, row_inputs
 from tempo_pl.stages.ranks import Ranks
@@ -43,7 +45,7 @@ from tempo_pl.types import PHASE_CODES, ForwardStats, PromptBatch, Rollout, Step
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[PreTrainedTokenizerBase, SamplingSpec, Optional[int]], RolloutEngine]
+EngineFactory = Callable[[PreTrainedTokenizerBase, SamplingConfig, Optional[int]], RolloutEngine]
 """``(tokenizer, sampling, generation batch size in prompts) -> RolloutEngine``."""
 
 
@@ -72,9 +74,9 @@ class TempoModule(RLStepLogging, LightningModule):
         policy_scheduler: LR scheduler of the policy, stepped once per policy optimizer step.
         critic_scheduler: LR scheduler of the critic, stepped once per critic optimizer step.
         shared_base: policy and critic share one frozen (4-bit) base with two LoRA adapters, which roughly halves
-            memory; needs ``lora`` on both specs (see :mod:`tempo_pl.shared_base`).
+            memory; needs ``lora`` on both specs (see :mod:`tempo_pl.models.shared_base`).
         rollout_engine: builds the engine that samples responses, ``(tokenizer, sampling, generation batch size) ->
-            RolloutEngine``; default :class:`~tempo_pl.rollout.HFGenerateEngine` (transformers ``generate``).
+            RolloutEngine``; default :class:`~tempo_pl.engines.hf_generate.HFGenerateEngine` (transformers ``generate``).
 
     Example (YAML, ``tempo-pl fit --config``)::
 
@@ -94,7 +96,7 @@ class TempoModule(RLStepLogging, LightningModule):
         self,
         policy: ModelSpec,
         critic: Optional[CriticSpec] = None,
-        sampling: Optional[SamplingSpec] = None,
+        sampling: Optional[SamplingConfig] = None,
         algorithm: Optional[AlgorithmConfig] = None,
         training: Optional[TrainingConfig] = None,
         evaluation: Optional[EvalConfig] = None,
@@ -111,7 +113,7 @@ class TempoModule(RLStepLogging, LightningModule):
         self.automatic_optimization = False
         self.policy_spec = policy
         self.critic_spec = critic
-        self.sampling = sampling or SamplingSpec()
+        self.sampling = sampling or SamplingConfig()
         self.algorithm = algorithm or AlgorithmConfig()
         self.training_cfg = training or TrainingConfig()
         self.evaluation = evaluation or EvalConfig()
@@ -153,12 +155,17 @@ class TempoModule(RLStepLogging, LightningModule):
         return bool(getattr(dm, "expose_unlabeled_answers", False))
 
     @override
+    def configure_callbacks(self) -> list:
+        """The divergence guard of ``training.nonfinite_patience`` and ``training.max_grad_norm_abort``."""
+        return [DivergenceGuard(self.training_cfg.nonfinite_patience, self.training_cfg.max_grad_norm_abort)]
+
+    @override
     def configure_model(self) -> None:
         if self.policy is not None:
             return
         self.tokenizer = build_tokenizer(self.policy_spec)
         if self.shared_base:
-            from tempo_pl.shared_base import build_shared_actor_critic
+            from tempo_pl.models.shared_base import build_shared_actor_critic
 
             self.policy, self.critic = build_shared_actor_critic(self.policy_spec, self.critic_spec)
         else:
@@ -168,12 +175,12 @@ class TempoModule(RLStepLogging, LightningModule):
         if self.algorithm.kl_coef > 0 and not hasattr(self.policy, "disable_adapter"):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         if self.device_mesh is not None:
-            from tempo_pl.strategies import shard_module
+            from tempo_pl.models.fsdp2 import shard_module
 
             shard_module(self, self.device_mesh)
         self.engine = self.build_engine(self.sampling)
 
-    def build_engine(self, sampling: SamplingSpec) -> RolloutEngine:
+    def build_engine(self, sampling: SamplingConfig) -> RolloutEngine:
         """The rollout engine of training and evaluation (evaluation passes its own sampling to ``generate``)."""
         return self.engine_factory(self.tokenizer, sampling, self.training_cfg.generation_batch_size)
 
@@ -196,6 +203,9 @@ class TempoModule(RLStepLogging, LightningModule):
         if plan.update_critic and self.critic is None:
             raise ValueError(f"the schedule asks for a critic update ({plan.phase}-step) but this run has no critic")
         self.step_plan = plan
+        for source in (self.labeled_reward, self.unlabeled_reward):
+            if source is not None:
+                source.rl_step = self.rl_step
 
     @override
     def on_fit_start(self) -> None:
@@ -276,7 +286,7 @@ class TempoModule(RLStepLogging, LightningModule):
         engine that ``serves_own_weights`` (vLLM: ``sync_weights`` gives it the weights)."""
         if self.device_mesh is None or getattr(self.engine, "serves_own_weights", False):
             return contextlib.nullcontext()
-        from tempo_pl.strategies import gathered_for_generation
+        from tempo_pl.models.fsdp2 import gathered_for_generation
 
         return gathered_for_generation(self.policy)
 

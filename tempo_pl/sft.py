@@ -2,7 +2,7 @@
 
 The conversation is built exactly as the rollout engine builds it, so that what SFT teaches is what RL samples:
 user = the prompt template applied to the problem, encoded by the engine's own
-:func:`~tempo_pl.prompts.encode_prompts` with the same :class:`~tempo_pl.prompts.PromptFormat` (give SFTModule the
+:func:`~tempo_pl.engines.prompts.encode_prompts` with the same :class:`~tempo_pl.engines.prompts.PromptFormat` (give SFTModule the
 ``prompt_format`` the RL stages give ``sampling.prompt_format``); assistant = the worked solution
 followed by the tokenizer's eos. The loss covers the assistant tokens only. At the end of fit the policy (LoRA
 merged) and tokenizer are saved as a Hugging Face directory that the next stage loads with
@@ -25,13 +25,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from tempo_pl.data.conversations import assistant_text, user_text
+from tempo_pl.data.conversations import assistant_text, system_text, user_text
 from tempo_pl.data.readers import DataError, table_from_dataset
 from tempo_pl.data.sources import check_columns, read_tables
 from tempo_pl.data.templates import apply_template, resolve_template
-from tempo_pl.lora import save_merged
-from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.models.lora import save_merged
+from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
 
 IGNORE_INDEX = -100
 """Label of every position the loss skips (prompt and padding), as in ``torch.nn.functional.cross_entropy``."""
@@ -49,6 +49,7 @@ def collate_sft(
     prompts: Sequence[str],
     completions: Sequence[str],
     prompt_format: Optional[PromptFormat] = None,
+    system_prompts: Optional[Sequence[Optional[str]]] = None,
 ) -> dict[str, Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` outside the completions).
 
@@ -61,7 +62,7 @@ def collate_sft(
         raise ValueError("collate_sft got an empty batch")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences, labels = [], []
-    for prompt_ids, completion in zip(encode_prompts(tokenizer, prompts, prompt_format), completions):
+    for prompt_ids, completion in zip(encode_prompts(tokenizer, prompts, prompt_format, system_prompts), completions):
         completion_ids = encode_completion(tokenizer, completion)
         sequences.append(prompt_ids + completion_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
@@ -99,7 +100,7 @@ class SFTModule(LightningModule):
     """Supervised fine-tuning of the policy on worked solutions (loss on the assistant tokens only).
 
     Args:
-        model: the policy's :class:`~tempo_pl.models.ModelSpec` (the same spec the RL module takes); its tokenizer
+        model: the policy's :class:`~tempo_pl.models.builders.ModelSpec` (the same spec the RL module takes); its tokenizer
             renders the chat template.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
@@ -160,7 +161,8 @@ class SFTModule(LightningModule):
             self.policy = build_policy(self.model_spec)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        tensors = collate_sft(self.tokenizer, batch["prompts"], batch["completions"], self.prompt_format)
+        tensors = collate_sft(self.tokenizer, batch["prompts"], batch["completions"], self.prompt_format,
+                              batch.get("system_prompts"))
         tensors = {key: value.to(self.device) for key, value in tensors.items()}
         logits = self.policy(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
         loss = completion_loss(logits, tensors["labels"])
@@ -238,14 +240,15 @@ class SFTDataModule(LightningDataModule):
         self.limit = limit
         self.split = split
         self.seed = seed
-        self.pairs: list[tuple[str, str]] = []
+        self.pairs: list[tuple[str, str, Optional[str]]] = []
 
     def setup(self, stage: str) -> None:
         if not self.pairs:
             self.pairs = self.load_pairs()
 
-    def load_pairs(self) -> list[tuple[str, str]]:
-        """``(templated prompt, solution)`` of every row; raises :class:`DataError` naming the bad rows and field."""
+    def load_pairs(self) -> list[tuple[str, str, Optional[str]]]:
+        """``(templated prompt, solution, the row's own system message or None)`` of every row; raises
+        :class:`DataError` naming the bad rows and field."""
         pairs, problems = [], []
         if isinstance(self.path, str):
             tables = read_tables(self.path, self.split)
@@ -259,10 +262,11 @@ class SFTDataModule(LightningDataModule):
                 try:
                     problem = _text_field(row, self.problem_field, user_text)
                     solution = _text_field(row, self.solution_field, assistant_text)
+                    system = system_text(row[self.problem_field])
                 except ValueError as error:
                     problems.append(f"{where}: {error}")
                     continue
-                pairs.append((apply_template(self.prompt_template, problem), solution))
+                pairs.append((apply_template(self.prompt_template, problem), solution, system))
         name = self.path if isinstance(self.path, str) else f"in-memory {type(self.path).__name__}"
         if problems:
             shown = "\n  ".join(problems[:5])
@@ -294,5 +298,6 @@ def _text_field(row: dict, field: str, from_conversation) -> str:
     return value
 
 
-def _collate_strings(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    return {"prompts": [p for p, _ in pairs], "completions": [c for _, c in pairs]}
+def _collate_strings(pairs: list[tuple[str, str, Optional[str]]]) -> dict[str, list]:
+    return {"prompts": [p for p, _, _ in pairs], "completions": [c for _, c, _ in pairs],
+            "system_prompts": [s for _, _, s in pairs]}

@@ -19,7 +19,7 @@ class PromptBatch:
 
     ``answers[i]`` is the ground truth of a labeled row and always ``None`` for an unlabeled row of a training
     stream: the data module strips D_U answers before they reach this object, which is what keeps the training path
-    blind to them.
+    blind to them. Likewise ``columns[i]`` of an unlabeled row holds only its question and id columns.
     """
 
     ids: list[str]
@@ -29,10 +29,26 @@ class PromptBatch:
     answers: list[Optional[str]]
     """Ground truth for labeled rows; ``None`` for unlabeled rows."""
     is_labeled: list[bool]
+    system_prompts: Optional[list[Optional[str]]] = None
+    """The row's own system message (a ``system`` message of its conversation), rendered by the chat template in
+    place of ``sampling.prompt_format.system_prompt``; ``None`` for rows without one. Default: none for every row."""
+    conversational: Optional[list[bool]] = None
+    """Whether the row's question came as a conversation (TRL's ``prompt`` / ``messages``): reward functions then
+    get prompts and completions as message lists, as TRL passes them. Default: false for every row."""
+    columns: Optional[list[dict]] = None
+    """The dataset columns of each row, by name, for reward functions (TRL passes every column as a keyword); an
+    unlabeled row's hold only its question and id columns, since any other column may hold its answer. Default:
+    none."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        for name in ("prompts", "answers", "is_labeled"):
+        if self.system_prompts is None:
+            self.system_prompts = [None] * n
+        if self.conversational is None:
+            self.conversational = [False] * n
+        if self.columns is None:
+            self.columns = [{} for _ in range(n)]
+        for name in ("prompts", "answers", "is_labeled", *ROW_EXTRAS):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} entries, ids has {n}")
         for i, (labeled, answer) in enumerate(zip(self.is_labeled, self.answers)):
@@ -43,21 +59,16 @@ class PromptBatch:
         return len(self.ids)
 
     def select(self, indices: list[int]) -> "PromptBatch":
-        return PromptBatch(
-            ids=[self.ids[i] for i in indices],
-            prompts=[self.prompts[i] for i in indices],
-            answers=[self.answers[i] for i in indices],
-            is_labeled=[self.is_labeled[i] for i in indices],
-        )
+        return PromptBatch(**{name: [getattr(self, name)[i] for i in indices] for name in ROW_FIELDS})
 
     @staticmethod
     def concat(batches: list["PromptBatch"]) -> "PromptBatch":
-        return PromptBatch(
-            ids=[x for b in batches for x in b.ids],
-            prompts=[x for b in batches for x in b.prompts],
-            answers=[x for b in batches for x in b.answers],
-            is_labeled=[x for b in batches for x in b.is_labeled],
-        )
+        return PromptBatch(**{name: [x for b in batches for x in getattr(b, name)] for name in ROW_FIELDS})
+
+
+ROW_EXTRAS = ("system_prompts", "conversational", "columns")
+"""The per-row fields of :class:`PromptBatch` beside ids, prompts, answers and labels (defaulted when not given)."""
+ROW_FIELDS = ("ids", "prompts", "answers", "is_labeled", *ROW_EXTRAS)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import zlib
 import torch
 
 from tempo_pl.module import TempoModule
-from tempo_pl.rollout import HFGenerateEngine
+from tempo_pl.engines.hf_generate import HFGenerateEngine
 
 
 def _code(text: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from tempo_pl.rollout import HFGenerateEngine
+from tempo_pl.engines.hf_generate import HFGenerateEngine
 
 
 class PausingEngine(HFGenerateEngine):

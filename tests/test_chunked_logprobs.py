@@ -17,7 +17,9 @@ from tempo_pl.algorithms.token_stats import (
     logprobs_from_logits,
     self_certainty_from_logits,
 )
-from tempo_pl.models import build_policy, policy_response_stats, position_ids_from_mask
+from tempo_pl.models.builders import build_policy
+from tempo_pl.models.forward import policy_response_stats
+from tempo_pl.models.hf import position_ids_from_mask
 
 
 def _whole_logits_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, temperature: float):

@@ -15,7 +15,7 @@ import torch
 
 from _tiny_run import build, tiny_config, write_config
 from tempo_pl.cli import LIGHTNING_SUBCOMMANDS, PIPELINES, main
-from tempo_pl.run_folder import LOCK_NAME, claim, pin_version_for_resume, release
+from tempo_pl.run.run_folder import LOCK_NAME, claim, pin_version_for_resume, release
 
 # ------------------------------------------------------------------------------------------------ --help
 

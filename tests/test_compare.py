@@ -20,30 +20,38 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
-TTRL = ROOT / "configs/baselines/ttrl.yaml"
-FROZEN = ROOT / "configs/tempo/frozen_critic.yaml"
-ZERO_RL = ROOT / "configs/baselines/zero_rl.yaml"
+# the baselines and the frozen critic are overlays over the tiny config
+TTRL = (TINY, ROOT / "configs/baselines/ttrl.yaml")
+FROZEN = (TINY, ROOT / "configs/tempo/frozen_critic.yaml")
+ZERO_RL = (TINY, ROOT / "configs/baselines/zero_rl.yaml")
+
+
+def joined(configs: tuple[Path, ...]) -> str:
+    """A method's configs on the compare command line: base first, separated by commas."""
+    return ",".join(map(str, configs))
 
 
 # ------------------------------------------------------------------------------------------------ options
 
 
 def test_method_names_paths_and_critic():
-    assert Method.parse(f"tempo={TINY}") == Method("tempo", TINY)
-    assert Method.parse(str(TTRL)) == Method("ttrl", TTRL)  # default name: the file stem
-    # a start critic is given only to methods whose config builds one
-    assert [Method.parse(str(p)).has_critic for p in (TINY, TTRL, FROZEN)] == [True, False, True]
+    assert Method.parse(f"tempo={TINY}") == Method("tempo", (TINY,))
+    assert Method.parse(joined(TTRL)) == Method("ttrl", TTRL)  # default name: the last file's stem
+    # a start critic is given only to methods whose configs build one (the overlay removes tiny.yaml's)
+    assert [Method.parse(joined(c)).has_critic for c in ((TINY,), TTRL, FROZEN)] == [True, False, True]
     with pytest.raises(ValueError, match="method name 'a b'"):
         Method.parse(f"a b={TINY}")
     with pytest.raises(FileNotFoundError, match="method 'x': config 'nowhere.yaml'"):
         Method.parse("x=nowhere.yaml")
+    with pytest.raises(FileNotFoundError, match="method 'x': config 'nowhere.yaml'"):
+        Method.parse(f"x={TINY},nowhere.yaml")
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"methods": []}, "at least one method"),
-        ({"methods": [Method("a", TINY), Method("a", TTRL)]}, r"unique, got \['a'\]"),
+        ({"methods": [Method("a", (TINY,)), Method("a", TTRL)]}, r"unique, got \['a'\]"),
         ({"steps": 6, "eval_every": 4}, "--steps \\(6\\) must be a multiple of --eval-every \\(4\\)"),
         ({"steps": 0}, "--steps must be >= 1"),
         ({"stage1_steps": 0}, "--stage1-steps must be >= 1"),
@@ -52,23 +60,24 @@ def test_method_names_paths_and_critic():
     ],
 )
 def test_compare_config_is_validated(kwargs, message):
-    kwargs = {"methods": [Method("tempo", TINY)], **kwargs}
+    kwargs = {"methods": [Method("tempo", (TINY,))], **kwargs}
     with pytest.raises(ValueError, match=message):
         CompareConfig(**kwargs)
 
 
 def test_command_line_maps_to_the_config(tmp_path):
     cfg = compare.config_from_args([
-        f"tempo={TINY}", str(TTRL), "--steps", "6", "--eval-every", "3", "--seed", "5", "--output", str(tmp_path),
+        f"tempo={TINY}", joined(TTRL), "--steps", "6", "--eval-every", "3", "--seed", "5", "--output", str(tmp_path),
         "--policy", "p", "--critic", "c", "--stage1-steps", "2", "--eval-set", "heldout",
         "--set=--trainer.limit_val_batches=2", "--launcher", "inprocess",
     ])
     assert cfg == CompareConfig(
-        methods=[Method("tempo", TINY), Method("ttrl", TTRL)], steps=6, eval_every=3, seed=5, output=tmp_path,
+        methods=[Method("tempo", (TINY,)), Method("ttrl", TTRL)], steps=6, eval_every=3, seed=5, output=tmp_path,
         policy="p", critic="c", stage1=None, stage1_steps=2, eval_set="heldout",
         overrides=["--trainer.limit_val_batches=2"], launcher="inprocess",
     )
-    assert compare.config_from_args([str(TINY), "--stage1", f"zero={ZERO_RL}"]).stage1 == Method("zero", ZERO_RL)
+    stage1 = compare.config_from_args([str(TINY), "--stage1", f"zero={joined(ZERO_RL)}"]).stage1
+    assert stage1 == Method("zero", ZERO_RL)
 
 
 def test_fit_args_give_every_method_the_same_seed_budget_and_start(tmp_path):
@@ -229,7 +238,8 @@ TINY_LENGTHS = [
 def test_compare_runs_methods_from_the_stage1_export(tmp_path):
     out = tmp_path / "cmp"
     files = compare.main([
-        f"tempo={TINY}", f"ttrl={TTRL}", f"frozen_critic={FROZEN}", "--stage1", str(ZERO_RL), "--stage1-steps", "1",
+        f"tempo={TINY}", f"ttrl={joined(TTRL)}", f"frozen_critic={joined(FROZEN)}", "--stage1", joined(ZERO_RL),
+        "--stage1-steps", "1",
         "--steps", "2", "--eval-every", "1", "--seed", "3", "--output", str(out), "--launcher", "inprocess",
         *TINY_LENGTHS,
     ])
@@ -280,7 +290,8 @@ def test_compare_runs_stage1_first_and_starts_every_method_from_its_export(tmp_p
     files = compare.compare(cfg)
     stage1, ttrl, frozen = launched
     # stage 1 starts from --policy, trains 3 steps without evaluation; the methods start from its export
-    assert f"--config={ZERO_RL}" in stage1 and "--trainer.limit_train_batches=3" in stage1
+    assert [a for a in stage1 if a.startswith("--config=")] == [f"--config={p}" for p in ZERO_RL]
+    assert "--trainer.limit_train_batches=3" in stage1
     assert "--trainer.limit_val_batches=0" in stage1
     assert '"name_or_path": "/sft/policy"' in next(a for a in stage1 if a.startswith("--model.init_args.policy="))
     for args in (ttrl, frozen):
@@ -310,4 +321,5 @@ def test_example_script_defaults_to_tempo_ttrl_and_frozen_critic():
     assert defaults == example.DEFAULT_METHODS + ["--steps", "4", "--set=--trainer.limit_val_batches=2"]
     assert [Method.parse(m).name for m in example.DEFAULT_METHODS] == ["tempo", "ttrl", "frozen_critic"]
     # method configs given: used as they are (an option's value is not taken for one)
-    assert example.with_default_methods(["--output", "out", f"x={TTRL}"]) == ["--output", "out", f"x={TTRL}"]
+    given = ["--output", "out", f"x={joined(TTRL)}"]
+    assert example.with_default_methods(given) == given

@@ -17,9 +17,9 @@ def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float 
     from dataclasses import replace
 
     from tempo_pl.config import AlgorithmConfig, TrainingConfig
-    from tempo_pl.models import CriticSpec, LoraSpec
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
     from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     cls = module_cls or TempoModule
     critic = CriticSpec(init_from_policy=True, seed=0, head_init_std=0.5)
@@ -27,7 +27,7 @@ def make_module(tiny_policy_spec, advantage: str = "em_token", critic_lr: float 
         tiny_policy_spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
         critic = replace(critic, lora=LoraSpec(r=4, alpha=8))
     return cls(policy=tiny_policy_spec, critic=critic, shared_base=shared_base,
-               sampling=SamplingSpec(n=3, max_new_tokens=8, max_prompt_length=256),
+               sampling=SamplingConfig(n=3, max_new_tokens=8, max_prompt_length=256),
                algorithm=AlgorithmConfig(advantage=advantage),
                training=TrainingConfig(**{"mini_batch_size": 4, "micro_batch_size": 2, "group_filter": False,
                                           **training}),
@@ -53,7 +53,7 @@ def fit(module, monkeypatch, steps: int = 2) -> tuple[list[dict], list[int]]:
 
     seed_everything(3, verbose=False)
     passes: list[int] = []
-    from tempo_pl.models import critic_response_values as inner
+    from tempo_pl.models.forward import critic_response_values as inner
 
     def counted(critic, input_ids, *args, **kwargs):
         passes.append(len(input_ids))

@@ -159,12 +159,12 @@ def test_hub_names_go_through_load_dataset_with_the_split(monkeypatch):
 
 def test_benchmark_names_dispatch_to_load_benchmark(monkeypatch):
     calls = []
-    fake = types.ModuleType("tempo_pl.data.benchmarks")
+    fake = types.ModuleType("tempo_pl.data.eval_sets")
     fake.BENCHMARKS = {"aime2024": None}
     fake.load_benchmark = lambda name, local_dir=None: calls.append((name, local_dir)) or [
         {"id": "2024-I-1", "problem": "Aya walks.", "answer": "204"}
     ]
-    monkeypatch.setitem(sys.modules, "tempo_pl.data.benchmarks", fake)
+    monkeypatch.setitem(sys.modules, "tempo_pl.data.eval_sets", fake)
     monkeypatch.setattr(data_package, "benchmarks", fake, raising=False)
 
     records = load_records(DatasetSpec("aime2024"), "eval", data_dir="/some/dir")

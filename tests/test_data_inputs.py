@@ -185,8 +185,9 @@ def test_trl_prompt_and_messages_columns_give_the_user_message(tmp_path):
 
 
 @pytest.mark.parametrize("conversation, reason", [
-    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"}],
-     "a system message in the data is not supported: set sampling.prompt_format.system_prompt"),
+    ([{"role": "user", "content": "Q"}, {"role": "system", "content": "Be brief."}],
+     "a system message must be the first message and the only one, got roles ['user', 'system']"),
+    ([{"role": "system", "content": " "}, {"role": "user", "content": "Q"}], "the system message is empty"),
     ([{"role": "user", "content": "Q1"}, {"role": "user", "content": "Q2"}],
      "expected exactly one user message, got 2 (roles ['user', 'user'])"),
     ([{"role": "user", "content": [{"type": "image"}]}], "user message has non-text parts ['image']"),
@@ -199,15 +200,34 @@ def test_unusable_conversations_name_file_line_and_field(tmp_path, conversation,
     assert f"{path} line 2 (row 1, id 'bad'): field 'prompt': {reason}" in message, message
 
 
+def test_a_rows_own_system_message_travels_with_it_to_the_prompt_batch_and_sft(tmp_path):
+    chat = [{"id": "a", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1 + 1?"}],
+             "answer": "2"},
+            {"id": "b", "prompt": [{"role": "user", "content": "2 + 2?"}], "answer": "4"}]
+    records = load_records(DatasetSpec(data=Dataset.from_list(chat), problem_field="prompt"), "labeled")
+    assert [(r.problem, r.system_prompt, r.conversational) for r in records] == [
+        ("1 + 1?", "Be brief.", True), ("2 + 2?", None, True)]
+    dm = TempoDataModule(labeled=DatasetSpec(data=Dataset.from_list(chat), problem_field="prompt"), batch_size=2,
+                         prompt_template="plain")
+    dm.setup("fit")
+    dm.streams.source = "labeled"
+    batch = next(dm.streams)
+    assert dict(zip(batch.ids, batch.system_prompts)) == {"in_memory:a": "Be brief.", "in_memory:b": None}
+    sft_rows = [{"messages": [*row["prompt"], {"role": "assistant", "content": row["answer"]}]} for row in chat]
+    sft = SFTDataModule(str(write_jsonl(tmp_path / "sft.jsonl", sft_rows)), problem_field="messages",
+                        solution_field="messages", prompt_template="plain")
+    assert sft.load_pairs() == [("1 + 1?", "2", "Be brief."), ("2 + 2?", "4", None)]
+
+
 def test_sft_reads_messages_and_prompt_completion_columns(tmp_path):
     chat = [{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "\\boxed{2}"}]}]
     dm = SFTDataModule(str(write_jsonl(tmp_path / "sft.jsonl", chat)), problem_field="messages",
                        solution_field="messages", prompt_template="plain")
-    assert dm.load_pairs() == [("1 + 1?", "\\boxed{2}")]
+    assert dm.load_pairs() == [("1 + 1?", "\\boxed{2}", None)]
     pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": "2 + 2?"}],
                                 "completion": [{"role": "assistant", "content": "4"}]}])
     dm = SFTDataModule(pairs, problem_field="prompt", solution_field="completion", prompt_template="plain")
-    assert dm.load_pairs() == [("2 + 2?", "4")]
+    assert dm.load_pairs() == [("2 + 2?", "4", None)]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "Q"}]}])
     dm = SFTDataModule(str(bad), problem_field="messages", solution_field="messages")
     message = error_of(dm.load_pairs)

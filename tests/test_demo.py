@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tempo_pl.run.config_layers import read_layers
 from tempo_pl.pipelines import demo, demo_stages, demo_summary
 from tempo_pl.pipelines.demo import DemoConfig
 from tempo_pl.pipelines.demo_stages import STAGES, TEST_TIME_METHODS
@@ -138,7 +139,7 @@ def test_seeds_run_every_method_once_per_seed_from_the_shared_start(tmp_path):
     assert len(stages) == 2 + 3 * len(TEST_TIME_METHODS) + 1
     assert stages["report"].needs == tuple(n for n in stages if n not in ("sft", "zero_rl", "report"))
     start = _fake_zero_rl_export(tmp_path)
-    config = yaml.safe_load((demo.DEMO_CONFIGS / "tempo.yaml").read_text())
+    config = read_layers([demo.DEMO_CONFIGS / "tempo.yaml"])
     seed0, seed2 = demo.fit_args(stages["tempo"], cfg), demo.fit_args(stages["tempo_seed2"], cfg)
     assert not [a for a in seed0 if "seed" in a.split("=", 1)[0]]  # seed 0 is the config's own
     assert _arg(seed2, "--seed_everything") == str(config["seed_everything"] + 2)
@@ -147,38 +148,53 @@ def test_seeds_run_every_method_once_per_seed_from_the_shared_start(tmp_path):
     assert _arg(seed2, "--model.init_args.policy.name_or_path") == start["policy"]
 
 
+def _configs(args: list[str]) -> list[Path]:
+    return [Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]
+
+
 def test_another_scenario_rewrites_the_task_and_its_stage_settings_only(tmp_path):
     cfg = DemoConfig(out=tmp_path, scenario="recheck")
     scenarios = demo.read_scenarios(demo.DEMO_CONFIGS)
     assert DemoConfig(out=tmp_path).scenario == next(iter(scenarios)) == "trap"
     stages = {s.name: s for s in cfg.stages}
     _fake_zero_rl_export(tmp_path)
-    for name in ("sft", "tempo"):
-        path = Path(_arg(demo.fit_args(stages[name], cfg), "--config"))
-        assert path == tmp_path / "configs" / "recheck" / f"{name}.yaml"
-        shipped = yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text())
-        rewritten = yaml.safe_load(path.read_text())
-        paths = list(_synthetic_paths(rewritten))
-        assert paths and all(p.endswith(scenarios["recheck"]["task"]) for p in paths)
-        assert [p.split("&max_multiplier")[0] for p in paths] == [
-            p.split("&max_multiplier")[0] for p in _synthetic_paths(shipped)]  # split, seed and size kept
-        assert demo.with_task(rewritten, scenarios["trap"]["task"]) == shipped
+    for name in ("sft", "tempo", "ttrl"):
+        paths = _configs(demo.fit_args(stages[name], cfg))
+        assert paths == [tmp_path / "configs" / "recheck" / c for c in stages[name].configs]  # every layer rewritten
+        for path, layer in zip(paths, stages[name].configs):
+            shipped = yaml.safe_load((demo.DEMO_CONFIGS / layer).read_text())
+            rewritten = yaml.safe_load(path.read_text())
+            synthetic = list(_synthetic_paths(rewritten))
+            assert all(p.endswith(scenarios["recheck"]["task"]) for p in synthetic)
+            assert [p.split("&max_multiplier")[0] for p in synthetic] == [
+                p.split("&max_multiplier")[0] for p in _synthetic_paths(shipped)]  # split, seed and size kept
+            assert demo.with_task(rewritten, scenarios["trap"]["task"]) == shipped
+        assert list(_synthetic_paths(read_layers(paths)))
 
 
 def test_a_scenario_sets_stage_keys_and_names_a_missing_one(tmp_path):
     folder = tmp_path / "configs"
     folder.mkdir()
-    for stage in STAGES:
-        if stage.config:
-            (folder / stage.config).write_text((demo.DEMO_CONFIGS / stage.config).read_text())
+    for name in {c for stage in STAGES for c in stage.configs}:
+        (folder / name).write_text((demo.DEMO_CONFIGS / name).read_text())
     (folder / "scenarios.yaml").write_text(
-        "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_steps: 5}}}\n"
+        "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_steps: 5}, "
+        "ttrl: {model.init_args.sampling.n: 4}}}\n"
         "c: {task: 'max_value=30', stages: {sft: {trainer.max_step: 5}}}\n")
-    written = Path(_arg(demo.fit_args(STAGES[0], DemoConfig(out=tmp_path / "b", config_dir=folder, scenario="b")),
-                        "--config"))
-    config = yaml.safe_load(written.read_text())
+    b = DemoConfig(out=tmp_path / "b", config_dir=folder, scenario="b")
+    written = _configs(demo.fit_args(STAGES[0], b))
+    assert written == [tmp_path / "b" / "configs" / "b" / name for name in ("sft.yaml", "sft.settings.yaml")]
+    config = read_layers(written)
     assert config["trainer"]["max_steps"] == 5
     assert config["data"]["init_args"]["path"].endswith("&max_value=30")
+    # a test-time method's settings come as an overlay of its own: TEMPO's run and the shared base keep n 8
+    _fake_zero_rl_export(tmp_path / "b")
+    stages = {s.name: s for s in b.stages}
+    ttrl, tempo = (_configs(demo.fit_args(stages[name], b)) for name in ("ttrl", "tempo"))
+    assert [p.name for p in ttrl] == ["tempo.yaml", "ttrl.yaml", "ttrl.settings.yaml"]
+    assert [p.name for p in tempo] == ["tempo.yaml"]
+    assert read_layers(ttrl)["model"]["init_args"]["sampling"]["n"] == 4
+    assert read_layers(tempo)["model"]["init_args"]["sampling"]["n"] == 8
     cfg = DemoConfig(out=tmp_path / "c", config_dir=folder, scenario="c")
     with pytest.raises(ValueError, match=r"scenario 'c', sft: 'trainer.max_step' is not a key"):
         demo.fit_args(STAGES[0], cfg)
@@ -204,8 +220,8 @@ def _arg(args: list[str], key: str) -> str:
 def test_fit_args_chain_the_stages(tmp_path):
     cfg = DemoConfig(out=tmp_path, steps_scale=0.5, overrides=["--data.init_args.eval_limit=8"])
     stages = {s.name: s for s in STAGES}
-    configs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text())
-               for name in stages if name != "report"}
+    configs = {name: read_layers([demo.DEMO_CONFIGS / c for c in stage.configs])
+               for name, stage in stages.items() if name != "report"}
 
     sft = demo.fit_args(stages["sft"], cfg)
     assert _arg(sft, "--trainer.max_steps") == str(round(configs["sft"]["trainer"]["max_steps"] * 0.5))
@@ -239,9 +255,10 @@ def test_fit_args_chain_the_stages(tmp_path):
 
 
 def test_test_time_configs_differ_only_in_method(tmp_path):
-    """Same seed, budget, sampling, loss, optimizer and evaluation for the three test-time runs: only the reward, the
-    schedule and the critic's use may differ."""
-    cfgs = {name: yaml.safe_load((demo.DEMO_CONFIGS / f"{name}.yaml").read_text()) for name in TEST_TIME_METHODS}
+    """Same seed, budget, sampling, loss, optimizer and evaluation for the test-time runs: only the reward, the
+    schedule and the critic's use may differ (the other methods' overlays layered over tempo.yaml)."""
+    cfgs = {name: read_layers([demo.DEMO_CONFIGS / c for c in demo_stages.method_configs(name)])
+            for name in TEST_TIME_METHODS}
     for name, c in cfgs.items():
         assert c["seed_everything"] == cfgs["tempo"]["seed_everything"], name
         for key in ("limit_train_batches", "val_check_interval", "num_sanity_val_steps"):
@@ -295,8 +312,8 @@ def test_every_stage_reads_the_same_synthetic_task():
 
     found = {}
     for stage in STAGES:
-        if stage.config:
-            config = yaml.safe_load((demo.DEMO_CONFIGS / stage.config).read_text())
+        if stage.configs:
+            config = read_layers([demo.DEMO_CONFIGS / c for c in stage.configs])
             found[stage.name] = [task(path) for path in _synthetic_paths(config)]
     specs = {spec for tasks in found.values() for spec, _ in tasks}
     assert len(specs) == 1, specs
@@ -542,8 +559,8 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
 def test_the_demo_runs_the_paper_configs_update():
     """GSPO, its clip range, the sequence-level value clip and group filtering: configs/tempo's choices, at demo size."""
     demo_init = yaml.safe_load((demo.DEMO_CONFIGS / "tempo.yaml").read_text())["model"]["init_args"]
-    paper = Path(__file__).resolve().parents[1] / "configs" / "tempo" / "olmo3_7b_aime.yaml"
-    paper_init = yaml.safe_load(paper.read_text())["model"]["init_args"]
+    paper = Path(__file__).resolve().parents[1] / "configs" / "tempo"
+    paper_init = read_layers([paper / "aime.yaml", paper / "olmo3_7b_aime.yaml"])["model"]["init_args"]
     for key in ("advantage", "policy_loss", "clip_low", "clip_high", "loss_agg_mode", "value_clip_mode",
                 "cliprange_value"):
         assert demo_init["algorithm"][key] == paper_init["algorithm"][key], key
@@ -561,20 +578,20 @@ def test_the_drift_scenario_keeps_d_u_answers_out_of_training(tmp_path):
     unlabeled_answers = {r["problem"]: r["answer"] for r in load_synthetic(
         "synthetic:unlabeled?seed=0&size=64&" + demo.read_scenarios(demo.DEMO_CONFIGS)["drift"]["task"])}
     for stage in cfg.stages:
-        if not stage.config:
+        if not stage.configs:
             continue
-        config = yaml.safe_load(Path(_arg(demo.fit_args(stage, cfg), "--config")).read_text())
+        config = read_layers(_configs(demo.fit_args(stage, cfg)))
         data = config["data"]["init_args"]
         assert not data.get("expose_unlabeled_answers", False), stage.name
         if stage.name == "sft":
             assert data["path"].startswith("synthetic:labeled?"), data["path"]
             continue
-        assert "labeled" in data or stage.method in ("ttrl", "empo", "intuitor"), stage.name  # D_U-only methods
-        assert "labeled" not in data or data["labeled"]["path"].startswith("synthetic:labeled?"), stage.name
+        assert data.get("labeled") or stage.method in ("ttrl", "empo", "intuitor"), stage.name  # D_U-only methods
+        assert not data.get("labeled") or data["labeled"]["path"].startswith("synthetic:labeled?"), stage.name
         if stage.method is None:
             continue
         assert data["unlabeled"]["path"].startswith("synthetic:unlabeled?"), stage.name
-        specs = {k: DatasetSpec(**data[k]) for k in ("labeled", "unlabeled") if k in data}
+        specs = {k: DatasetSpec(**data[k]) for k in ("labeled", "unlabeled") if data.get(k)}
         module = TempoDataModule(**{**{k: v for k, v in data.items() if k != "eval_sets"}, **specs})
         module.setup("fit")
         assert module.unlabeled_rows and all(row.answer is None for row in module.unlabeled_rows), stage.name

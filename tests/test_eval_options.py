@@ -6,8 +6,8 @@ import pytest
 
 from test_rewards import make_rollout
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation import Evaluation, eval_sampling, greedy_sampling
-from tempo_pl.rollout import SamplingSpec
+from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling, greedy_sampling
+from tempo_pl.config import SamplingConfig
 
 
 @pytest.mark.parametrize("budget", [0, -3])
@@ -17,7 +17,7 @@ def test_a_zero_or_negative_eval_budget_is_refused(budget):
 
 
 def test_null_eval_budget_is_the_training_one():
-    training = SamplingSpec(n=4, max_new_tokens=24)
+    training = SamplingConfig(n=4, max_new_tokens=24)
     assert eval_sampling(EvalConfig(k=2, pass_ks=[1, 2]), training).max_new_tokens == 24
     assert eval_sampling(EvalConfig(k=2, pass_ks=[1, 2], max_new_tokens=7), training).max_new_tokens == 7
 
@@ -41,21 +41,21 @@ def test_lenient_evaluation_scores_answers_in_prose():
 
 
 def test_an_offline_benchmark_name_says_to_set_the_data_dir(tmp_path, monkeypatch):
-    from tempo_pl.data import benchmarks
+    from tempo_pl.data import eval_sets
 
     def offline(info):
         raise ConnectionError("Couldn't reach the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(benchmarks, "_load_from_hub", offline)
+    monkeypatch.setattr(eval_sets, "_load_from_hub", offline)
     monkeypatch.delenv("TEMPO_PL_DATA_DIR", raising=False)
     with pytest.raises(ConnectionError, match="TEMPO_PL_DATA_DIR is not set. Offline, put a copy of aime2024.jsonl"):
-        benchmarks.load_benchmark("aime2024")
+        eval_sets.load_benchmark("aime2024")
     with pytest.raises(ConnectionError, match=f"{str(tmp_path)!r} has no aime2024.jsonl.*set TEMPO_PL_DATA_DIR=<folder>"):
-        benchmarks.load_benchmark("aime2024", local_dir=str(tmp_path))
+        eval_sets.load_benchmark("aime2024", local_dir=str(tmp_path))
 
 
 def test_greedy_decoding_is_one_response_at_temperature_zero_with_the_eval_budget():
-    training = SamplingSpec(n=8, temperature=1.0, top_p=0.9, max_new_tokens=64)
+    training = SamplingConfig(n=8, temperature=1.0, top_p=0.9, max_new_tokens=64)
     spec = greedy_sampling(EvalConfig(k=4, pass_ks=[1], temperature=0.7, max_new_tokens=32), training)
     assert (spec.n, spec.temperature, spec.top_p, spec.max_new_tokens) == (1, 0.0, 1.0, 32)
 

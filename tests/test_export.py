@@ -1,4 +1,4 @@
-"""HF export (tempo_pl.export) of full checkpoints: LoRA merged, QLoRA merged into the full-precision base, shared
+"""HF export (tempo_pl.run.export) of full checkpoints: LoRA merged, QLoRA merged into the full-precision base, shared
 base split into two models. Sharded (FSDP2) checkpoints are exported in test_strategies.py, on a real 2-rank run."""
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def _exported_outputs(written: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_lora_checkpoint_exports_merged_models_with_the_same_outputs(tiny_policy_spec, tmp_path: Path) -> None:
-    from tempo_pl.export import export_hf
-    from tempo_pl.models import CriticSpec, LoraSpec, build_critic, build_policy
+    from tempo_pl.run.export import export_hf
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, build_critic, build_policy
 
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
     critic_spec = CriticSpec(seed=1, lora=LoraSpec(r=2, alpha=4))
@@ -66,7 +66,7 @@ def test_lora_checkpoint_exports_merged_models_with_the_same_outputs(tiny_policy
 
 def test_tempo_pl_export_subcommand_writes_the_folders(tiny_policy_spec, tmp_path: Path, capsys) -> None:
     from tempo_pl.cli import main
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
 
     policy = build_policy(tiny_policy_spec)
     _randomise(policy, 5)
@@ -86,8 +86,8 @@ def test_tempo_pl_export_subcommand_writes_the_folders(tiny_policy_spec, tmp_pat
 def test_qlora_checkpoint_merges_adapters_into_the_full_precision_base(tiny_policy_spec, tmp_path: Path) -> None:
     """A 4-bit run's adapters are merged into the original weights (not their NF4 rounding): the export equals the
     full-precision model carrying the trained adapters, not the 4-bit model."""
-    from tempo_pl.export import export_hf, full_precision, load_trained_weights
-    from tempo_pl.models import CriticSpec, LoraSpec, build_critic, build_policy
+    from tempo_pl.run.export import export_hf, full_precision, load_trained_weights
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, build_critic, build_policy
 
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True)
     critic_spec = CriticSpec(seed=1, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True)
@@ -115,9 +115,9 @@ def test_qlora_checkpoint_merges_adapters_into_the_full_precision_base(tiny_poli
 
 
 def test_shared_base_checkpoint_exports_two_standalone_models(tiny_policy_spec, tmp_path: Path) -> None:
-    from tempo_pl.export import export_hf
-    from tempo_pl.models import CriticSpec, LoraSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.run.export import export_hf
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
     critic_spec = CriticSpec(seed=1, lora=LoraSpec(r=2, alpha=4))
@@ -135,8 +135,8 @@ def test_shared_base_checkpoint_exports_two_standalone_models(tiny_policy_spec, 
 
 
 def test_checkpoint_of_another_configuration_is_refused(tiny_policy_spec, tmp_path: Path) -> None:
-    from tempo_pl.export import export_hf
-    from tempo_pl.models import LoraSpec, build_policy
+    from tempo_pl.run.export import export_hf
+    from tempo_pl.models.builders import LoraSpec, build_policy
 
     trained = build_policy(tiny_policy_spec)  # full fine-tuning, no adapters
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4))
@@ -146,7 +146,7 @@ def test_checkpoint_of_another_configuration_is_refused(tiny_policy_spec, tmp_pa
 
 
 def test_missing_or_foreign_checkpoints_are_named(tmp_path: Path) -> None:
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
 
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         export_hf(tmp_path / "nothing", tmp_path / "hf")
@@ -159,8 +159,8 @@ def test_missing_or_foreign_checkpoints_are_named(tmp_path: Path) -> None:
 
 
 def test_command_line_writes_the_policy_only_when_asked(tiny_policy_spec, tmp_path: Path, capsys) -> None:
-    from tempo_pl.export import main
-    from tempo_pl.models import CriticSpec, build_critic, build_policy
+    from tempo_pl.run.export import main
+    from tempo_pl.models.builders import CriticSpec, build_critic, build_policy
 
     critic_spec = CriticSpec(seed=1)
     ckpt = _write_checkpoint(tmp_path / "full.ckpt", {"policy": tiny_policy_spec, "critic": critic_spec},

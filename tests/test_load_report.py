@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from tempo_pl.load_report import TRANSFORMERS_LOGGER, held_load_report
+from tempo_pl.models.load_report import TRANSFORMERS_LOGGER, held_load_report
 
 
 def test_a_critic_from_a_policy_folder_logs_one_line(tmp_path, tiny_policy_spec, tiny_tokenizer, caplog):
-    from tempo_pl.models import CriticSpec, build_critic, build_policy
+    from tempo_pl.models.builders import CriticSpec, build_critic, build_policy
 
     build_policy(tiny_policy_spec).save_pretrained(tmp_path / "policy")
     tiny_tokenizer.save_pretrained(tmp_path / "policy")

@@ -9,21 +9,11 @@ import pytest
 import torch
 from _weights import draw_parameters
 
-from tempo_pl.models import (
-    CriticSpec,
-    LoraSpec,
-    ModelSpec,
-    build_critic,
-    build_policy,
-    build_tokenizer,
-    critic_response_values,
-    disable_bnb_avx512bf16,
-    policy_response_stats,
-    position_ids_from_mask,
-    sequence_inputs,
-)
-from tempo_pl.lora import save_merged
-from tempo_pl.tiny import (
+from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec, build_critic, build_policy, build_tokenizer, disable_bnb_avx512bf16
+from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
+from tempo_pl.models.hf import position_ids_from_mask
+from tempo_pl.models.lora import save_merged
+from tempo_pl.models.tiny import (
     BUILTIN_CHAR,
     CHATML_TEMPLATE,
     build_char_tokenizer,
@@ -32,6 +22,7 @@ from tempo_pl.tiny import (
     train_bpe_tokenizer,
 )
 from tempo_pl.types import PromptBatch, Rollout
+from _rollouts import prompt_batch, rollout_from_tokens
 
 
 def _char_id(c: str) -> int:
@@ -346,18 +337,12 @@ def test_critic_for_an_architecture_without_a_token_classification_class(tmp_pat
 
 
 def _rollout(prompt_ids, prompt_mask, response_ids, response_mask) -> Rollout:
-    n = len(prompt_ids)
-    return Rollout(
-        prompt_ids=torch.tensor(prompt_ids),
-        prompt_mask=torch.tensor(prompt_mask),
-        response_ids=torch.tensor(response_ids),
-        response_mask=torch.tensor(response_mask, dtype=torch.float),
-        texts=[""] * n,
-        group_ids=torch.arange(n),
-        is_labeled=torch.zeros(n, dtype=torch.bool),
-        truncated=torch.zeros(n, dtype=torch.bool),
-        prompt_batch=PromptBatch([str(i) for i in range(n)], [""] * n, [None] * n, [False] * n),
-    )
+    """One prompt per row, written as the padded tensors the assertions read (pad id 0)."""
+    prompts = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in zip(prompt_ids, prompt_mask)]
+    responses = [ids[:sum(mask)] for ids, mask in zip(response_ids, response_mask)]
+    rollout = rollout_from_tokens(prompt_batch([str(i) for i in range(len(prompts))]), 1, prompts, responses)
+    assert rollout.prompt_ids.tolist() == prompt_ids and rollout.response_ids.tolist() == response_ids
+    return rollout
 
 
 def test_sequence_inputs_concatenates_and_numbers_positions():
@@ -476,13 +461,14 @@ def test_qlora_policy_is_4bit_with_trainable_adapters(tiny_policy_spec):
 
 
 def test_qlora_generate_then_train_gives_the_same_gradients(tiny_policy_spec, tiny_tokenizer):
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
 
     reference = _lora_grads(_qlora(tiny_policy_spec))  # never ran an eval-mode forward
     assert all(g is not None and g.abs().sum() > 0 for g in reference.values())
 
     policy = _qlora(tiny_policy_spec)
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=4))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=4))
     torch.manual_seed(0)
     rollout = engine.generate(policy, PromptBatch(["a"], ["1+1?"], [None], [False]))
     assert rollout.num_rows == 2

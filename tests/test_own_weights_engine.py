@@ -22,7 +22,7 @@ import yaml
 
 from _tiny_run import ROOT, build, finish_worker, rollout_records, subprocess_env, tiny_config
 
-from tempo_pl.rollout import HFGenerateEngine
+from tempo_pl.engines.hf_generate import HFGenerateEngine
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -42,7 +42,7 @@ class RecordingEngine(HFGenerateEngine):
     def generate(self, model, prompts, n=None, sampling=None):
         from torch.distributed.tensor import DTensor
 
-        from tempo_pl.models import hf_model
+        from tempo_pl.models.hf import hf_model
 
         layers = hf_model(model).model.layers
         self.layers_sharded.append(all(isinstance(p, DTensor) for layer in layers for p in layer.parameters()))
@@ -67,7 +67,7 @@ class OwnCopyEngine(RecordingEngine):
         if self.copy is None:
             from transformers import AutoModelForCausalLM
 
-            from tempo_pl.models import hf_model
+            from tempo_pl.models.hf import hf_model
 
             # the copy's random initialisation must not move the trainer's RNG, which draws the samples
             with torch.random.fork_rng(devices=[]):
@@ -76,7 +76,7 @@ class OwnCopyEngine(RecordingEngine):
         return self.copy
 
     def sync_weights(self, model) -> None:
-        from tempo_pl.served_weights import served_weights
+        from tempo_pl.engines.served_weights import served_weights
 
         if self.copy is None:
             return
@@ -105,7 +105,7 @@ def engine_config(out: Path) -> dict:
 def run_engine(out: Path, engine: str) -> None:
     """One fit with ``engine``; each rank writes what its engine saw and, for the copy, how far the copy's weights
     are from the trained policy's."""
-    from tempo_pl.served_weights import served_weights
+    from tempo_pl.engines.served_weights import served_weights
 
     out.mkdir(parents=True, exist_ok=True)
     cli = build(engine_config(out), out)
@@ -138,7 +138,7 @@ def _seen(out: Path, engine: str, rank: int) -> dict:
 
 
 def test_vllm_declares_its_own_weights_and_transformers_does_not() -> None:
-    from tempo_pl.vllm_engine import VLLMEngine  # imports without vLLM
+    from tempo_pl.engines.vllm import VLLMEngine  # imports without vLLM
 
     assert VLLMEngine.serves_own_weights is True and HFGenerateEngine.serves_own_weights is False
 

@@ -1,6 +1,6 @@
 """Packaging: `tempo_pl.callbacks` (the repo-root callbacks/ folder) imports from an editable install and a wheel;
 the pipelines and the configs (tempo_pl/configs, read by `tempo-pl demo`) ship in the wheel and the core never imports
-the pipelines; every shipped YAML parses against the CLI."""
+the pipelines; a config typo is named. (Every shipped run's configs parse: tests/test_config_layers.py.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# every shipped `tempo-pl fit` config (a top-level `model:`); configs/demo/scenarios.yaml is the demo's own format
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "\nmodel:" in "\n" + p.read_text())
 
 
 def test_editable_install_maps_callbacks_folder() -> None:
@@ -41,9 +39,10 @@ def test_wheel_installs_callbacks_as_subpackage(tmp_path: Path) -> None:
     demo_configs = {n for n in names if n.startswith("tempo_pl/configs/demo/")}
     from tempo_pl.pipelines.demo_stages import STAGES
 
-    assert demo_configs == {f"tempo_pl/configs/demo/{s.config}" for s in STAGES if s.config} | {
+    assert demo_configs == {f"tempo_pl/configs/demo/{c}" for s in STAGES for c in s.configs} | {
         "tempo_pl/configs/demo/scenarios.yaml"}
-    assert "tempo_pl/configs/tiny.yaml" in names and not any(n.startswith("configs/") for n in names)
+    shipped = {f"tempo_pl/{p.relative_to(ROOT)}" for p in (ROOT / "configs").rglob("*.yaml")}
+    assert shipped <= set(names) and not any(n.startswith("configs/") for n in names)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
@@ -75,18 +74,6 @@ def test_core_never_imports_the_pipelines() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
-def test_every_config_parses(config: Path, capsys) -> None:
-    from tempo_pl.cli import main
-
-    # --print_config parses and type-checks the whole file (model, data, trainer, callbacks) without running it
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
-    assert exit_info.value.code in (None, 0), capsys.readouterr().err[-2000:]
-    printed = capsys.readouterr().out
-    assert "model:" in printed and "trainer:" in printed
-
-
 def test_config_typo_is_named(tmp_path: Path, capsys) -> None:
     from tempo_pl.cli import main
 
@@ -96,3 +83,27 @@ def test_config_typo_is_named(tmp_path: Path, capsys) -> None:
         main(["fit", "--config", str(bad), "--print_config"])
     assert exit_info.value.code != 0
     assert "max_new_tokenz" in capsys.readouterr().err
+
+
+def test_plain_pytest_collects_the_tests_that_import_their_helpers() -> None:
+    # `python -P` leaves the working folder off sys.path, as the `pytest` script does (`python -m pytest` adds it)
+    out = subprocess.run([sys.executable, "-P", "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "tests/test_eval_rng.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "No module named 'tests'" not in out.stdout
+
+
+@pytest.mark.parametrize("option, reason", [
+    (["--model.init_args.sampling.n", "0"], "SamplingConfig.n must be >= 1, got 0"),
+    (["--model.init_args.sampling.max_new_tokens", "0"], "SamplingConfig.max_new_tokens must be >= 1, got 0"),
+    (["--model.init_args.algorithm.advantage", "nope"], "algorithm.advantage must be one of"),
+])
+def test_a_refused_config_value_ends_with_its_reason(option: list, reason: str, tmp_path: Path, capsys) -> None:
+    from tempo_pl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), *option,
+              f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"[tempo-pl] error: {reason}"), last

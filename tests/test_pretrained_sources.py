@@ -2,7 +2,7 @@
 
 import pytest
 
-from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
 
 
 @pytest.mark.parametrize("name", ["./no_such_model", "runs/sft/policy", "/no/such/folder"])

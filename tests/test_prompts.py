@@ -12,13 +12,14 @@ import torch
 
 from tempo_pl.callbacks import RolloutSampleLogger
 from tempo_pl.config import EvalConfig
-from tempo_pl.evaluation import Evaluation
-from tempo_pl.metrics import write_question_jsonl
-from tempo_pl.models import build_policy
-from tempo_pl.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+from tempo_pl.evaluation.evaluator import Evaluation
+from tempo_pl.evaluation.records import write_question_jsonl
+from tempo_pl.models.builders import build_policy
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine
 from tempo_pl.sft import SFTModule, collate_sft
-from tempo_pl.tiny import CHATML_TEMPLATE, build_char_tokenizer
+from tempo_pl.models.tiny import CHATML_TEMPLATE, build_char_tokenizer
 from tempo_pl.types import PromptBatch, StepPlan, StepRecord
 
 THINKING_TEMPLATE = CHATML_TEMPLATE + (
@@ -76,7 +77,7 @@ def test_prompt_format_rejects_options_it_would_ignore(kwargs, message):
 
 
 def test_sampling_spec_takes_a_prompt_format_dict():
-    spec = SamplingSpec(prompt_format={"system_prompt": "Be brief."})
+    spec = SamplingConfig(prompt_format={"system_prompt": "Be brief."})
     assert spec.prompt_format == PromptFormat(system_prompt="Be brief.")
 
 
@@ -87,11 +88,11 @@ def test_a_missing_chat_template_fails_at_setup_naming_the_option(tiny_tokenizer
     base = build_char_tokenizer()
     base.chat_template = None
     with pytest.raises(ValueError) as error:
-        HFGenerateEngine(base, SamplingSpec(n=1))
+        HFGenerateEngine(base, SamplingConfig(n=1))
     message = str(error.value)
     assert "has no chat template" in message and "set sampling.prompt_format.use_chat_template: false" in message
     # a base model: the plain prompt text, and generation works
-    engine = HFGenerateEngine(base, SamplingSpec(n=2, max_new_tokens=3,
+    engine = HFGenerateEngine(base, SamplingConfig(n=2, max_new_tokens=3,
                                                  prompt_format=PromptFormat(use_chat_template=False)))
     rollout = engine.generate(policy, batch("2+2="))
     assert decode_prompts(base, rollout) == ["2+2="] and rollout.num_rows == 2
@@ -104,10 +105,10 @@ def test_a_template_that_rejects_the_system_message_fails_at_setup(tiny_tokenize
     no_system = build_char_tokenizer()
     no_system.chat_template = ("{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
                                "supported') }}{%- endif %}" + CHATML_TEMPLATE)
-    HFGenerateEngine(no_system, SamplingSpec(n=1))  # fine without a system prompt
+    HFGenerateEngine(no_system, SamplingConfig(n=1))  # fine without a system prompt
     with pytest.raises(ValueError, match="cannot render a prompt with sampling.prompt_format = .*System role not "
                                          "supported"):
-        HFGenerateEngine(no_system, SamplingSpec(n=1, prompt_format=PromptFormat(system_prompt="Be brief.")))
+        HFGenerateEngine(no_system, SamplingConfig(n=1, prompt_format=PromptFormat(system_prompt="Be brief.")))
 
 
 def test_sft_module_checks_its_prompt_format_and_encodes_as_the_engine(tiny_policy_spec, tiny_tokenizer):
@@ -116,7 +117,7 @@ def test_sft_module_checks_its_prompt_format_and_encodes_as_the_engine(tiny_poli
     assert module.prompt_format == fmt
     prompts, completions = ["1+1?", "22+3?"], ["2", "25"]
     tensors = collate_sft(tiny_tokenizer, prompts, completions, fmt)
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=1, prompt_format=fmt))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=1, prompt_format=fmt))
     engine_ids, _ = engine._encode_prompts(batch(*prompts), engine.sampling)
     for row, ids in enumerate(engine_ids):
         # the SFT sequence starts with exactly the engine's prompt tokens; the loss starts right after them
@@ -124,11 +125,31 @@ def test_sft_module_checks_its_prompt_format_and_encodes_as_the_engine(tiny_poli
         assert (tensors["labels"][row, : len(ids)] == -100).all() and tensors["labels"][row, len(ids)] != -100
 
 
+def test_a_rows_own_system_message_replaces_the_default_and_reaches_the_policy(policy, tiny_tokenizer):
+    """As TRL renders a conversation: a row's own system message in place of sampling.prompt_format.system_prompt,
+    which the rows without one keep; the rollout's prompt tokens are those rendered, in the engine and in SFT."""
+    fmt = PromptFormat(system_prompt="Be brief.")
+    own = [None, "Think first."]
+    expected = ["<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n",
+                "<|im_start|>system\nThink first.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"]
+    assert render_prompts(tiny_tokenizer, ["1+1?", "2+2?"], fmt, own) == expected
+    assert render_prompts(tiny_tokenizer, ["2+2?"], PromptFormat(), ["Think first."]) == expected[1:]
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=2, prompt_format=fmt))
+    prompts = PromptBatch(ids=["a", "b"], prompts=["1+1?", "2+2?"], answers=[None, None], is_labeled=[False, False],
+                          system_prompts=own)
+    rollout = engine.generate(policy, prompts)
+    assert decode_prompts(tiny_tokenizer, rollout) == expected
+    tensors = collate_sft(tiny_tokenizer, ["2+2?"], ["4"], fmt, ["Think first."])
+    assert tiny_tokenizer.decode(tensors["input_ids"][0]).startswith(expected[1])
+    with pytest.raises(ValueError, match="system message of its own, which needs the chat template"):
+        render_prompts(tiny_tokenizer, ["Q"], PromptFormat(use_chat_template=False), ["Think first."])
+
+
 # ---------------------------------------------------------------- overlong prompts
 
 
 def test_truncated_prompts_warn_once_with_the_longest_length(policy, tiny_tokenizer):
-    spec = SamplingSpec(n=1, max_new_tokens=2, max_prompt_length=40)
+    spec = SamplingConfig(n=1, max_new_tokens=2, max_prompt_length=40)
     engine = HFGenerateEngine(tiny_tokenizer, spec)
     prompts = batch("short", "x" * 100, "y" * 60)
     longest = max(len(ids) for ids in encode_prompts(tiny_tokenizer, prompts.prompts))
@@ -149,7 +170,7 @@ def test_truncated_prompts_warn_once_with_the_longest_length(policy, tiny_tokeni
 
 
 def test_drop_mode_drops_counts_and_does_not_warn(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=1, max_new_tokens=2, max_prompt_length=40,
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=1, max_new_tokens=2, max_prompt_length=40,
                                                            overlong_prompt="drop"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -163,7 +184,7 @@ def test_drop_mode_drops_counts_and_does_not_warn(policy, tiny_tokenizer):
 
 def test_eval_records_hold_the_rendered_prompt_lengths_and_truncation(policy, tiny_tokenizer, tmp_path):
     fmt = PromptFormat(system_prompt="Be brief.")
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=3, max_new_tokens=4, prompt_format=fmt))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=3, max_new_tokens=4, prompt_format=fmt))
     prompts = PromptBatch(ids=["a", "b"], prompts=["1+1?", "2+2?"], answers=["2", "4"], is_labeled=[True, True])
     rollout = engine.generate(policy, prompts)
     evaluation = Evaluation(EvalConfig(k=3, pass_ks=[1]), tokenizer=tiny_tokenizer)
@@ -181,7 +202,7 @@ def test_eval_records_hold_the_rendered_prompt_lengths_and_truncation(policy, ti
 
 
 def test_rollout_jsonl_records_the_rendered_prompt_lengths_and_truncation(policy, tiny_tokenizer, tmp_path):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=3))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=3))
     rollout = engine.generate(policy, batch("1+1?", "2+2?"))
     plan = StepPlan(phase="M", source="unlabeled", update_critic=False, update_policy=True)
     record = StepRecord(rl_step=5, plan=plan, rollout=rollout, scores=torch.zeros(rollout.num_rows), metrics={})

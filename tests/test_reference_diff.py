@@ -267,7 +267,7 @@ def test_em_advantage_and_returns_match_reference(ref, seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_em_advantage_one_response_per_prompt_matches_reference(ref, seed):
-    """Convention (issue 12, item 8): ``em`` with a group of one row. The reference makes the row its own baseline
+    """Convention (docs/algorithm.md, "Where tempo-pl differs"): ``em`` with a group of one row. The reference makes the row its own baseline
     (advantage 0); GRPO's convention passes the score through."""
     b = make_batch(seed, [1, 1, 1, 1, 1, 1, 3, 4])
     ours_adv, _ = tempo_advantage("em", b)
@@ -457,7 +457,7 @@ def test_value_loss_without_labeled_rows_matches_reference(ref):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_value_clipfrac_matches_reference_token_weighting(ref, seed):
-    """Convention (issue 12, item 8): ``value/clipfrac`` as the reference logs it is the fraction of labeled valid
+    """Convention (docs/algorithm.md, "Where tempo-pl differs"): ``value/clipfrac`` as the reference logs it is the fraction of labeled valid
     TOKENS in clipped rows (a clipped row of 3 tokens counts three times a row of 1), not the fraction of rows."""
     b = make_batch(seed, [2, 3, 4, 8])
     b.is_labeled[:] = True

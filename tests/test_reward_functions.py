@@ -43,7 +43,7 @@ def test_answers_are_passed_only_when_asked_and_then_the_source_reads_ground_tru
 
 @pytest.mark.parametrize("returned, message", [
     ([1.0], "returned 1 scores for 2 completions"),
-    ([1.0, None], "score 1 is None, not a number"),
+    ([1.0, "x"], "score 1 is .x., not a number"),
     ([1.0, float("nan")], "score 1 is nan, not finite"),
     (3.0, "must return a list of floats"),
 ])
@@ -93,9 +93,15 @@ def test_a_function_reward_from_yaml_and_self_log_in_a_subclass_land_at_the_rl_s
         cfg["model"]["init_args"]["algorithm"]["advantage"] = "grpo"
         cfg["model"]["init_args"].pop("critic_optimizer", None)
 
+    _reward_functions.CALLS.clear()
     cli = fit(tiny_config(tmp_path, edit, steps=3), tmp_path)
     curves = read_scalars(Path(cli.trainer.log_dir))
     assert [s for s, _ in curves["train/reward/brevity/mean"]] == [0, 1, 2]
+    # the module tells the reward its RL step; D_U's synthetic rows show their question and id, not their
+    # `answer` and `solution` columns
+    assert [call["step"] for call in _reward_functions.CALLS] == [0, 1, 2]
+    assert {key for call in _reward_functions.CALLS for key in call} == {
+        "prompts", "completions", "completion_ids", "trainer_state", "step", "ids", "is_labeled", "id", "problem"}
     assert [s for s, _ in curves["my/response_chars"]] == [0, 1, 2]
     assert all(v < 0 for _, v in curves["train/reward/brevity/mean"])
     # the subclass logged the mean length; brevity's mean is minus the same in hundreds of characters

@@ -21,7 +21,8 @@ from tempo_pl.rewards import (
     Verifier,
     pseudo_label_metrics,
 )
-from tempo_pl.types import ForwardStats, PromptBatch, Rollout
+from tempo_pl.types import ForwardStats, Rollout
+from _rollouts import prompt_batch, rollout_from_texts
 
 torch.set_num_threads(1)
 
@@ -38,27 +39,9 @@ def make_rollout(
     response_mask: Optional[torch.Tensor] = None,
 ) -> Rollout:
     """A rollout whose group g holds the responses ``groups[g]`` (rows g*n .. g*n+n-1)."""
-    n = len(groups[0])
-    assert all(len(g) == n for g in groups)
-    num_groups, rows = len(groups), len(groups) * n
-    answers = [None] * num_groups if answers is None else answers
-    mask = torch.ones(rows, 4) if response_mask is None else response_mask
-    return Rollout(
-        prompt_ids=torch.ones(rows, 2, dtype=torch.long),
-        prompt_mask=torch.ones(rows, 2, dtype=torch.long),
-        response_ids=torch.ones(rows, mask.shape[1], dtype=torch.long),
-        response_mask=mask,
-        texts=[t for g in groups for t in g],
-        group_ids=torch.arange(num_groups).repeat_interleave(n),
-        is_labeled=torch.tensor([a is not None for a in answers]).repeat_interleave(n),
-        truncated=torch.zeros(rows, dtype=torch.bool),
-        prompt_batch=PromptBatch(
-            ids=[f"test:{g}" for g in range(num_groups)],
-            prompts=[f"question {g}" for g in range(num_groups)],
-            answers=list(answers),
-            is_labeled=[a is not None for a in answers],
-        ),
-    )
+    count = range(len(groups))
+    batch = prompt_batch([f"test:{g}" for g in count], answers, prompts=[f"question {g}" for g in count])
+    return rollout_from_texts(groups, batch, response_mask)
 
 
 def make_stats(rollout: Rollout, values=None, self_certainty=None) -> ForwardStats:

@@ -1,4 +1,4 @@
-"""The policy's weights as a separate engine serves them (tempo_pl.served_weights): checkpoint names, LoRA merged,
+"""The policy's weights as a separate engine serves them (tempo_pl.engines.served_weights): checkpoint names, LoRA merged,
 4-bit dequantized, FSDP2 gathered one unit at a time."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def _served_logits(policy: torch.nn.Module) -> tuple[torch.Tensor, set[str]]:
     """Logits of a plain transformers model loaded with the served weights, and the names it did not receive."""
     from transformers import AutoModelForCausalLM
 
-    from tempo_pl.models import hf_model
-    from tempo_pl.served_weights import served_weights
+    from tempo_pl.models.hf import hf_model
+    from tempo_pl.engines.served_weights import served_weights
 
     plain = AutoModelForCausalLM.from_config(hf_model(policy).config)
     weights = dict(served_weights(policy))
@@ -43,8 +43,8 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def test_a_full_policy_serves_its_own_parameters(tiny_policy_spec) -> None:
-    from tempo_pl.models import build_policy
-    from tempo_pl.served_weights import served_weights
+    from tempo_pl.models.builders import build_policy
+    from tempo_pl.engines.served_weights import served_weights
 
     policy = build_policy(tiny_policy_spec)
     served = dict(served_weights(policy))
@@ -53,9 +53,9 @@ def test_a_full_policy_serves_its_own_parameters(tiny_policy_spec) -> None:
 
 
 def test_lora_serves_the_merged_weights_and_leaves_the_adapters_unmerged(tiny_policy_spec) -> None:
-    from tempo_pl.lora import merged_model
-    from tempo_pl.models import LoraSpec, build_policy
-    from tempo_pl.served_weights import served_weights
+    from tempo_pl.models.lora import merged_model
+    from tempo_pl.models.builders import LoraSpec, build_policy
+    from tempo_pl.engines.served_weights import served_weights
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8)))
     _randomize_lora_b(policy)
@@ -75,7 +75,7 @@ def test_lora_serves_the_merged_weights_and_leaves_the_adapters_unmerged(tiny_po
 
 
 def test_qlora_serves_the_dequantized_base_plus_the_adapter(tiny_policy_spec) -> None:
-    from tempo_pl.models import LoraSpec, build_policy
+    from tempo_pl.models.builders import LoraSpec, build_policy
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True))
     _randomize_lora_b(policy)
@@ -86,8 +86,8 @@ def test_qlora_serves_the_dequantized_base_plus_the_adapter(tiny_policy_spec) ->
 
 
 def test_a_shared_base_serves_the_policy_adapter_even_after_the_critic_ran(tiny_policy_spec) -> None:
-    from tempo_pl.models import CriticSpec, LoraSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     policy, critic = build_shared_actor_critic(replace(tiny_policy_spec, lora=LoraSpec(r=4), load_in_4bit=True),
                                                CriticSpec(seed=1, lora=LoraSpec(r=4)))
@@ -110,7 +110,7 @@ def one_rank_mesh(monkeypatch):
 def _unsharded_units(model: torch.nn.Module) -> list[str]:
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     return [name for name, m in model.named_modules() if isinstance(m, FSDPModule)
             and any(g.is_unsharded for g in _param_groups(m._get_fsdp_state()))]
@@ -119,9 +119,10 @@ def _unsharded_units(model: torch.nn.Module) -> list[str]:
 def test_fsdp2_gathers_one_unit_at_a_time_and_serves_the_full_lora_merge(tiny_policy_spec, one_rank_mesh) -> None:
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.models import LoraSpec, build_policy, hf_model
-    from tempo_pl.served_weights import release_gathered, served_weights
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.builders import LoraSpec, build_policy
+    from tempo_pl.models.hf import hf_model
+    from tempo_pl.engines.served_weights import release_gathered, served_weights
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8)))
     _randomize_lora_b(policy)
@@ -155,9 +156,9 @@ def test_fsdp2_gathers_one_unit_at_a_time_and_serves_the_full_lora_merge(tiny_po
 def test_fsdp2_around_a_shared_qlora_base_serves_the_dequantized_policy(tiny_policy_spec, one_rank_mesh) -> None:
     """FSDP2 gathers a 4-bit weight as a plain parameter (its quantization state stays on the layer): the layer, not
     the weight's type, says it is to be dequantized."""
-    from tempo_pl.models import CriticSpec, LoraSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):
         pass
@@ -179,10 +180,11 @@ def test_fsdp2_around_a_shared_qlora_base_serves_the_dequantized_policy(tiny_pol
 def test_vllm_serves_the_dtype_fsdp2_gathers_in(tiny_policy_spec, one_rank_mesh, param_dtype) -> None:
     """The module gathers nothing for vLLM, so the parameters it sees are the float32 shards: the dtype vLLM serves
     (when not set) is the one FSDP2's gathers, ``served_weights`` included, hand out."""
-    from tempo_pl.models import build_policy, hf_model
-    from tempo_pl.served_weights import served_weights
-    from tempo_pl.strategies import FSDP2Recipe, shard_model
-    from tempo_pl.vllm_engine import _compute_dtype
+    from tempo_pl.models.builders import build_policy
+    from tempo_pl.models.hf import hf_model
+    from tempo_pl.engines.served_weights import served_weights
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_model
+    from tempo_pl.engines.vllm import _compute_dtype
 
     policy = build_policy(tiny_policy_spec)
     assert _compute_dtype(policy) == torch.float32

@@ -84,10 +84,10 @@ def test_datamodule_templates_limits_and_batches() -> None:
     dm = SFTDataModule("synthetic:labeled?size=10", prompt_template="Q: {problem}", batch_size=4, limit=6)
     dm.setup("fit")
     rows = make_split(SyntheticTaskSpec(labeled_size=10), "labeled")
-    assert dm.pairs == [(f"Q: {row['problem']}", row["solution"]) for row in rows[:6]]
+    assert dm.pairs == [(f"Q: {row['problem']}", row["solution"], None) for row in rows[:6]]
     batches = list(dm.train_dataloader())
     assert [len(b["prompts"]) for b in batches] == [4, 2]
-    assert sorted(p for b in batches for p in b["prompts"]) == sorted(p for p, _ in dm.pairs)
+    assert sorted(p for b in batches for p in b["prompts"]) == sorted(p for p, _, _ in dm.pairs)
     # the same seed shuffles the same way
     assert [b["prompts"] for b in batches] == [b["prompts"] for b in dm.train_dataloader()]
     assert SFTDataModule("synthetic:labeled", prompt_template="plain").prompt_template == "{problem}"
@@ -99,7 +99,7 @@ def test_datamodule_reads_jsonl_and_names_a_bad_row(tmp_path: Path) -> None:
 
     good = write_jsonl([{"id": "a", "q": "1+1?", "sol": "\\boxed{2}"}], tmp_path / "good.jsonl")
     dm = SFTDataModule(str(good), problem_field="q", solution_field="sol", prompt_template="plain")
-    assert dm.load_pairs() == [("1+1?", "\\boxed{2}")]
+    assert dm.load_pairs() == [("1+1?", "\\boxed{2}", None)]
     rows = [{"id": "a", "q": "1+1?", "sol": "2"}, {"id": "b", "q": "2+2?", "sol": ""}]
     bad = write_jsonl(rows, tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match=r"bad.jsonl line 2 \(row 1, id 'b'\): field 'sol'"):
@@ -113,14 +113,14 @@ def test_datamodule_reads_jsonl_and_names_a_bad_row(tmp_path: Path) -> None:
 def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, tiny_policy_spec) -> None:
     from lightning.pytorch import Trainer
 
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import encode_prompts
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.engines.hf_generate import encode_prompts
 
     save_dir = tmp_path / "policy"
     module = SFTModule(tiny_policy_spec, learning_rate=3e-3, warmup_steps=2, save_dir=str(save_dir))
     data = SFTDataModule("synthetic:labeled?size=16", prompt_template="plain", batch_size=8)
     data.setup("fit")
-    probe = collate_sft(module.tokenizer, [p for p, _ in data.pairs[:8]], [c for _, c in data.pairs[:8]])
+    probe = collate_sft(module.tokenizer, [p for p, _, _ in data.pairs[:8]], [c for _, c, _ in data.pairs[:8]])
 
     def probe_loss(policy) -> float:
         with torch.no_grad():
@@ -148,8 +148,8 @@ def test_short_fit_lowers_the_loss_and_saves_a_loadable_policy(tmp_path: Path, t
 def test_lora_policy_is_saved_merged(tmp_path: Path, tiny_policy_spec) -> None:
     from dataclasses import replace
 
-    from tempo_pl.lora import save_merged
-    from tempo_pl.models import LoraSpec, ModelSpec, build_policy
+    from tempo_pl.models.lora import save_merged
+    from tempo_pl.models.builders import LoraSpec, ModelSpec, build_policy
 
     module = SFTModule(replace(tiny_policy_spec, lora=LoraSpec(r=2, alpha=4)))
     module.configure_model()

@@ -1,4 +1,4 @@
-"""Shared 4-bit base (tempo_pl.shared_base): two adapters that train independently, memory, the CPU 4-bit trap."""
+"""Shared 4-bit base (tempo_pl.models.shared_base): two adapters that train independently, memory, the CPU 4-bit trap."""
 
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ IDS = torch.tensor([[7, 23, 41, 5, 66, 12], [40, 41, 42, 43, 44, 45]])
 
 
 def _qlora(spec):
-    from tempo_pl.models import LoraSpec
+    from tempo_pl.models.builders import LoraSpec
 
     return replace(spec, lora=LoraSpec(r=4, alpha=8), load_in_4bit=True, dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")
 def shared_qlora():
-    from tempo_pl.models import CriticSpec, ModelSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.builders import CriticSpec, ModelSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     spec = _qlora(ModelSpec(config=tiny_qwen3_config(vocab_size=100), tokenizer=BUILTIN_CHAR, seed=0))
     policy, critic = build_shared_actor_critic(spec, CriticSpec(seed=1))
@@ -44,7 +44,7 @@ def _changed(before: dict, after: dict, keep) -> set[str]:
 
 
 def _values_loss(critic, rows=IDS) -> torch.Tensor:
-    from tempo_pl.models import critic_response_values
+    from tempo_pl.models.forward import critic_response_values
 
     mask = torch.ones(rows.shape[0], 3)
     values = critic_response_values(critic, rows, torch.ones_like(rows), mask)
@@ -52,14 +52,14 @@ def _values_loss(critic, rows=IDS) -> torch.Tensor:
 
 
 def _policy_loss(policy, rows=IDS) -> torch.Tensor:
-    from tempo_pl.models import policy_response_stats
+    from tempo_pl.models.forward import policy_response_stats
 
     out = policy_response_stats(policy, rows, torch.ones_like(rows), rows[:, -3:], torch.ones(rows.shape[0], 3))
     return -out["logprobs"].mean()
 
 
 def test_each_view_lists_only_what_its_optimizer_updates(shared_qlora) -> None:
-    from tempo_pl.shared_base import CRITIC_ADAPTER, POLICY_ADAPTER, adapter_parameters
+    from tempo_pl.models.shared_base import CRITIC_ADAPTER, POLICY_ADAPTER, adapter_parameters
 
     _, policy, critic = shared_qlora
     policy_trainable = {id(p) for p in policy.parameters() if p.requires_grad}
@@ -108,8 +108,8 @@ def test_critic_update_leaves_the_policy_adapter_untouched_and_back(shared_qlora
 def test_views_compute_what_a_single_adapter_model_computes(tiny_policy_spec) -> None:
     """Full-precision base: the policy view equals build_policy's model; the critic view is the head on the critic
     adapter's final hidden states."""
-    from tempo_pl.models import CriticSpec, LoraSpec, build_policy
-    from tempo_pl.shared_base import CRITIC_ADAPTER, activate_adapter, build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, build_policy
+    from tempo_pl.models.shared_base import CRITIC_ADAPTER, activate_adapter, build_shared_actor_critic
 
     spec = replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
     policy, critic = build_shared_actor_critic(spec, CriticSpec(seed=1))
@@ -134,8 +134,8 @@ def test_views_compute_what_a_single_adapter_model_computes(tiny_policy_spec) ->
 
 
 def test_shared_base_holds_about_half_the_bytes_of_two_qlora_models(tiny_policy_spec) -> None:
-    from tempo_pl.models import CriticSpec, build_critic, build_policy
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, build_critic, build_policy
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     # wider than the tiny default so the 4-bit base, not the adapters, dominates (as in a real model)
     config = {**tiny_policy_spec.config, "hidden_size": 256, "head_dim": 64, "intermediate_size": 1024}
@@ -173,17 +173,18 @@ def _assert_same_gradients(got: dict, expected: dict, what: str) -> None:
 
 
 def test_after_generate_every_lora_parameter_still_gets_its_gradient(shared_qlora) -> None:
-    """The AVX512-BF16 trap (``tempo_pl.lora.disable_bnb_avx512bf16``): an eval-mode no-grad forward must not
+    """The AVX512-BF16 trap (``tempo_pl.models.lora.disable_bnb_avx512bf16``): an eval-mode no-grad forward must not
     leave the 4-bit layers on the inference kernel, whose output has no gradient path through the base weight.
     Generate through the rollout engine, run the critic's value pass, then both views must get the gradients they
     got before, none of them 0."""
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
-    from tempo_pl.tiny import build_char_tokenizer
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
+    from tempo_pl.models.tiny import build_char_tokenizer
     from tempo_pl.types import PromptBatch
 
     _, policy, critic = shared_qlora
     expected = {"policy": _gradients(policy, _policy_loss), "critic": _gradients(critic, _values_loss)}
-    engine = HFGenerateEngine(build_char_tokenizer(), SamplingSpec(n=2, max_new_tokens=4))
+    engine = HFGenerateEngine(build_char_tokenizer(), SamplingConfig(n=2, max_new_tokens=4))
     prompts = PromptBatch(ids=["a"], prompts=["1+1="], answers=[None], is_labeled=[False])
     assert engine.generate(policy, prompts).response_ids.shape[0] == 2
     critic.eval()
@@ -207,8 +208,8 @@ def test_the_gradient_check_catches_the_avx512_trap(shared_qlora) -> None:
     one eval no-grad forward changes the gradients, which is what the test above would report."""
     import bitsandbytes as bnb
 
-    from tempo_pl.models import CriticSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     spec = shared_qlora[0]
     policy, _ = build_shared_actor_critic(spec, CriticSpec(seed=1))
@@ -226,8 +227,8 @@ def test_the_gradient_check_catches_the_avx512_trap(shared_qlora) -> None:
 
 
 def test_build_errors_name_the_bad_key(tiny_policy_spec) -> None:
-    from tempo_pl.models import CriticSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     with pytest.raises(ValueError, match="policy.lora"):
         build_shared_actor_critic(tiny_policy_spec, CriticSpec())
@@ -249,8 +250,8 @@ def test_distributed_checkpoint_names_both_views_and_restores_what_trains_on(tin
         set_optimizer_state_dict,
     )
 
-    from tempo_pl.models import CriticSpec, LoraSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     holder = torch.nn.Module()
     holder.policy, holder.critic = build_shared_actor_critic(replace(tiny_policy_spec, lora=LoraSpec(r=2)),

@@ -9,17 +9,11 @@ import dataclasses
 import pytest
 import torch
 
-import tempo_pl.models as models
-from tempo_pl.models import (
-    CriticSpec,
-    LoraSpec,
-    build_critic,
-    build_policy,
-    critic_response_values,
-    policy_response_stats,
-    position_ids_from_mask,
-)
-from tempo_pl.shared_prompts import prompt_groups
+import tempo_pl.models.forward as forward_passes
+from tempo_pl.models.builders import CriticSpec, LoraSpec, build_critic, build_policy
+from tempo_pl.models.forward import critic_response_values, policy_response_stats
+from tempo_pl.models.hf import position_ids_from_mask
+from tempo_pl.models.shared_prompts import prompt_groups
 
 
 def _batch(seed: int = 0):
@@ -36,7 +30,7 @@ def _batch(seed: int = 0):
 
 def _whole(monkeypatch):
     """Every row runs its prompt (the sharing switched off)."""
-    monkeypatch.setattr(models, "prompt_groups", lambda *args: None)
+    monkeypatch.setattr(forward_passes, "prompt_groups", lambda *args: None)
 
 
 def test_groups_name_each_distinct_prompt_once(tiny_policy_spec):
@@ -90,7 +84,7 @@ def test_critic_values_on_shared_prompts_equal_the_whole_pass(tiny_policy_spec, 
 
 
 def test_a_shared_base_runs_its_prompts_once_for_both_views(tiny_policy_spec, monkeypatch):
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     spec = dataclasses.replace(tiny_policy_spec, lora=LoraSpec(r=4, alpha=8))
     policy, critic = build_shared_actor_critic(spec, CriticSpec(seed=0, head_init_std=0.5))

@@ -13,18 +13,13 @@ from tempo_pl.stages.minibatch import MiniBatchPlan, index_chunks, optimize
 from tempo_pl.rewards.base import RewardOutput, RewardSource
 from tempo_pl.stages.scoring import LABELED_SCORES, apply_keep_rows, score_rollout
 from tempo_pl.types import ForwardStats, PromptBatch, Rollout
+from _rollouts import rollout_from_tokens
 
 
 def make_rollout(batch: PromptBatch, n: int, length: int = 3) -> Rollout:
     rows = len(batch) * n
-    return Rollout(
-        prompt_ids=torch.ones(rows, 2, dtype=torch.long), prompt_mask=torch.ones(rows, 2, dtype=torch.long),
-        response_ids=torch.arange(rows * length).reshape(rows, length), response_mask=torch.ones(rows, length),
-        texts=[f"{pid}#{k}" for pid in batch.ids for k in range(n)],
-        group_ids=torch.arange(len(batch)).repeat_interleave(n),
-        is_labeled=torch.tensor(batch.is_labeled).repeat_interleave(n),
-        truncated=torch.zeros(rows, dtype=torch.bool), prompt_batch=batch,
-    )
+    return rollout_from_tokens(batch, n, [[1, 1]] * rows, [range(r * length, (r + 1) * length) for r in range(rows)],
+                               texts=[f"{pid}#{k}" for pid in batch.ids for k in range(n)])
 
 
 def prompt_batch(ids: list[str], labeled: bool = True) -> PromptBatch:
@@ -219,10 +214,10 @@ def test_score_gives_each_kind_of_row_its_source_and_keeps_the_rows_asked_for():
 def module(tiny_policy_spec, tiny_critic_spec):
     from tempo_pl.config import TrainingConfig
     from tempo_pl.module import TempoModule
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.config import SamplingConfig
 
     m = TempoModule(policy=tiny_policy_spec, critic=tiny_critic_spec,
-                    sampling=SamplingSpec(n=2, max_new_tokens=6, max_prompt_length=64),
+                    sampling=SamplingConfig(n=2, max_new_tokens=6, max_prompt_length=64),
                     training=TrainingConfig(mini_batch_size=1, micro_batch_size=1, group_filter=False),
                     unlabeled_reward=KeepFirstOfEachGroup())
     m.configure_model()
@@ -282,7 +277,7 @@ class CountingEngine:
     calls: list = []
 
     def __init__(self, tokenizer, sampling, micro_batch_size=None, label: str = "counting") -> None:
-        from tempo_pl.rollout import HFGenerateEngine
+        from tempo_pl.engines.hf_generate import HFGenerateEngine
 
         self.inner = HFGenerateEngine(tokenizer, sampling, micro_batch_size)
         self.label = label

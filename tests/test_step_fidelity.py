@@ -98,13 +98,13 @@ def test_nan_gradient_in_a_fit_leaves_the_policy_unchanged(tmp_path: Path):
 
 
 def test_frozen_critic_config_trains_with_spread_rewards_and_an_unchanged_critic(tmp_path: Path):
-    """configs/tempo/frozen_critic.yaml: the mixed step with a critic at lr 0, which is never updated (no critic
-    backward) while its values still reward D_U rows."""
-    import yaml
-
+    """configs/tempo/frozen_critic.yaml over configs/tiny.yaml: the mixed step with a critic at lr 0, which is never
+    updated (no critic backward) while its values still reward D_U rows."""
     from _tiny_run import build
 
-    cfg = yaml.safe_load((ROOT / "configs/tempo/frozen_critic.yaml").read_text())
+    from tempo_pl.run.config_layers import read_layers
+
+    cfg = read_layers([ROOT / "configs/tiny.yaml", ROOT / "configs/tempo/frozen_critic.yaml"])
     cfg["trainer"].update(limit_train_batches=2, num_sanity_val_steps=0, limit_val_batches=0,
                           enable_progress_bar=False, enable_model_summary=False)
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")

@@ -26,6 +26,7 @@ from lightning.pytorch import Callback
 
 from _tiny_run import (ROOT, build, finish_worker, one_rank_process_group, rollout_records, subprocess_env,
                        tiny_config)
+from _rollouts import rollout_from_tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -49,8 +50,6 @@ def deterministic_rollout(self, prompts):
     Response k of a prompt has 3 + (seed + k) % 5 tokens drawn from a generator seeded by the prompt's CRC32; even k
     end with EOS, odd k are truncated.
     """
-    from tempo_pl.types import Rollout
-
     tok, n = self.tokenizer, self.sampling.n
     eos, pad = tok.eos_token_id, tok.pad_token_id
     prompt_rows, response_rows = [], []
@@ -65,25 +64,10 @@ def deterministic_rollout(self, prompts):
                 body[-1] = eos
             prompt_rows.append(ids)
             response_rows.append(body)
-    width = max(len(p) for p in prompt_rows)
-    length = max(len(r) for r in response_rows)
-    prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_rows])
-    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_rows])
-    response_ids = torch.tensor([r + [pad] * (length - len(r)) for r in response_rows])
-    response_mask = torch.tensor([[1.0] * len(r) + [0.0] * (length - len(r)) for r in response_rows])
-    texts = tok.batch_decode(response_ids.masked_fill(response_mask == 0, pad), skip_special_tokens=True)
-    return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        texts=texts,
-        group_ids=torch.arange(len(prompts)).repeat_interleave(n),
-        is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
-        truncated=torch.tensor([k % 2 == 1 for _ in prompts.prompts for k in range(n)]),
-        prompt_batch=prompts,
-        extra={"num_dropped": 0},
-    )
+    return rollout_from_tokens(prompts, n, prompt_rows, response_rows, pad_id=pad,
+                               texts=tok.batch_decode(response_rows, skip_special_tokens=True),
+                               truncated=[k % 2 == 1 for _ in prompts.prompts for k in range(n)],
+                               extra={"num_dropped": 0})
 
 
 def experiment_config(out: Path, devices: int, epochs: int = EPOCHS) -> dict:
@@ -184,9 +168,9 @@ def rank0_init_check(trainer, out: Path) -> dict:
     sharding every rank holds rank 0's weights (the sharded model computes rank 0's unsharded logits)."""
     import torch.distributed as dist
 
-    from tempo_pl.models import ModelSpec, build_policy
-    from tempo_pl.strategies import FSDP2Recipe, shard_model
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.builders import ModelSpec, build_policy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_model
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
     recipe = FSDP2Recipe(param_dtype=None, activation_checkpointing=False, rank0_init=True)
@@ -215,9 +199,9 @@ def _rank0_init_from_checkpoint(trainer, recipe, out: Path) -> dict:
     device on rank 1, which reads only the config; the sharded models compute what rank 0 loaded."""
     import torch.distributed as dist
 
-    from tempo_pl.models import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
-    from tempo_pl.strategies import shard_model
-    from tempo_pl.tiny import BUILTIN_CHAR, tiny_qwen3_config
+    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer
+    from tempo_pl.models.fsdp2 import shard_model
+    from tempo_pl.models.tiny import BUILTIN_CHAR, tiny_qwen3_config
 
     strategy = trainer.strategy
     folder = out / "rank0_init_checkpoint"
@@ -255,8 +239,8 @@ def generation_gathers(module, prompts) -> dict[str, int]:
     """
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.models import hf_model
-    from tempo_pl.strategies import gathered_for_generation
+    from tempo_pl.models.hf import hf_model
+    from tempo_pl.models.fsdp2 import gathered_for_generation
 
     fsdp_modules = [m for m in module.policy.modules() if isinstance(m, FSDPModule)]
     forwards = 0
@@ -443,7 +427,7 @@ def _assert_every_trainable_tensor_moved(moved: dict) -> None:
 def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
 
     written = export_hf(one_process_run / "final.ckpt", tmp_path / "hf", save_critic=False)
     assert sorted(written) == ["policy"]
@@ -457,7 +441,7 @@ def test_export_of_full_single_process_checkpoint(one_process_run: Path, tmp_pat
 def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
 
     written = export_hf(two_process_run / "final", tmp_path / "hf")
     probe = torch.load(two_process_run / "probe.pt")
@@ -473,7 +457,7 @@ def test_export_of_sharded_checkpoint_gives_the_same_logits(two_process_run: Pat
 
 
 def test_recipe_rejects_unknown_dtype() -> None:
-    from tempo_pl.strategies import FSDP2Recipe
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
 
     with pytest.raises(ValueError, match="param_dtype"):
         FSDP2Recipe(param_dtype="bf16")
@@ -484,7 +468,7 @@ def test_recipe_rejects_unknown_dtype() -> None:
 def test_recipe_builds_the_fsdp_policies() -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from tempo_pl.strategies import FSDP2Recipe
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
 
     mp = FSDP2Recipe(param_dtype="bfloat16", reduce_dtype=None).mixed_precision()
     assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, None)
@@ -494,7 +478,8 @@ def test_recipe_builds_the_fsdp_policies() -> None:
 
 
 def test_strategy_is_data_parallel_only() -> None:
-    from tempo_pl.strategies import FSDP2Recipe, FSDP2Strategy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe
+    from tempo_pl.strategies import FSDP2Strategy
 
     strategy = FSDP2Strategy(FSDP2Recipe(cpu_offload=True), data_parallel_size=2)
     assert strategy._tensor_parallel_size == 1 and strategy.recipe.cpu_offload
@@ -505,8 +490,9 @@ def test_strategy_is_data_parallel_only() -> None:
 def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
     from dataclasses import replace
 
-    from tempo_pl.models import LoraSpec, build_policy, hf_model
-    from tempo_pl.strategies import decoder_layers
+    from tempo_pl.models.builders import LoraSpec, build_policy
+    from tempo_pl.models.hf import hf_model
+    from tempo_pl.models.fsdp2 import decoder_layers
 
     policy = build_policy(replace(tiny_policy_spec, lora=LoraSpec(r=2)))
     hf = hf_model(policy)
@@ -519,7 +505,7 @@ def test_decoder_layers_and_hf_model(tiny_policy_spec) -> None:
 
 
 def test_four_bit_weights_need_param_dtype_of_their_storage(tiny_policy_spec) -> None:
-    from tempo_pl.strategies import FSDP2Recipe, _check_quantized_dtype
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, _check_quantized_dtype
 
     class Params4bit(torch.nn.Parameter):  # stands in for bitsandbytes' class: the check reads the type name
         pass
@@ -543,7 +529,7 @@ def one_rank_mesh(monkeypatch):
 
 
 def _post_forward(module) -> list:
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     return [g.post_forward_mesh_info for g in _param_groups(module._get_fsdp_state())]
 
@@ -552,7 +538,7 @@ def test_param_groups_reads_both_torch_layouts() -> None:
     # torch 2.11 (the H200 image) keeps one group per FSDP state, torch 2.13 a list: the GPU check met the former
     from types import SimpleNamespace
 
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     assert _param_groups(SimpleNamespace(_fsdp_param_groups=("a", "b"))) == ["a", "b"]
     assert _param_groups(SimpleNamespace(_fsdp_param_group="a")) == ["a"]
@@ -560,10 +546,10 @@ def test_param_groups_reads_both_torch_layouts() -> None:
 
 
 def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_policy_spec, one_rank_mesh) -> None:
-    from tempo_pl.models import build_policy
+    from tempo_pl.models.builders import build_policy
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(tiny_policy_spec)
     ids = torch.tensor(PROBE)
@@ -585,8 +571,8 @@ def test_sharding_keeps_outputs_and_generation_restores_reshard_setting(tiny_pol
 def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, one_rank_mesh) -> None:
     # an engine with its own weights loads them (unit by unit) before the policy's first forward, and no generation
     # gather initialises the root for it: sharding does, so every first gather sees training's settings
-    from tempo_pl.models import build_policy
-    from tempo_pl.strategies import FSDP2Recipe, gathered_for_generation, shard_model
+    from tempo_pl.models.builders import build_policy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, gathered_for_generation, shard_model
 
     policy = build_policy(tiny_policy_spec)
     shard_model(policy, one_rank_mesh["data_parallel"], FSDP2Recipe(param_dtype=None))
@@ -602,8 +588,8 @@ def test_shard_model_initialises_the_root_before_any_forward(tiny_policy_spec, o
 def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    from tempo_pl.models import build_policy
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.builders import build_policy
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):  # what shard_module reads from a TempoModule: its model attributes
         pass
@@ -613,7 +599,7 @@ def test_recipe_options_reach_fsdp(tiny_policy_spec, one_rank_mesh) -> None:
     holder.reference = build_policy(tiny_policy_spec).requires_grad_(False)
     recipe = FSDP2Recipe(param_dtype=None, reshard_after_forward=False, cpu_offload=True)
     shard_module(holder, one_rank_mesh, recipe)
-    from tempo_pl.strategies import _param_groups
+    from tempo_pl.models.fsdp2 import _param_groups
 
     layer_group = _param_groups(holder.policy.model.layers[0]._get_fsdp_state())[0]
     assert _post_forward(holder.policy.model.layers[0]) == [None]  # ZeRO-2: kept until the backward
@@ -632,9 +618,10 @@ def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec
 
     from torch.distributed.fsdp import FSDPModule
 
-    from tempo_pl.models import CriticSpec, LoraSpec, critic_response_values
-    from tempo_pl.shared_base import build_shared_actor_critic
-    from tempo_pl.strategies import FSDP2Recipe, shard_module
+    from tempo_pl.models.builders import CriticSpec, LoraSpec
+    from tempo_pl.models.forward import critic_response_values
+    from tempo_pl.models.shared_base import build_shared_actor_critic
+    from tempo_pl.models.fsdp2 import FSDP2Recipe, shard_module
 
     class Holder(torch.nn.Module):
         pass
@@ -659,7 +646,7 @@ def test_shared_base_views_shard_and_keep_their_gradients_apart(tiny_policy_spec
 
 
 def test_tensor_parallel_mesh_is_refused(one_rank_mesh) -> None:
-    from tempo_pl.strategies import _data_parallel_mesh
+    from tempo_pl.models.fsdp2 import _data_parallel_mesh
 
     class FakeMesh:
         mesh_dim_names = ("data_parallel", "tensor_parallel")
@@ -676,12 +663,12 @@ def test_offloaded_shards_stay_where_fsdp_put_them(one_rank_mesh) -> None:
     """With cpu_offload the strategy moves only what FSDP2 does not manage: buffers and plain parameters."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from tempo_pl.strategies import _move_unsharded_states
+    from tempo_pl.models.fsdp2 import move_unsharded_states
 
     model = torch.nn.Linear(2, 2)
     model.weight = torch.nn.Parameter(distribute_tensor(torch.ones(2, 2), one_rank_mesh["data_parallel"], [Shard(0)]))
     model.register_buffer("scale", torch.ones(2))
-    _move_unsharded_states(model, torch.device("meta"))
+    move_unsharded_states(model, torch.device("meta"))
     assert model.scale.is_meta and model.bias.is_meta and model.bias.requires_grad
     assert model.weight.device.type == "cpu"
 
@@ -719,7 +706,7 @@ def test_parameter_and_kv_counts_match_the_architecture() -> None:
 
 def test_memory_doc_is_generated_from_the_configs() -> None:
     table = _benchmark("memory_table")
-    rows = [table.estimate(p) for p in table.config_paths()]
+    rows = [table.estimate(layers) for layers in table.config_runs()]
     assert {r.config for r in rows} == {f"{m}_aime{q}" for m in ("olmo3_7b", "qwen3_8b", "qwen3_14b") for q in ("", "_qlora")}
     assert (ROOT / "docs" / "memory.md").read_text() == table.render(rows), "run benchmarks/memory_table.py --write"
     for row in rows:
@@ -729,13 +716,13 @@ def test_memory_doc_is_generated_from_the_configs() -> None:
 
 def test_generation_batch_size_bounds_the_rollout_estimate(tmp_path: Path) -> None:
     table = _benchmark("memory_table")
-    source = ROOT / "configs" / "tempo" / "qwen3_14b_aime.yaml"
+    base, source = ROOT / "configs" / "tempo" / "aime.yaml", ROOT / "configs" / "tempo" / "qwen3_14b_aime.yaml"
     cfg = yaml.safe_load(source.read_text())
-    chunked = table.estimate(source)
+    chunked = table.estimate((base, source))
     del cfg["model"]["init_args"]["training"]["generation_batch_size"]
     whole = tmp_path / "qwen3_14b_aime.yaml"
     whole.write_text(yaml.safe_dump(cfg))
-    unchunked = table.estimate(whole)
+    unchunked = table.estimate((base, whole))
     # 16 prompts per rank at once hold 8 times the KV cache of 2 at a time, on top of the gathered bf16 weights
     weights = table.count_parameters("Qwen3-14B").total * 2 / table.GIB
     assert unchunked.rollout - weights == pytest.approx(8 * (chunked.rollout - weights), rel=1e-9)

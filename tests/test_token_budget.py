@@ -11,7 +11,8 @@ import torch
 from tempo_pl.algorithms.losses import value_loss
 from tempo_pl.algorithms.registry import policy_loss_fn
 from tempo_pl.config import AlgorithmConfig, TrainingConfig
-from tempo_pl.models import CriticSpec, build_critic, build_policy, policy_response_stats, sequence_inputs
+from tempo_pl.models.builders import CriticSpec, build_critic, build_policy
+from tempo_pl.models.forward import policy_response_stats, sequence_inputs
 from tempo_pl.stages.minibatch import (
     MiniBatchPlan,
     full_width,
@@ -23,7 +24,8 @@ from tempo_pl.stages.minibatch import (
 )
 from tempo_pl.stages.ranks import Ranks
 from tempo_pl.stages.updates import critic_micro_loss, policy_micro_loss
-from tempo_pl.types import ForwardStats, PromptBatch, Rollout
+from tempo_pl.types import ForwardStats, Rollout
+from _rollouts import prompt_batch, rollout_from_tokens
 
 
 def test_rows_are_grouped_longest_first_within_the_budget():
@@ -53,14 +55,11 @@ def _rollout(seed: int = 0) -> Rollout:
     prompt_lengths = [2, 2, 7, 7, 3, 3, 5, 5]
     response_lengths = [12, 1, 3, 11, 2, 2, 9, 4]
     rows = len(prompt_lengths)
-    prompt_mask = torch.tensor([[0] * (7 - p) + [1] * p for p in prompt_lengths])
-    response_mask = torch.tensor([[1.0] * r + [0.0] * (12 - r) for r in response_lengths])
-    prompt_ids = torch.randint(4, 100, (rows, 7), generator=generator) * prompt_mask
-    response_ids = torch.randint(4, 100, (rows, 12), generator=generator) * response_mask.long()
-    batch = PromptBatch([str(i) for i in range(4)], [""] * 4, ["1", "1", None, None], [True, True, False, False])
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts=[""] * rows,
-                   group_ids=torch.arange(4).repeat_interleave(2), is_labeled=torch.tensor([True] * 4 + [False] * 4),
-                   truncated=torch.zeros(rows, dtype=torch.bool), prompt_batch=batch)
+    prompts = torch.randint(4, 100, (rows, 7), generator=generator).tolist()
+    responses = torch.randint(4, 100, (rows, 12), generator=generator).tolist()
+    batch = prompt_batch([str(i) for i in range(4)], ["1", "1", None, None], prompts=[""] * 4)
+    return rollout_from_tokens(batch, 2, [row[7 - p:] for row, p in zip(prompts, prompt_lengths)],
+                               [row[:r] for row, r in zip(responses, response_lengths)])
 
 
 def test_row_inputs_cut_the_padding_the_rows_share_and_change_no_statistic(tiny_policy_spec):

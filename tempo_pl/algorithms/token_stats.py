@@ -8,7 +8,7 @@ is made of. Half-precision inputs therefore give float32 outputs.
 
 :func:`head_token_stats` goes one step further and never holds the logits of a whole batch: it runs the LM head
 itself on a chunk of positions at a time (the policy's forward hands it the head's input,
-:func:`tempo_pl.models.policy_response_stats`), recomputing each chunk's logits in the backward pass.
+:func:`tempo_pl.models.forward.policy_response_stats`), recomputing each chunk's logits in the backward pass.
 
 Example::
 

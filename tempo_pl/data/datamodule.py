@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import hashlib
+import json
+import math
+from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -32,9 +35,37 @@ def _as_spec(value: Any, name: str) -> Any:
     return value
 
 
+def rows_hash(rows: list[PromptRow]) -> str:
+    """SHA-256 of the rows in order (id, prompt, answer, labeled), one JSON line each."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row.id, row.prompt, row.answer, row.is_labeled]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def normalized_question(text: str) -> str:
     """A question compared across pools: case-folded, whitespace runs collapsed."""
     return " ".join(text.split()).casefold()
+
+
+def warn_capped_eval_sets(limit: Union[int, float, None], names: list[str], sizes: list[int], batch_size: int) -> bool:
+    """Warn, naming the cap, when ``trainer.limit_val_batches`` leaves questions of an eval set unevaluated (its
+    metrics would otherwise read as the whole set's); True when it does."""
+    if limit is None or limit == 0 or (isinstance(limit, float) and limit >= 1.0):
+        return False
+    cut = []
+    for name, size in zip(names, sizes):
+        batches = math.ceil(size / batch_size)
+        kept = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        evaluated = min(size, kept * batch_size)
+        if evaluated < size:
+            cut.append(f"{name} {evaluated} of {size} questions")
+    if cut:
+        rank_zero_warn(f"trainer.limit_val_batches = {limit} caps every evaluation set at {limit} batch(es) of "
+                       f"{batch_size} prompts: {', '.join(cut)}; val/* metrics cover those questions only. Remove "
+                       "trainer.limit_val_batches (or set it to 1.0) to evaluate every question, or cap a set "
+                       "explicitly with data.init_args.eval_limit / its `limit`.")
+    return bool(cut)
 
 
 def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
@@ -71,6 +102,10 @@ class TempoDataModule(LightningDataModule):
         data_dir: folder for relative dataset paths and for offline copies of the shipped benchmarks.
         allow_overlap: accept questions that are in both D_L and D_U (same text after case-folding and collapsing
             whitespace). Refused by default: the critic would be recalibrated on the test questions' answers.
+        allow_changed_data: resume a checkpoint although the rows of D_L or D_U differ from the ones it was trained
+            on. Checkpoints record each training pool's row count and a hash of its rows (id, prompt, answer); a
+            resume on other rows is refused by default, naming the pool and its file. A changed row count cannot
+            be resumed either way (the saved stream position counts rows).
 
     In Python every dataset argument also takes an in-memory ``datasets.Dataset`` or ``DatasetDict`` (its ``train``
     split), named after the argument (``labeled``, ``unlabeled``, ``mixed``, ``eval0`` ...); give a
@@ -103,13 +138,15 @@ class TempoDataModule(LightningDataModule):
         expose_unlabeled_answers: bool = False,
         data_dir: Optional[str] = None,
         allow_overlap: bool = False,
+        allow_changed_data: bool = False,
     ) -> None:
         super().__init__()
         labeled, unlabeled, mixed = (_as_spec(v, k) for k, v in
                                      (("labeled", labeled), ("unlabeled", unlabeled), ("mixed", mixed)))
         eval_sets = [_as_spec(spec, f"eval{i}") for i, spec in enumerate(eval_sets or [])]
-        if not isinstance(allow_overlap, bool):
-            raise ValueError(f"TempoDataModule.allow_overlap must be true or false, got {allow_overlap!r}")
+        for key, flag in (("allow_overlap", allow_overlap), ("allow_changed_data", allow_changed_data)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"TempoDataModule.{key} must be true or false, got {flag!r}")
         if mixed is not None and (labeled is not None or unlabeled is not None):
             given = [key for key, spec in (("labeled", labeled), ("unlabeled", unlabeled)) if spec is not None]
             raise ValueError(f"TempoDataModule: `mixed` is split into both pools and excludes {' and '.join(given)}")
@@ -149,6 +186,7 @@ class TempoDataModule(LightningDataModule):
                 "expose_unlabeled_answers": expose_unlabeled_answers,
                 "data_dir": data_dir,
                 "allow_overlap": allow_overlap,
+                "allow_changed_data": allow_changed_data,
             }
         )
 
@@ -165,6 +203,7 @@ class TempoDataModule(LightningDataModule):
         self.expose_unlabeled_answers = expose_unlabeled_answers
         self.data_dir = data_dir
         self.allow_overlap = allow_overlap
+        self.allow_changed_data = allow_changed_data
 
         self.heldout_answers: dict[str, str] = {}
         """D_U answers by row id, for evaluation telemetry only; never part of a training batch."""
@@ -195,6 +234,9 @@ class TempoDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         if self._eval_rows is None:
             raise RuntimeError("TempoDataModule.val_dataloader() needs setup() first")
+        if self.trainer is not None:
+            warn_capped_eval_sets(self.trainer.limit_val_batches, self.eval_set_names,
+                                  [len(rows) for rows in self._eval_rows], self.eval_batch_size)
         # Each new iterator of a DataLoader draws a base seed from its generator; without one it draws from the
         # global torch RNG, so every evaluation would shift the rollouts that follow it.
         return [
@@ -202,6 +244,34 @@ class TempoDataModule(LightningDataModule):
                        generator=torch.Generator().manual_seed(self.seed))
             for rows in self._eval_rows
         ]
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """Each training pool's ``{"rows": count, "sha256": hash of its rows, "source": file}`` (built by setup)."""
+        sources = {"labeled": self.mixed or self.labeled, "unlabeled": self.mixed or self.unlabeled}
+        return {name: {"rows": len(rows), "sha256": rows_hash(rows),
+                       "source": sources[name].source if sources[name] is not None else None}
+                for name, rows in (("labeled", self.labeled_rows), ("unlabeled", self.unlabeled_rows))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fingerprints": self.fingerprints()} if self.streams is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuses (:class:`DataError`) a checkpoint trained on other D_L or D_U rows, unless ``allow_changed_data``."""
+        saved = state_dict.get("fingerprints")
+        if not saved or self.streams is None:
+            return
+        for name, now in self.fingerprints().items():
+            then = saved.get(name)
+            if then is None or (then["rows"], then["sha256"]) == (now["rows"], now["sha256"]):
+                continue
+            change = (f"{then['rows']} rows then, {now['rows']} now" if then["rows"] != now["rows"] else
+                      f"the same {now['rows']} rows in number, with other content")
+            message = (f"TempoDataModule: the {name} pool ({now['source']}) differs from the one the checkpoint was "
+                       f"trained on ({then['source']}; {change})")
+            if not self.allow_changed_data:
+                raise DataError(f"{message}: resuming would go on over other questions. Restore the file, or set "
+                                "data.init_args.allow_changed_data: true to resume on the new rows")
+            rank_zero_warn(f"{message}; resuming on the new rows (allow_changed_data: true)")
 
     def _build_streams(self) -> None:
         if self.mixed is not None:
@@ -258,7 +328,8 @@ class TempoDataModule(LightningDataModule):
         rank_zero_warn(f"TempoDataModule (allow_overlap: true): {message}")
 
     def _to_rows(self, records: list[Record], expose: bool = False) -> list[PromptRow]:
-        """Apply the prompt template; an unlabeled row keeps its answer only when ``expose`` (the oracle baseline)."""
+        """Apply the prompt template; an unlabeled row keeps its answer, and its columns beside the question and
+        id, only when ``expose`` (the oracle baseline)."""
         rows = []
         for record in records:
             labeled = record.is_labeled or (expose and record.answer is not None)
@@ -268,6 +339,9 @@ class TempoDataModule(LightningDataModule):
                     prompt=apply_template(self.prompt_template, record.problem),
                     answer=record.answer if labeled else None,
                     is_labeled=labeled,
+                    system_prompt=record.system_prompt,
+                    conversational=record.conversational,
+                    columns=record.visible_columns(labeled),
                 )
             )
         return rows

@@ -5,7 +5,7 @@ A :class:`DatasetSpec` names a source by its ``path``, resolved in this order:
 1. ``"<prefix>:<argument>"`` with a prefix given to :func:`register_source` (e.g. the offline synthetic task);
 2. a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder of them, or a ``Dataset.save_to_disk`` folder
    (relative paths are also tried under ``data_dir``), read by :mod:`tempo_pl.data.readers`;
-3. a shipped benchmark name (:data:`tempo_pl.data.benchmarks.BENCHMARKS`), read by ``load_benchmark``;
+3. a shipped benchmark name (:data:`tempo_pl.data.eval_sets.BENCHMARKS`), read by ``load_benchmark``;
 4. anything else is a Hugging Face Hub dataset: ``datasets.load_dataset(path, split=spec.split)``.
 
 In Python, ``DatasetSpec(data=dataset)`` takes an in-memory ``datasets.Dataset`` or ``DatasetDict`` instead of a path.
@@ -13,7 +13,9 @@ In Python, ``DatasetSpec(data=dataset)`` takes an in-memory ``datasets.Dataset``
 Every row is checked before training starts: first that the mapped columns exist at all (one error naming the
 expected and the found columns), then row by row; a bad row raises :class:`DataError` naming the file, the row
 (line for JSON lines, index and id) and the field. A question may also be a conversation (TRL's ``prompt`` or
-``messages`` column): its single user message is the question (:mod:`tempo_pl.data.conversations`).
+``messages`` column): its single user message is the question and its system message, if any, the row's own
+(:mod:`tempo_pl.data.conversations`). Each record keeps the row's columns for reward functions (TRL passes every
+column by name); the data module hands an unlabeled row's question and id columns only.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from datasets import load_dataset
 
-from tempo_pl.data.conversations import user_text
+from tempo_pl.data.conversations import system_text, user_text
 from tempo_pl.data.readers import FILE_SUFFIXES, DataError, Table, read_file, read_folder, table_from_dataset
 MAX_REPORTED_ROWS = 5
 """How many malformed rows a :class:`DataError` lists before summarising the rest as a count."""
@@ -132,12 +134,26 @@ def _check_in_memory(data: Any) -> None:
 
 @dataclass(frozen=True)
 class Record:
-    """A checked row: id ``<dataset name>:<row id>``, question text, answer (``None`` when the row has none)."""
+    """A checked row: id ``<dataset name>:<row id>``, question text, answer (``None`` when the row has none), the
+    row's own system message and whether its question was a conversation, and its raw columns."""
 
     id: str
     problem: str
     answer: Optional[str]
     is_labeled: bool
+    system_prompt: Optional[str] = None
+    conversational: bool = False
+    columns: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The row as read, every column by name."""
+    question_columns: tuple[str, ...] = ()
+    """The columns holding the question and the id: all an unlabeled row may show a reward function."""
+
+    def visible_columns(self, labeled: bool) -> dict[str, Any]:
+        """The columns a reward function may read: all of a labeled row's, the question and id of an unlabeled one
+        (any other column, MATH's ``solution`` or verl's ``reward_model``, may hold its answer)."""
+        if labeled:
+            return dict(self.columns)
+        return {name: value for name, value in self.columns.items() if name in self.question_columns}
 
 
 def register_source(prefix: str, loader: SourceLoader, *, overwrite: bool = False) -> None:
@@ -317,9 +333,10 @@ def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: An
     problem = _lookup(row, spec.problem_field)
     if problem is _MISSING or problem is None:
         raise _FieldError(spec.problem_field, "missing")
-    if isinstance(problem, (list, tuple)):
+    system, conversational = None, isinstance(problem, (list, tuple))
+    if conversational:
         try:
-            problem = user_text(problem)
+            problem, system = user_text(problem), system_text(problem)
         except ValueError as error:
             raise _FieldError(spec.problem_field, str(error)) from None
     if not isinstance(problem, str):
@@ -343,7 +360,10 @@ def _parse_row(row: Mapping, spec: DatasetSpec, role: str, name: str, row_id: An
             if is_labeled:
                 raise _FieldError(spec.answer_field, "empty answer on a labeled row")
             answer = None  # verl parquets give unlabeled rows an empty placeholder
-    return Record(id=f"{name}:{row_id}", problem=problem, answer=answer, is_labeled=is_labeled)
+    # a dotted field's parent column is not shown: verl's extra_info holds the answer beside the question
+    question_columns = tuple(f for f in (spec.problem_field, spec.id_field) if f is not None and f in row)
+    return Record(id=f"{name}:{row_id}", problem=problem, answer=answer, is_labeled=is_labeled, system_prompt=system,
+                  conversational=conversational, columns=row, question_columns=question_columns)
 
 
 def _lookup(row: Mapping, field: str) -> Any:
@@ -398,8 +418,8 @@ def _flag_to_bool(value: Any, field: str) -> bool:
 def _benchmarks_module():
     """The shipped-benchmark registry, or ``None`` while that module is absent from the tree."""
     try:
-        return importlib.import_module("tempo_pl.data.benchmarks")
+        return importlib.import_module("tempo_pl.data.eval_sets")
     except ModuleNotFoundError as error:
-        if error.name != "tempo_pl.data.benchmarks":
+        if error.name != "tempo_pl.data.eval_sets":
             raise
         return None

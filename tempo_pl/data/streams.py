@@ -9,7 +9,7 @@ alternating schedule does not waste the idle set's epoch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -21,12 +21,16 @@ STREAM_SOURCES = ("labeled", "unlabeled", "mixed")
 
 @dataclass(frozen=True)
 class PromptRow:
-    """One prompt ready for the loop: the templated user message and, for labeled rows, the answer."""
+    """One prompt ready for the loop: the templated user message and, for labeled rows, the answer; the row's own
+    system message, whether it came as a conversation, and the columns a reward function may read."""
 
     id: str
     prompt: str
     answer: Optional[str]
     is_labeled: bool
+    system_prompt: Optional[str] = None
+    conversational: bool = False
+    columns: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
@@ -36,6 +40,9 @@ def rows_to_batch(rows: Sequence[PromptRow]) -> PromptBatch:
         prompts=[row.prompt for row in rows],
         answers=[row.answer for row in rows],
         is_labeled=[row.is_labeled for row in rows],
+        system_prompts=[row.system_prompt for row in rows],
+        conversational=[row.conversational for row in rows],
+        columns=[row.columns for row in rows],
     )
 
 

@@ -3,15 +3,16 @@
 The paper's claim is a comparison (self-rewarding test-time training plateaus and loses diversity, TEMPO keeps
 improving), so this runner makes it one command::
 
-    tempo-pl compare tempo=configs/tiny.yaml ttrl=configs/baselines/ttrl.yaml \\
-        frozen=configs/tempo/frozen_critic.yaml --steps 8 --eval-every 2 --output runs/compare
+    tempo-pl compare tempo=configs/tiny.yaml ttrl=configs/tiny.yaml,configs/baselines/ttrl.yaml \\
+        frozen=configs/tiny.yaml,configs/tempo/frozen_critic.yaml --steps 8 --eval-every 2 --output runs/compare
 
-Each method is a ``tempo-pl fit`` config, run through the CLI with the same ``--seed_everything``, the same number of
-RL steps (one training batch = one RL step), evaluation before training and every ``--eval-every`` steps, and its
-own TensorBoard log directory ``<output>/runs/<method>/seed<seed>``. All methods start from the same policy (and, for
-methods with a critic, the same critic): the folders a stage-1 run exports when ``--stage1
-configs/baselines/zero_rl.yaml`` is given (the paper's pipeline; stage 1 itself starts from ``--policy``, e.g. an SFT
-warm start, when given), else the folders given with ``--policy``/``--critic``, else the model each config builds
+Each method is a ``tempo-pl fit`` config, or a base and its overlays separated by commas (each a ``--config``, base
+first), run through the CLI with the same ``--seed_everything``, the same number of RL steps (one training batch = one
+RL step), evaluation before training and every ``--eval-every`` steps, and its own TensorBoard log directory
+``<output>/runs/<method>/seed<seed>``. All methods start from the same policy (and, for methods with a critic, the
+same critic): the folders a stage-1 run exports when ``--stage1 configs/tiny.yaml,configs/baselines/zero_rl.yaml``
+is given (the paper's pipeline; stage 1 itself starts from ``--policy``, e.g. an SFT warm start, when given), else
+the folders given with ``--policy``/``--critic``, else the model each config builds
 (identical when the configs share the model block, as the shipped ones do). The runner then reads every run's event
 file and writes, through :mod:`tempo_pl.pipelines.report`, ``comparison.csv``, ``comparison.md`` (per method: start,
 final and best of mean@n, pass@k, maj@n and distinct answers on one evaluation set), ``curves.csv`` (every evaluation
@@ -29,37 +30,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
-
+from tempo_pl.run.config_layers import config_args, read_layers
 from tempo_pl.pipelines.launcher import LAUNCHERS, launch
 from tempo_pl.pipelines.report import collect, plot_curves, write_tables
 
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the comparison: a display name and the ``tempo-pl fit`` config that defines it."""
+    """One row of the comparison: a display name and the ``tempo-pl fit`` configs that define it (base first)."""
 
     name: str
-    config: Path
+    configs: tuple[Path, ...]
 
     @staticmethod
     def parse(spec: str) -> "Method":
-        """``NAME=PATH`` or ``PATH`` (the name is then the file stem)."""
-        name, sep, path = spec.partition("=")
+        """``NAME=PATHS`` or ``PATHS``, where ``PATHS`` is a config or a base and its overlays separated by commas
+        (without a name, the method is named by the last file's stem)."""
+        name, sep, paths = spec.partition("=")
         if not sep:
-            name, path = Path(spec).stem, spec
+            name, paths = Path(spec.split(",")[-1]).stem, spec
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"method name {name!r} (from {spec!r}) may only hold letters, digits, '_', '.', '-'")
-        config = Path(path)
-        if not config.is_file():
-            raise FileNotFoundError(f"method {name!r}: config {str(config)!r} does not exist")
-        return Method(name, config)
+        configs = tuple(Path(p) for p in paths.split(","))
+        for config in configs:
+            if not config.is_file():
+                raise FileNotFoundError(f"method {name!r}: config {str(config)!r} does not exist")
+        return Method(name, configs)
 
     @property
     def has_critic(self) -> bool:
-        """Whether the config builds a critic (``model.init_args.critic`` set), so a start critic applies to it."""
-        data = yaml.safe_load(self.config.read_text()) or {}
-        init_args = ((data.get("model") or {}).get("init_args") or {}) if isinstance(data, dict) else {}
+        """Whether the configs build a critic (``model.init_args.critic`` set), so a start critic applies to it."""
+        init_args = (read_layers(self.configs).get("model") or {}).get("init_args") or {}
         return init_args.get("critic") is not None
 
 
@@ -147,7 +148,7 @@ def fit_args(
     }
     args = [
         "fit",
-        f"--config={method.config}",
+        *config_args(method.configs),
         f"--seed_everything={seed}",
         "--trainer.max_epochs=1",
         "--trainer.max_steps=-1",
@@ -193,13 +194,13 @@ def run_method(
 def run_stage1(cfg: CompareConfig) -> tuple[str, Optional[str]]:
     """Run the zero-RL config from ``cfg.policy``/``cfg.critic`` (or its own model), without evaluation (every
     method evaluates the result at its RL step 0), and return the policy and critic folders its ``HFExport`` wrote."""
-    stage1 = Method(f"stage1_{cfg.stage1.name}", cfg.stage1.config)
+    stage1 = Method(f"stage1_{cfg.stage1.name}", cfg.stage1.configs)
     log_dir = run_method(stage1, cfg, cfg.stage1_steps, policy=cfg.policy, critic=cfg.critic, evaluate=False)
     exports = sorted(log_dir.rglob("export.json"))
     if not exports:
         raise RuntimeError(
-            f"compare: the stage-1 config {str(cfg.stage1.config)!r} wrote no HFExport folder under {log_dir}; "
-            "add {class_path: tempo_pl.callbacks.hf_export.HFExport} to its trainer.callbacks"
+            f"compare: the stage-1 config {','.join(map(str, cfg.stage1.configs))!r} wrote no HFExport folder under "
+            f"{log_dir}; add {{class_path: tempo_pl.callbacks.hf_export.HFExport}} to its trainer.callbacks"
         )
     info = json.loads(exports[0].read_text())
     return info["policy"], info.get("critic")
@@ -229,14 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tempo-pl compare",
         description="Run methods from one start point, seed and RL-step budget; write comparison.{csv,md,png}.",
     )
-    p.add_argument("methods", nargs="+", metavar="[NAME=]CONFIG", help="tempo-pl fit configs, one per method")
+    p.add_argument("methods", nargs="+", metavar="[NAME=]CONFIG[,OVERLAY...]",
+                   help="tempo-pl fit configs, one per method (a base and its overlays separated by commas)")
     p.add_argument("--steps", type=int, default=8, help="RL steps per method (default 8)")
     p.add_argument("--eval-every", type=int, default=2, help="evaluate every N RL steps (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed_everything of every run (default 0)")
     p.add_argument("--output", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--policy", help="start policy folder (Hugging Face format) for every method")
     p.add_argument("--critic", help="start critic folder for every method that has a critic")
-    p.add_argument("--stage1", metavar="[NAME=]CONFIG",
+    p.add_argument("--stage1", metavar="[NAME=]CONFIG[,OVERLAY...]",
                    help="zero-RL config (with HFExport) run first, from --policy/--critic if given; its export is "
                         "every method's start")
     p.add_argument("--stage1-steps", type=int, default=4, help="RL steps of the stage-1 run (default 4)")

@@ -1,6 +1,7 @@
 """``tempo-pl demo``: TEMPO's effect end to end, offline, on a laptop CPU.
 
-One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`` config under ``configs/demo/``::
+One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`` run of configs under ``configs/demo/``
+(the baselines and the frozen critic as overlays over ``tempo.yaml``)::
 
     tempo-pl demo --out runs/demo
 
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -42,10 +44,10 @@ from urllib.parse import parse_qsl
 
 import yaml
 
+from tempo_pl.run.config_layers import config_args, has_key, nested, read_layers
 from tempo_pl.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from tempo_pl.pipelines.demo_stages import (
-    DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, read_yaml, trainer_int, build_stages, is_done,
-    parallel_groups, scaled, stage_dir, test_time_schedule,
+    DONE_FILE, STAGE_NAMES, TEST_TIME_METHODS, Stage, build_stages, is_done, parallel_groups, stage_dir,
 )
 from tempo_pl.pipelines.demo_summary import print_summary, write_report
 from tempo_pl.pipelines.launcher import LAUNCHERS, Children, launch
@@ -104,7 +106,8 @@ class DemoConfig:
     """``subprocess`` (one ``python -m tempo_pl`` per stage: isolated, timed, parallel) or ``inprocess`` (every
     stage in this Python, one at a time: no start-up cost per stage; needs ``jobs: 1``)."""
     config_dir: Path = DEMO_CONFIGS
-    """Folder holding a ``<stage>.yaml`` per training stage and ``scenarios.yaml``."""
+    """Folder holding the stages' configs (``sft.yaml``, ``zero_rl.yaml``, ``tempo.yaml`` and an overlay per other
+    test-time method) and ``scenarios.yaml``."""
     seeds: int = 1
     """Runs of every test-time method (seeds 0..N-1); the SFT and zero-RL models are shared."""
     scenario: Optional[str] = None
@@ -138,7 +141,7 @@ class DemoConfig:
         bad = [o for o in self.overrides if not o.startswith("--")]
         if bad:
             raise ValueError(f"demo: --set values must be fit arguments starting with '--', got {bad}")
-        missing = [s.config for s in build_stages() if s.config and not (self.config_dir / s.config).is_file()]
+        missing = sorted({c for s in build_stages() for c in s.configs if not (self.config_dir / c).is_file()})
         if missing:
             raise FileNotFoundError(
                 f"demo: {missing} not found in {self.config_dir}; the demo configs ship in the package "
@@ -158,6 +161,39 @@ class DemoConfig:
         """The stages to run; ``--only`` names a stage or a method (all its seeds)."""
         only = self.only
         return [s for s in self.stages if only is None or s.name in only or (s.method is not None and s.method in only)]
+
+
+# ----------------------------------------------------------------------------------------------- step counts
+
+
+def scaled(steps: int, scale: float) -> int:
+    """``steps * scale`` rounded, at least 1."""
+    return max(1, round(steps * scale))
+
+
+def test_time_schedule(steps: int, eval_every: int, scale: float, test_time_scale: float = 1.0) -> tuple[int, int]:
+    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled by ``scale`` (at
+    least 1), the steps by ``scale * test_time_scale`` and rounded up to a multiple of the interval, so the last step
+    is always evaluated and runs of every ``test_time_scale`` are evaluated at the same steps."""
+    every = scaled(eval_every, scale)
+    return every * max(1, math.ceil(scaled(steps, scale * test_time_scale) / every)), every
+
+
+def _write_yaml(data: dict, target: Path) -> None:
+    """Write ``target`` whole or not at all: the test-time stages write their shared base at the same time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(yaml.safe_dump(data, sort_keys=False))
+    os.replace(partial, target)
+
+
+def _trainer_int(cfg: dict, key: str, paths: Sequence[Path]) -> int:
+    value = (cfg.get("trainer") or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        where = " + ".join(str(p) for p in paths)
+        raise ValueError(f"demo: {where} needs an integer trainer.{key} >= 1 (the stage's step count), got {value!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- stage commands
@@ -187,57 +223,54 @@ def with_task(node, task: str):
     return node
 
 
-def _set_dotted(data: dict, key: str, value, where: str) -> None:
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or last not in node:
-        raise ValueError(f"demo: {where}: {key!r} is not a key of the stage's config")
-    node[last] = value
-
-
-def stage_config(stage: Stage, cfg: DemoConfig) -> Path:
-    """The config file a stage runs: the shipped one in the default scenario, else a copy with the scenario's task
-    and stage settings, written to ``<out>/configs/<scenario>/``."""
-    path = cfg.config_dir / stage.config
+def stage_configs(stage: Stage, cfg: DemoConfig) -> list[Path]:
+    """The config files a stage runs, base first: the shipped ones in the default scenario, else copies with the
+    scenario's task, written to ``<out>/configs/<scenario>/``, and the scenario's settings for the stage's config
+    (named by its last file) as one more overlay there, ``<config>.settings.yaml``."""
+    paths = [cfg.config_dir / name for name in stage.configs]
     scenarios = read_scenarios(cfg.config_dir)
     if cfg.scenario == next(iter(scenarios)):
-        return path
-    entry = scenarios[cfg.scenario]
-    data = with_task(read_yaml(path), entry["task"])
-    config_name = stage.config.rsplit(".", 1)[0]
-    for key, value in ((entry.get("stages") or {}).get(config_name) or {}).items():
-        _set_dotted(data, key, value, f"{cfg.config_dir / SCENARIOS_FILE}, scenario {cfg.scenario!r}, {config_name}")
-    target = cfg.out / "configs" / cfg.scenario / stage.config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
+        return paths
+    entry, folder = scenarios[cfg.scenario], cfg.out / "configs" / cfg.scenario
+    targets = [folder / path.name for path in paths]
+    for path, target in zip(paths, targets):
+        _write_yaml(with_task(read_layers([path]), entry["task"]), target)
+    config_name = stage.configs[-1].rsplit(".", 1)[0]
+    settings = (entry.get("stages") or {}).get(config_name) or {}
+    merged = read_layers(targets)
+    for key in settings:
+        if not has_key(merged, key):
+            where = f"{cfg.config_dir / SCENARIOS_FILE}, scenario {cfg.scenario!r}, {config_name}"
+            raise ValueError(f"demo: {where}: {key!r} is not a key of the stage's config")
+    if settings:
+        targets.append(folder / f"{config_name}.settings.yaml")
+        _write_yaml(nested(settings), targets[-1])
+    return targets
 
 
 def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
-    """The ``tempo-pl fit`` arguments of a training stage: its config (:func:`stage_config`), then the demo's logger,
-    progress file, step count, seed and start point (the previous stage's output), then ``--set`` overrides (RL
-    stages)."""
-    path = stage_config(stage, cfg)
-    data = read_yaml(path)
+    """The ``tempo-pl fit`` arguments of a training stage: its configs (:func:`stage_configs`), then the demo's
+    logger, progress file, step count, seed and start point (the previous stage's output), then ``--set`` overrides
+    (RL stages)."""
+    paths = stage_configs(stage, cfg)
+    data = read_layers(paths)
     out = cfg.out
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(out), "name": "", "version": stage.name, "default_hp_metric": False}}
     progress = {"class_path": "tempo_pl.pipelines.progress.StageProgress",
                 "init_args": {"path": str(stage_dir(out, stage.name) / PROGRESS_FILE)}}
-    args = ["fit", f"--config={path}", f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false",
+    args = ["fit", *config_args(paths), f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false",
             f"--trainer.callbacks+={json.dumps(progress)}"]
     if stage.name == "sft":
-        return args + [f"--trainer.max_steps={scaled(trainer_int(data, 'max_steps', path), cfg.steps_scale)}",
+        return args + [f"--trainer.max_steps={scaled(_trainer_int(data, 'max_steps', paths), cfg.steps_scale)}",
                        f"--model.init_args.save_dir={stage_dir(out, 'sft') / 'policy'}"]
     if stage.name == "zero_rl":
-        steps = scaled(trainer_int(data, "limit_train_batches", path), cfg.steps_scale)
+        steps = scaled(_trainer_int(data, "limit_train_batches", paths), cfg.steps_scale)
         args += [f"--trainer.limit_train_batches={steps}",
                  f"--model.init_args.policy.name_or_path={stage_dir(out, 'sft') / 'policy'}"]
         return args + list(cfg.overrides)
     steps, every = test_time_schedule(
-        trainer_int(data, "limit_train_batches", path), trainer_int(data, "val_check_interval", path),
+        _trainer_int(data, "limit_train_batches", paths), _trainer_int(data, "val_check_interval", paths),
         cfg.steps_scale, cfg.test_time_scale,
     )
     start = zero_rl_export(out)

@@ -36,6 +36,8 @@ class RewardSource(ABC):
     #: unless the config opts in explicitly (the oracle upper bound)
     reads_answers: bool = False
     name: str = "reward"
+    #: the RL step being scored (0-based); the module sets it before every step
+    rl_step: int = 0
 
     @abstractmethod
     def __call__(self, rollout: Rollout, stats: ForwardStats) -> RewardOutput:

@@ -75,7 +75,7 @@ __all__ = [
 MIN_PAIRS_PER_WORKER = 8
 """Batch calls use one worker per this many distinct pairs that need parsing, up to ``processes``. A worker
 costs about a second of CPU to start (once per process) and each extra worker parses the shared golds again, so
-tiny batches stay on one; a pair costs 5-30 ms, a round trip 0.2-0.3 ms. ``benchmarks/grading.py`` prints the
+tiny batches stay on one; a pair costs 5-30 ms, a round trip 0.2-0.3 ms. ``benchmarks/grading_speed.py`` prints the
 small-batch timings to re-check this on a given machine."""
 
 

@@ -7,14 +7,19 @@ computation stuck in C. So every comparison runs in a persistent worker process
 process are shared by its threads; a forked child starts its own.
 
 A worker takes about a second to start: once per process, and in the background after a kill. That start-up is not
-counted against a call's ``timeout``; a worker that has not started within :data:`WORKER_START_TIMEOUT_S` raises
-``RuntimeError``, because that is a broken environment, not a wrong answer. :func:`start_workers` starts them ahead
-of time.
+counted against a call's ``timeout``; a worker that cannot start raises ``RuntimeError`` with its own reason (the
+exception it met, or how it exited), and so does one that has not started within :data:`WORKER_START_TIMEOUT_S`,
+because that is a broken environment, not a wrong answer. :func:`start_workers` starts them ahead of time.
+
+A worker that dies with a pair in flight (killed by the OS or a user, crashed in C) is replaced and the pair graded
+again, once; a second death on it makes it a grader error: counted (:func:`grader_errors`), warned in the log, and
+scored as not equal.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import subprocess
@@ -26,6 +31,8 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from tempo_pl.rewards import grading_worker
+
+log = logging.getLogger(__name__)
 
 WORKER_START_TIMEOUT_S = 120.0
 """How long a worker may take to import math-verify before grading gives up with ``RuntimeError``."""
@@ -87,6 +94,30 @@ class _Worker:
         self.ready = False
         self.item: Optional[int] = None  # index of the pair in flight
         self.deadline = math.inf
+        self.start_error: Optional[str] = None
+        """The worker's own reason when it could not start."""
+
+    def take_start_message(self, message) -> None:
+        """``"ready"``, or the worker's ``(START_FAILED, reason)``."""
+        if message == "ready":
+            self.ready = True
+        elif isinstance(message, tuple) and message and message[0] == grading_worker.START_FAILED:
+            self.start_error = str(message[1])
+
+    def start_failure(self) -> RuntimeError:
+        """The error of a worker that did not start: its own exception, else how its process ended."""
+        if self.start_error is None:
+            try:
+                code = self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+            how = ("is still running" if code is None else f"was killed by signal {-code}" if code < 0
+                   else f"exited with code {code}")
+            reason = f"its process {how} before it was ready"
+        else:
+            reason = self.start_error
+        return RuntimeError(f"a grading worker could not start: {reason} (worker: {sys.executable} "
+                            f"{grading_worker.__file__})")
 
     def send(self, item: int, pred: str, gold: str, timeout: float, symmetric: bool = True) -> None:
         self.item, self.deadline = item, time.monotonic() + timeout
@@ -98,8 +129,8 @@ class _Worker:
     def alive_and_ready(self) -> bool:
         """Update ``ready`` without blocking; True while the process lives (started or still starting)."""
         try:
-            if not self.ready and self.recv_conn.poll():
-                self.ready = self.recv_conn.recv() == "ready"
+            if not self.ready and self.start_error is None and self.recv_conn.poll():
+                self.take_start_message(self.recv_conn.recv())
         except (EOFError, OSError):
             return False
         return self.process.poll() is None
@@ -137,7 +168,7 @@ class _WorkerPool:
         with self._lock:
             alive = []
             for worker in self._idle:
-                if worker.alive_and_ready():
+                if worker.alive_and_ready() and worker.start_error is None:
                     alive.append(worker)
                 else:
                     worker.close()
@@ -207,13 +238,29 @@ def start_workers(processes: Optional[int] = None) -> int:
                 raise _start_failure(f"a grading worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
             for conn in wait([w.recv_conn for w in starting], timeout=1.0):
                 worker = next(w for w in starting if w.recv_conn is conn)
-                if not worker.alive_and_ready() and not worker.ready:
-                    raise _start_failure("a grading worker exited while starting")
+                alive = worker.alive_and_ready()
+                if worker.start_error is not None or (not alive and not worker.ready):
+                    raise worker.start_failure()
     return len(_POOL._idle)
 
 
 def _start_failure(message: str) -> RuntimeError:
     return RuntimeError(f"{message}; check that `{sys.executable} -c 'import math_verify'` works")
+
+
+_GRADER_ERRORS = 0
+
+
+def grader_errors() -> int:
+    """Pairs of this process scored as not equal because their worker died on them twice (see the module doc)."""
+    return _GRADER_ERRORS
+
+
+def _count_grader_error(pred: str, gold: str) -> None:
+    global _GRADER_ERRORS
+    _GRADER_ERRORS += 1
+    log.warning("grader error: the grading worker died twice on the pair (pred %r, gold %r); it is scored as not "
+                "equal (%d grader error(s) in this process)", pred[:200], gold[:200], _GRADER_ERRORS)
 
 
 class _Schedule:
@@ -247,6 +294,24 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symm
             worker.slot = slot
         schedule = _Schedule(len(pairs), len(workers))
         unanswered = len(pairs)
+        regraded: set[int] = set()
+
+        def died(worker: _Worker) -> int:
+            """Replaces a worker that died; its pair goes back to the queue once. Returns the pairs it settles."""
+            workers.remove(worker)
+            worker.close()
+            if not worker.ready:
+                raise worker.start_failure()
+            workers.append(_Worker(slot=worker.slot))
+            if worker.item is None:
+                return 0
+            if worker.item not in regraded:
+                regraded.add(worker.item)
+                schedule.blocks[worker.slot].appendleft(worker.item)
+                return 0
+            _count_grader_error(*pairs[worker.item])
+            return 1
+
         while unanswered:
             now = time.monotonic()
             for worker in list(workers):
@@ -260,7 +325,10 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symm
                 elif worker.ready and worker.item is None:
                     item = schedule.next_for(worker.slot)
                     if item is not None:
-                        worker.send(item, *pairs[item], timeout, symmetric)
+                        try:
+                            worker.send(item, *pairs[item], timeout, symmetric)
+                        except OSError:  # it died while idle: the pipe to it is broken
+                            unanswered -= died(worker)
                 elif not worker.ready and now - worker.started_at > WORKER_START_TIMEOUT_S:
                     raise _start_failure(f"a grading worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
             if not unanswered:
@@ -273,16 +341,12 @@ def run_pairs(pairs: list[tuple[str, str]], timeout: float, processes: int, symm
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):  # the worker died: killed by the OS, or crashed in C
-                    workers.remove(worker)
-                    worker.close()
-                    if not worker.ready:
-                        raise _start_failure("a grading worker exited while starting") from None
-                    if worker.item is not None:
-                        unanswered -= 1
-                    workers.append(_Worker(slot=worker.slot))
+                    unanswered -= died(worker)
                     continue
-                if message == "ready":
-                    worker.ready = True
+                if not worker.ready:
+                    worker.take_start_message(message)
+                    if worker.start_error is not None:
+                        raise worker.start_failure()
                 elif worker.item is not None:
                     results[worker.item] = bool(message)
                     worker.done()

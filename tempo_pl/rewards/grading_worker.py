@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 
 
+START_FAILED = "start failed"
+"""First element of the message a worker sends instead of ``"ready"`` when it cannot start: ``(START_FAILED, reason)``."""
+
+
 class _SoftTimeout(BaseException):
     """Raised by the worker's alarm; a BaseException, so that math-verify's ``except Exception`` lets it through."""
 
@@ -24,7 +28,6 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
     import logging
     import signal
     import warnings
-    from functools import lru_cache
     from multiprocessing.connection import Connection
 
     # the protocol owns the original stdout; anything a library prints goes to stderr
@@ -34,24 +37,11 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
     logging.disable(logging.WARNING)  # math-verify warns on every call when its own timeout is off
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it closes or kills us
     warnings.simplefilter("ignore")
-
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    config = [LatexExtractionConfig(), ExprExtractionConfig()]
-
-    @lru_cache(maxsize=4096)  # golds repeat across a rollout, answers across samples
-    def parsed(text: str) -> list:
-        return parse(f"${text}$", extraction_config=config, parsing_timeout=None)
-
-    def on_alarm(signum, frame):
-        raise _SoftTimeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    # the first parse loads the LaTeX grammar and the first comparisons of each kind import more of sympy
-    # (about 0.5 s in all): pay for that before reporting ready, not inside the first pairs' deadlines
-    for a, b in _WARM_UP_PAIRS:
-        verify(parsed(a), parsed(b), timeout_seconds=None)
-        verify(parsed(b), parsed(a), timeout_seconds=None)
+    try:
+        parsed, verify = _start()
+    except Exception as err:  # the caller raises with this, the worker's own reason
+        out.send((START_FAILED, f"{type(err).__name__}: {err}"))
+        return
     out.send("ready")
     while True:
         try:
@@ -75,3 +65,28 @@ def serve() -> None:  # pragma: no cover - runs in the worker process; exercised
             out.send(verdict)
         except OSError:
             return
+
+
+def _start():  # pragma: no cover - runs in the worker process
+    """math-verify imported and warmed up; returns the cached parser and ``verify``."""
+    import signal
+    from functools import lru_cache
+
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    config = [LatexExtractionConfig(), ExprExtractionConfig()]
+
+    @lru_cache(maxsize=4096)  # golds repeat across a rollout, answers across samples
+    def parsed(text: str) -> list:
+        return parse(f"${text}$", extraction_config=config, parsing_timeout=None)
+
+    def on_alarm(signum, frame):
+        raise _SoftTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    # the first parse loads the LaTeX grammar and the first comparisons of each kind import more of sympy
+    # (about 0.5 s in all): pay for that before reporting ready, not inside the first pairs' deadlines
+    for a, b in _WARM_UP_PAIRS:
+        verify(parsed(a), parsed(b), timeout_seconds=None)
+        verify(parsed(b), parsed(a), timeout_seconds=None)
+    return parsed, verify

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempo_pl.models import sequence_inputs
+from tempo_pl.models.forward import sequence_inputs
 from tempo_pl.stages.ranks import Ranks
 from tempo_pl.types import Rollout
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from tempo_pl.rewards.base import RewardOutput, RewardSource
+from tempo_pl.rewards.critic import CriticValue
 from tempo_pl.types import ForwardStats, Rollout
 
 LABELED_SCORES = "labeled_scores"
@@ -86,8 +87,6 @@ def check_critic_reward_can_learn(
 ) -> None:
     """Refuse a run whose only reward on D_U is a critic value that can never differ between responses: a zero value
     head that no update will ever move (frozen critic, or a schedule without E-steps)."""
-    from tempo_pl.rewards.critic import CriticValue
-
     if not isinstance(unlabeled, CriticValue) or critic is None or not value_head_is_zero(critic):
         return
     if critic_frozen or not updates_critic:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tempo_pl.algorithms.losses import add_policy_regularizers
-from tempo_pl.models import critic_response_values, policy_response_stats
+from tempo_pl.models.forward import critic_response_values, policy_response_stats
 from tempo_pl.stages.minibatch import MicroLoss
 from tempo_pl.types import ForwardStats, Rollout
 

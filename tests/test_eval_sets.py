@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tempo_pl.data.benchmarks import BENCHMARKS, DATA_DIR_ENV, BenchmarkInfo, load_benchmark, rows_to_schema
+from tempo_pl.data.eval_sets import BENCHMARKS, DATA_DIR_ENV, BenchmarkInfo, load_benchmark, rows_to_schema
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 COUNTS = {"aime2024": 30, "aime2025": 30, "amc2023": 40, "math500": 500, "gsm8k": 1319}

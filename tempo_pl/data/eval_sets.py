@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from tempo_pl.data.readers import FILE_SUFFIXES, read_file
+
 __all__ = ["BENCHMARKS", "DATA_DIR_ENV", "BenchmarkInfo", "load_benchmark", "read_rows", "rows_to_schema"]
 
 DATA_DIR_ENV = "TEMPO_PL_DATA_DIR"
@@ -137,7 +139,6 @@ def read_rows(path: os.PathLike | str) -> list[dict]:
     ``problem`` and ``answer`` are required (the answer becomes a string); a missing ``id`` becomes
     ``<file stem>-<row index>``.
     """
-    from tempo_pl.data.readers import FILE_SUFFIXES, read_file
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from tempo_pl.models.hf import hf_model, position_ids_from_mask
+
 
 class PromptGroups(NamedTuple):
     first: Tensor
@@ -41,7 +43,6 @@ class PromptGroups(NamedTuple):
 def prompt_groups(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, num_response: int
                   ) -> Optional[PromptGroups]:
     """The rows' prompt groups when some rows share a prompt and ``model`` can run them once; None otherwise."""
-    from tempo_pl.models import hf_model
 
     width = input_ids.shape[1] - num_response
     if width < 1 or len(input_ids) < 2 or not _can_share(model, hf_model(model)):
@@ -74,7 +75,6 @@ def forward_on_shared_prompts(
     columns only); ``kwargs`` go to both calls (``logits_to_keep``, say)."""
     from transformers import DynamicCache
 
-    from tempo_pl.models import hf_model
 
     width = input_ids.shape[1] - num_response
     first = groups.first
@@ -93,7 +93,6 @@ def shared_prompt_cache(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tenso
     share (see :func:`prompt_groups`) or there is nothing to share."""
     from transformers import DynamicCache
 
-    from tempo_pl.models import hf_model, position_ids_from_mask
 
     hf = hf_model(model)
     if n < 2 or prompt_ids.shape[1] < 2 or not _can_share(model, hf):

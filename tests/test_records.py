@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tempo_pl.metrics import (
+from tempo_pl.evaluation.records import (
     QuestionResult,
     answer_entropy,
     critic_calibration,
@@ -114,7 +114,7 @@ def test_critic_calibration_by_hand():
 
 
 def test_within_question_auroc_counts_ties_as_half_and_skips_one_verdict_questions():
-    from tempo_pl.metrics import within_question_auroc
+    from tempo_pl.evaluation.records import within_question_auroc
 
     tied = QuestionResult("t", "1", ["x"] * 2, ["1", "2"], [True, False], values=[0.3, 0.3])
     all_right = QuestionResult("r", "1", ["x"] * 2, ["1", "1"], [True, True], values=[0.9, -0.9])

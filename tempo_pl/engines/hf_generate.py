@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol, runtime_checkable
 
 import torch
@@ -16,16 +15,14 @@ from torch import Tensor, nn
 from torch.nn.functional import pad
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from tempo_pl.lora import disable_bnb_avx512bf16
-from tempo_pl.models import hf_model
-from tempo_pl.prompts import PromptFormat, check_prompt_format, encode_prompts
-from tempo_pl.shared_prompts import shared_prompt_cache
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, encode_prompts
+from tempo_pl.models.hf import hf_model
+from tempo_pl.models.lora import disable_bnb_avx512bf16
+from tempo_pl.models.shared_prompts import shared_prompt_cache
 from tempo_pl.types import PromptBatch, Rollout
 
-__all__ = ["HFGenerateEngine", "PromptFormat", "RolloutEngine", "SamplingSpec", "encode_prompts"]
-
-OVERLONG_PROMPT_MODES = ("truncate_left", "drop")
-
+__all__ = ["HFGenerateEngine", "PromptFormat", "RolloutEngine", "encode_prompts"]
 
 @runtime_checkable
 class RolloutEngine(Protocol):
@@ -37,59 +34,8 @@ class RolloutEngine(Protocol):
     ``serves_own_weights = True``: under FSDP2 the module then gathers nothing around its ``generate`` calls."""
 
     def generate(
-        self, model: nn.Module, prompts: PromptBatch, n: int, sampling: Optional["SamplingSpec"] = None
+        self, model: nn.Module, prompts: PromptBatch, n: int, sampling: Optional["SamplingConfig"] = None
     ) -> Rollout: ...
-
-
-@dataclass
-class SamplingSpec:
-    """How responses are sampled.
-
-    Example::
-
-        SamplingSpec(n=8, temperature=1.0, max_new_tokens=16384, max_prompt_length=2048)
-    """
-
-    n: int = 8
-    """Responses per prompt (the group size)."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 = greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling mass; 1 = off."""
-    top_k: int = 0
-    """Sample among the k most likely tokens; 0 or -1 = off."""
-    max_new_tokens: int = 1024
-    """Response length budget; a response that reaches it without EOS is marked ``truncated``."""
-    max_prompt_length: int = 2048
-    """Longest prompt in tokens, chat template included."""
-    overlong_prompt: str = "truncate_left"
-    """A longer prompt is cut from the left (``"truncate_left"``, the reference code: it loses its beginning and the
-    chat template's header) or dropped (``"drop"``: the step trains on fewer prompts). Either way the prompts are
-    counted every RL step (``train/rollout/truncated_prompts``, ``train/rollout/dropped_overlong_prompts``) and the
-    first truncation is warned about, with the longest prompt's length."""
-    prompt_format: PromptFormat = field(default_factory=PromptFormat)
-    """System prompt, chat-template variables (``enable_thinking``) or no chat template; see
-    :class:`~tempo_pl.prompts.PromptFormat`. Evaluation uses the same format."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompt_format, dict):  # from Python or YAML without class_path
-            self.prompt_format = PromptFormat(**self.prompt_format)
-        if self.n < 1:
-            raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingSpec.temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            raise ValueError(f"SamplingSpec.top_k must be >= 0 (or -1 = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingSpec.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_prompt_length < 1:
-            raise ValueError(f"SamplingSpec.max_prompt_length must be >= 1, got {self.max_prompt_length}")
-        if self.overlong_prompt not in OVERLONG_PROMPT_MODES:
-            raise ValueError(
-                f"SamplingSpec.overlong_prompt must be one of {OVERLONG_PROMPT_MODES}, got {self.overlong_prompt!r}"
-            )
 
 
 class HFGenerateEngine:
@@ -113,7 +59,7 @@ class HFGenerateEngine:
 
     Example::
 
-        engine = HFGenerateEngine(tokenizer, SamplingSpec(n=4, max_new_tokens=256))
+        engine = HFGenerateEngine(tokenizer, SamplingConfig(n=4, max_new_tokens=256))
         rollout = engine.generate(policy, prompt_batch, n=4)
     """
 
@@ -123,7 +69,7 @@ class HFGenerateEngine:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        sampling: SamplingSpec,
+        sampling: SamplingConfig,
         micro_batch_size: Optional[int] = None,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -142,7 +88,7 @@ class HFGenerateEngine:
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
-        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingSpec] = None
+        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingConfig] = None
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt of ``prompts``, with ``sampling`` in place
         of the engine's own spec when given."""
@@ -161,7 +107,7 @@ class HFGenerateEngine:
         return self._assemble(pieces, prompt_batch, n, config.eos_token_id, extra)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _prepare(self, prompts: PromptBatch, n: Optional[int], sampling: Optional[SamplingSpec]):
+    def _prepare(self, prompts: PromptBatch, n: Optional[int], sampling: Optional[SamplingConfig]):
         """The call's sampling spec and n, the kept prompts' token ids and indices, their PromptBatch, and the
         rollout's ``extra`` (prompts dropped and truncated)."""
         spec = sampling or self.sampling
@@ -172,9 +118,9 @@ class HFGenerateEngine:
         extra = {"num_dropped": self.last_dropped, "num_prompts_truncated": self.last_truncated}
         return spec, n, token_ids, kept, prompts.select(kept), extra
 
-    def _encode_prompts(self, prompts: PromptBatch, spec: SamplingSpec) -> tuple[list[list[int]], list[int]]:
+    def _encode_prompts(self, prompts: PromptBatch, spec: SamplingConfig) -> tuple[list[list[int]], list[int]]:
         """Chat-templated token ids of each kept prompt, and the kept prompts' indices."""
-        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format)
+        encoded = encode_prompts(self.tokenizer, prompts.prompts, spec.prompt_format, prompts.system_prompts)
         token_ids, kept, dropped, truncated = [], [], 0, 0
         for i, ids in enumerate(encoded):
             if len(ids) > spec.max_prompt_length:
@@ -206,7 +152,7 @@ class HFGenerateEngine:
                 ids.append(token)
         return ids
 
-    def _generation_config(self, model: nn.Module, spec: SamplingSpec) -> GenerationConfig:
+    def _generation_config(self, model: nn.Module, spec: SamplingConfig) -> GenerationConfig:
         sample = spec.temperature > 0
         # sampling: explicit neutral values (top_k=0, top_p=1) rather than None, which generate would fill in from
         # its global defaults (top_k=50); greedy: None, since greedy decoding reads none of them

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempo_pl.models import build_critic, build_policy, critic_response_values, policy_response_stats, sequence_inputs
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec, encode_prompts
+from tempo_pl.models.builders import build_critic, build_policy
+from tempo_pl.models.forward import critic_response_values, policy_response_stats, sequence_inputs
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine, encode_prompts
 from tempo_pl.types import PromptBatch
+from _rollouts import rollout_from_tokens
 
 EOS, PAD = 3, 0
 
@@ -53,7 +56,7 @@ def policy(tiny_policy_spec):
 )
 def test_sampling_spec_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SamplingSpec(**kwargs)
+        SamplingConfig(**kwargs)
 
 
 def test_encode_prompts_frames_each_prompt_as_a_user_message(tiny_tokenizer):
@@ -73,12 +76,12 @@ def test_encode_prompts_frames_each_prompt_as_a_user_message(tiny_tokenizer):
 
 def test_engine_rejects_bad_options(tiny_tokenizer):
     with pytest.raises(ValueError, match="micro_batch_size"):
-        HFGenerateEngine(tiny_tokenizer, SamplingSpec(), micro_batch_size=0)
+        HFGenerateEngine(tiny_tokenizer, SamplingConfig(), micro_batch_size=0)
 
 
 def test_rollout_layout_groups_and_prompt_encoding(policy, tiny_tokenizer):
     batch = _prompts("1+1?", "what is 12*3?")
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=3, max_new_tokens=5))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=3, max_new_tokens=5))
     torch.manual_seed(0)
     r = engine.generate(policy, batch)
     short, long = encode_prompts(tiny_tokenizer, ["1+1?", "what is 12*3?"])
@@ -101,7 +104,7 @@ def test_rollout_layout_groups_and_prompt_encoding(policy, tiny_tokenizer):
 
 def test_response_mask_holds_eos_and_excludes_padding(tiny_policy_spec, tiny_tokenizer):
     policy = _with_token_bias(build_policy(tiny_policy_spec), EOS, 3.0)  # P(EOS) about e^3 / (99 + e^3) = 0.17
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=12))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=4, max_new_tokens=12))
     torch.manual_seed(0)
     r = engine.generate(policy, _prompts("a", "bb", "ccc", "dddd"))
     finished = truncated = 0
@@ -127,7 +130,7 @@ def test_generation_stops_at_the_models_extra_eos_ids(tiny_policy_spec, tiny_tok
     policy = _with_token_bias(build_policy(tiny_policy_spec), a, 4.0)
     policy.generation_config.eos_token_id = [EOS, a]  # e.g. Qwen3's <|im_end|> and <|endoftext|>
     torch.manual_seed(0)
-    r = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=10)).generate(policy, _prompts("q"))
+    r = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=4, max_new_tokens=10)).generate(policy, _prompts("q"))
     ends = [row.index(a) for row in r.response_ids.tolist() if a in row]
     assert ends, "the biased token was never sampled"
     for row, end in enumerate(ends):
@@ -136,7 +139,7 @@ def test_generation_stops_at_the_models_extra_eos_ids(tiny_policy_spec, tiny_tok
 
 def test_overlong_prompt_is_cut_from_the_left(policy, tiny_tokenizer):
     # "y" in the template is 20 ids: <|im_start|> "user\n"(5) "y" <|im_end|> "\n" <|im_start|> "assistant\n"(10)
-    spec = SamplingSpec(n=2, max_new_tokens=3, max_prompt_length=20, overlong_prompt="truncate_left")
+    spec = SamplingConfig(n=2, max_new_tokens=3, max_prompt_length=20, overlong_prompt="truncate_left")
     engine = HFGenerateEngine(tiny_tokenizer, spec)
     torch.manual_seed(0)
     r = engine.generate(policy, _prompts("x" * 30, "y"))
@@ -152,7 +155,7 @@ def test_overlong_prompt_is_cut_from_the_left(policy, tiny_tokenizer):
 
 
 def test_overlong_prompt_is_dropped_and_counted(policy, tiny_tokenizer):
-    spec = SamplingSpec(n=2, max_new_tokens=3, max_prompt_length=30, overlong_prompt="drop")
+    spec = SamplingConfig(n=2, max_new_tokens=3, max_prompt_length=30, overlong_prompt="drop")
     engine = HFGenerateEngine(tiny_tokenizer, spec)
     torch.manual_seed(0)
     r = engine.generate(policy, _prompts("x" * 30, "short", "z" * 40, labeled=(True, False, True)))
@@ -162,7 +165,7 @@ def test_overlong_prompt_is_dropped_and_counted(policy, tiny_tokenizer):
 
 
 def test_all_prompts_dropped_gives_an_empty_rollout(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_prompt_length=5, overlong_prompt="drop"))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_prompt_length=5, overlong_prompt="drop"))
     r = engine.generate(policy, _prompts("long prompt", "another"))
     assert r.num_rows == 0 and r.n_per_prompt == 0 and r.texts == [] and len(r.prompt_batch) == 0
     assert r.prompt_ids.shape == (0, 0) and r.response_mask.shape == (0, 0) and r.truncated.shape == (0,)
@@ -171,7 +174,7 @@ def test_all_prompts_dropped_gives_an_empty_rollout(policy, tiny_tokenizer):
 
 
 def test_the_global_rng_decides_the_samples(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=8))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=8))
     torch.manual_seed(3)
     a = engine.generate(policy, _prompts("q"))
     torch.manual_seed(3)
@@ -189,7 +192,7 @@ def _logits_at_response(policy, rollout):
 
 def test_top_k_1_and_low_temperature_equal_greedy(policy, tiny_tokenizer):
     batch = _prompts("1+1?", "what is 7*6?")
-    greedy = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, temperature=0.0, max_new_tokens=8)).generate(
+    greedy = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, temperature=0.0, max_new_tokens=8)).generate(
         policy, batch
     )
     valid = greedy.response_mask > 0
@@ -197,15 +200,15 @@ def test_top_k_1_and_low_temperature_equal_greedy(policy, tiny_tokenizer):
     assert torch.equal(_logits_at_response(policy, greedy).argmax(-1)[valid], greedy.response_ids[valid])
     assert torch.equal(greedy.response_ids[0], greedy.response_ids[1])
     torch.manual_seed(1)
-    top1 = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, top_k=1, max_new_tokens=8)).generate(policy, batch)
-    cold = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, temperature=1e-4, max_new_tokens=8))
+    top1 = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, top_k=1, max_new_tokens=8)).generate(policy, batch)
+    cold = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, temperature=1e-4, max_new_tokens=8))
     assert torch.equal(top1.response_ids, greedy.response_ids)
     torch.manual_seed(1)
     assert torch.equal(cold.generate(policy, batch).response_ids, greedy.response_ids)
 
 
 def test_top_k_2_samples_only_the_two_best_tokens(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=8, top_k=2, max_new_tokens=10))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=8, top_k=2, max_new_tokens=10))
     torch.manual_seed(0)
     r = engine.generate(policy, _prompts("1+1?"))
     logits = _logits_at_response(policy, r)
@@ -220,15 +223,15 @@ def test_the_models_own_generation_config_is_ignored_and_restored(policy, tiny_t
     policy.generation_config.top_k = 1  # a hub default like Qwen3's top_k=20 must not leak into sampling
     batch = _prompts("1+1?")
     torch.manual_seed(0)
-    sampled = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, max_new_tokens=8)).generate(policy, batch)
-    greedy = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=4, temperature=0, max_new_tokens=8))
+    sampled = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=4, max_new_tokens=8)).generate(policy, batch)
+    greedy = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=4, temperature=0, max_new_tokens=8))
     greedy = greedy.generate(policy, batch)
     assert not torch.equal(sampled.response_ids, greedy.response_ids)
     assert policy.generation_config.top_k == 1
 
 
 def test_generation_restores_train_mode_and_tracks_no_gradients(policy, tiny_tokenizer):
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=4))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=4))
     policy.train()
     r = engine.generate(policy, _prompts("q"))
     assert policy.training and not r.response_ids.requires_grad
@@ -239,7 +242,7 @@ def test_generation_restores_train_mode_and_tracks_no_gradients(policy, tiny_tok
 
 def test_micro_batches_give_the_same_rollout_as_one_batch(policy, tiny_tokenizer):
     batch = _prompts("1+1?", "what is 12 * 3?", "hi")
-    spec = SamplingSpec(n=2, temperature=0.0, max_new_tokens=6)
+    spec = SamplingConfig(n=2, temperature=0.0, max_new_tokens=6)
     whole = HFGenerateEngine(tiny_tokenizer, spec).generate(policy, batch)
     parts = HFGenerateEngine(tiny_tokenizer, spec, micro_batch_size=1).generate(policy, batch)
     for field in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "truncated", "group_ids"):
@@ -250,7 +253,7 @@ def test_micro_batches_give_the_same_rollout_as_one_batch(policy, tiny_tokenizer
 def test_a_rollout_feeds_the_forward_helpers(tiny_policy_spec, tiny_critic_spec, tiny_tokenizer):
     policy = _with_token_bias(build_policy(tiny_policy_spec), EOS, 3.0)
     critic = build_critic(tiny_critic_spec, tiny_policy_spec)
-    engine = HFGenerateEngine(tiny_tokenizer, SamplingSpec(n=2, max_new_tokens=8))
+    engine = HFGenerateEngine(tiny_tokenizer, SamplingConfig(n=2, max_new_tokens=8))
     torch.manual_seed(0)
     r = engine.generate(policy, _prompts("a", "b"))
     ids, mask, pos = sequence_inputs(r)
@@ -267,13 +270,9 @@ def test_select_groups_renumbers_groups_and_keeps_index_tensors_on_the_rollouts_
     from tempo_pl.types import Rollout
 
     n, prompts = 2, _prompts("a", "b", "c")
-    rows = torch.arange(3 * n)
-    rollout = Rollout(
-        prompt_ids=rows[:, None], prompt_mask=torch.ones(3 * n, 1, dtype=torch.long),
-        response_ids=rows[:, None] * 10, response_mask=torch.ones(3 * n, 1), texts=[f"r{i}" for i in range(3 * n)],
-        group_ids=rows // n, is_labeled=torch.tensor(prompts.is_labeled).repeat_interleave(n),
-        truncated=torch.zeros(3 * n, dtype=torch.bool), prompt_batch=prompts,
-    )
+    rows = range(3 * n)
+    rollout = rollout_from_tokens(prompts, n, [[r] for r in rows], [[r * 10] for r in rows],
+                                  texts=[f"r{r}" for r in rows])
     picked = rollout.select_groups([2, 0])
     assert picked.texts == ["r4", "r5", "r0", "r1"]
     assert picked.group_ids.tolist() == [0, 0, 1, 1]

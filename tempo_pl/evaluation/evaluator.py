@@ -15,15 +15,15 @@ from torch import Tensor
 
 from tempo_pl.algorithms.advantages import last_token_value
 from tempo_pl.config import EvalConfig
-from tempo_pl.metrics import score_questions, summarize_questions, write_question_jsonl
+from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
 from tempo_pl.stages.minibatch import index_chunks, row_inputs
-from tempo_pl.models import critic_response_values
-from tempo_pl.prompts import decode_prompts
-from tempo_pl.rollout import SamplingSpec
+from tempo_pl.models.forward import critic_response_values
+from tempo_pl.engines.prompts import decode_prompts
+from tempo_pl.config import SamplingConfig
 from tempo_pl.types import Rollout
 
 
-def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
+def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
     """The training rollout's sampling with evaluation's k, temperature, top-p and (when set) response budget."""
     budget = training.max_new_tokens if config.max_new_tokens is None else config.max_new_tokens
     return dataclasses.replace(
@@ -32,7 +32,7 @@ def eval_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
     )
 
 
-def greedy_sampling(config: EvalConfig, training: SamplingSpec) -> SamplingSpec:
+def greedy_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
     """Evaluation's sampling (:func:`eval_sampling`) decoding one response per question at temperature 0."""
     return dataclasses.replace(eval_sampling(config, training), n=1, temperature=0.0, top_p=1.0)
 

@@ -7,7 +7,7 @@ yields them from the live policy without building a second model:
 - LoRA: each adapted layer yields its base weight plus the policy adapter's delta (``W + B @ A * alpha / r``),
   computed for that layer alone; the adapters stay unmerged in the trained model. A 4-bit (QLoRA) base weight is
   dequantized first, so the engine serves the weights the trainer computes with, in full precision, rather than a
-  re-quantized merge (:func:`tempo_pl.lora.merged_model` is the whole-model copy these pairs are tested against).
+  re-quantized merge (:func:`tempo_pl.models.lora.merged_model` is the whole-model copy these pairs are tested against).
 - FSDP2: the parameters are gathered one FSDP unit (a decoder layer, then the root's embeddings, norm and head) at
   a time and freed before the next unit is gathered, so a rank never holds more than one unit's full weights (and
   the copies it hands out, which the consumer frees) on top of its shards. Every rank must iterate to the end
@@ -27,7 +27,8 @@ from typing import Iterator, Optional
 
 from torch import Tensor, nn
 
-from tempo_pl.models import hf_model
+from tempo_pl.models.hf import hf_model
+from tempo_pl.models.shared_base import POLICY_ADAPTER, PolicyView
 
 
 def served_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -64,8 +65,6 @@ def release_gathered(model: nn.Module) -> None:
 
 def _policy_adapter(model: nn.Module) -> Optional[str]:
     """The adapter a shared-base policy runs (the base also holds the critic's); None = each layer's active ones."""
-    from tempo_pl.shared_base import POLICY_ADAPTER, PolicyView
-
     return POLICY_ADAPTER if isinstance(model, PolicyView) else None
 
 

@@ -31,7 +31,8 @@ class PromptFormat:
     """Frame the prompt with the tokenizer's chat template (a user message, then the generation prompt); false for a
     base model: the user message alone is the prompt, encoded with the tokenizer's own special tokens (e.g. BOS)."""
     system_prompt: Optional[str] = None
-    """A system message put before every user message (needs the chat template)."""
+    """A system message put before every user message (needs the chat template); a row whose conversation has a
+    system message of its own gets that one instead, as TRL renders it."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra variables for the chat template, e.g. ``{enable_thinking: false}`` for Qwen3 (needs the chat template)."""
 
@@ -72,28 +73,44 @@ def check_prompt_format(tokenizer: PreTrainedTokenizerBase, prompt_format: Promp
 
 
 def render_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_format: Optional[PromptFormat] = None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    prompt_format: Optional[PromptFormat] = None,
+    system_prompts: Optional[Sequence[Optional[str]]] = None,
 ) -> list[str]:
     """The text the policy reads for each user message: chat-templated with the generation prompt (and the system
-    message and template variables of ``prompt_format``), or the message itself without the chat template."""
+    message and template variables of ``prompt_format``), or the message itself without the chat template.
+
+    ``system_prompts[i]``, when not ``None``, is row ``i``'s own system message, in place of
+    ``prompt_format.system_prompt``."""
     prompt_format = prompt_format or PromptFormat()
+    systems = list(system_prompts) if system_prompts is not None else [None] * len(prompts)
+    if len(systems) != len(prompts):
+        raise ValueError(f"render_prompts got {len(systems)} system prompts for {len(prompts)} prompts")
     if not prompt_format.use_chat_template:
+        if any(system is not None for system in systems):
+            raise ValueError("a row has a system message of its own, which needs the chat template, but "
+                             "prompt_format.use_chat_template is false; remove the system message from the data")
         return list(prompts)
-    system = [{"role": "system", "content": prompt_format.system_prompt}] if prompt_format.system_prompt else []
-    return [
-        tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], add_generation_prompt=True,
-                                      tokenize=False, **prompt_format.chat_template_kwargs)
-        for p in prompts
-    ]
+    rendered = []
+    for prompt, system in zip(prompts, systems):
+        system = system if system is not None else prompt_format.system_prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        rendered.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **prompt_format.chat_template_kwargs))
+    return rendered
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], prompt_format: Optional[PromptFormat] = None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    prompt_format: Optional[PromptFormat] = None,
+    system_prompts: Optional[Sequence[Optional[str]]] = None,
 ) -> list[list[int]]:
     """Token ids of :func:`render_prompts`: what the policy is asked. A chat template writes its own special tokens;
     without one the tokenizer adds its own (BOS)."""
     prompt_format = prompt_format or PromptFormat()
-    texts = render_prompts(tokenizer, prompts, prompt_format)
+    texts = render_prompts(tokenizer, prompts, prompt_format, system_prompts)
     if not texts:
         return []
     return tokenizer(texts, add_special_tokens=not prompt_format.use_chat_template)["input_ids"]

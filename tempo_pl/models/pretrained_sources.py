@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from tempo_pl.tiny import BUILTIN_CHAR
+from tempo_pl.models.tiny import BUILTIN_CHAR
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 """Any of these in a folder makes it a tokenizer folder."""

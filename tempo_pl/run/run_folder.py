@@ -8,20 +8,29 @@
   claimed by a live process is refused, and so is a folder that already holds a run unless the command resumes it
   (``fit`` with ``--ckpt_path``): a second run with the same explicit ``version`` would otherwise overwrite the first
   one's config, checkpoints and eval files.
+- The command that started the run is recorded in ``.tempo-pl.command`` (``fit`` or ``validate``), so that
+  ``tempo-pl plot`` labels a validate-only folder as such.
+- A command that fails before its first RL step leaves no folder behind (:func:`removed_on_early_failure`): the
+  folders it created, with the config and event files written so far, are deleted.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
+import shutil
 import socket
+import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 LOCK_NAME = ".tempo-pl.lock"
+COMMAND_NAME = ".tempo-pl.command"
+"""Holds the command that started the run in the folder: ``fit`` or ``validate``."""
 VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 """Loggers whose folder is ``save_dir/name/version_N`` (or ``save_dir/name/<version>``)."""
 
@@ -141,7 +150,59 @@ def claim(log_dir: Path, resuming: bool, command: str) -> Path:
     else:
         tmp.unlink()
     atexit.register(release, lock)
+    if not resuming:
+        (log_dir / COMMAND_NAME).write_text(command + "\n")
     return lock
+
+
+def run_command(log_dir: Path) -> Optional[str]:
+    """The command that started the run in ``log_dir`` (``fit``, ``validate``), None when unrecorded."""
+    try:
+        return (Path(log_dir) / COMMAND_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def first_missing_folder(log_dir: Path) -> Optional[Path]:
+    """The outermost folder of ``log_dir``'s path that does not exist yet (what claiming it will create); None when
+    ``log_dir`` exists."""
+    log_dir = Path(log_dir).absolute()
+    if log_dir.exists():
+        return None
+    missing = log_dir
+    while not missing.parent.exists():
+        missing = missing.parent
+    return missing
+
+
+@contextlib.contextmanager
+def removed_on_early_failure(created: Optional[Path], log_dir: Path,
+                             before_first_step: Callable[[], bool]) -> Iterator[None]:
+    """Runs the block; when it raises while ``before_first_step()`` holds and ``log_dir`` holds no checkpoint, deletes
+    ``log_dir`` and the empty folders above it up to ``created`` (the outermost folder this command created,
+    :func:`first_missing_folder`), then re-raises: a failed first command leaves no folder holding only a config and
+    an events file. A folder above that another run wrote into meanwhile is kept. ``created`` None (the folder
+    existed, a resumed run) keeps everything."""
+    try:
+        yield
+    except BaseException:
+        log_dir = Path(log_dir).absolute()
+        checkpoints = log_dir / "checkpoints"
+        if created is not None and before_first_step() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            shutil.rmtree(log_dir, ignore_errors=True)
+            folder, created = log_dir, Path(created).absolute()
+            while folder != created and created in folder.parents and _removed_if_empty(folder.parent):
+                folder = folder.parent
+            print(f"[tempo-pl] the run failed before its first RL step: removed {str(log_dir)!r}", file=sys.stderr)
+        raise
+
+
+def _removed_if_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone
+        return False
+    return True
 
 
 def release(lock: Path) -> None:
@@ -149,3 +210,27 @@ def release(lock: Path) -> None:
     holder = _holder(lock)
     if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         lock.unlink(missing_ok=True)
+
+
+class RunAlreadyFinished(RuntimeError):
+    """A resume whose checkpoint ended the training the config asks for in fewer RL steps than it now asks for."""
+
+
+def check_resumed_budget(trainer: Any, rl_step: int) -> None:
+    """At the start of a resumed fit: when Lightning's loop has nothing left to run (the checkpoint's epochs are
+    done), says so; raises :class:`RunAlreadyFinished` when the config asks for more RL steps than were done (a
+    raised ``limit_train_batches`` cannot reopen a finished epoch)."""
+    if not trainer.fit_loop.done:
+        return
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    batches = trainer.num_training_batches
+    asked = batches * max_epochs if max_epochs is not None and batches != float("inf") else None
+    if asked is not None and rl_step < asked:
+        raise RunAlreadyFinished(
+            f"the checkpoint {str(trainer.ckpt_path)!r} ended its run's {max_epochs} epoch(s) at RL step {rl_step}; "
+            f"limit_train_batches: {batches} x max_epochs: {max_epochs} asks for {int(asked)}, but a finished epoch "
+            "is not reopened. To train more RL steps from it, raise trainer.max_epochs (a further epoch over the "
+            "prompt streams)")
+    if trainer.is_global_zero:
+        print(f"[tempo-pl] the run resumed from {str(trainer.ckpt_path)!r} had already finished (RL step {rl_step}); "
+              "nothing is left to train", file=sys.stderr)

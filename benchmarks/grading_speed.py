@@ -12,8 +12,8 @@ behind ``MIN_PAIRS_PER_WORKER``.
 
 Run::
 
-    python benchmarks/grading.py                 # 10,000 pairs, data from ../shared/data or $TEMPO_PL_DATA_DIR
-    python benchmarks/grading.py --pairs 2000 --timeout 2
+    python benchmarks/grading_speed.py                 # 10,000 pairs, data from ../shared/data or $TEMPO_PL_DATA_DIR
+    python benchmarks/grading_speed.py --pairs 2000 --timeout 2
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tempo_pl.rewards import grading, grading_pool  # noqa: E402
+from tempo_pl.rewards import grading, grading_pool
 
 REPEATS = 3
 

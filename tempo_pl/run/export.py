@@ -2,19 +2,20 @@
 
 Works on every checkpoint a run writes: a Lightning ``.ckpt`` file (one process, DDP, or FSDP2 with
 ``save_distributed_checkpoint=False``) and a sharded FSDP2 folder (DCP, one file per rank), read in one process with
-no process group. The models are rebuilt from the specs saved in the checkpoint's hyper-parameters, in full
-precision even when the run trained on a 4-bit base (QLoRA: the adapters are merged into the original weights, not
-into their NF4 rounding), then the trained tensors are loaded over them and LoRA is merged:
+no process group, with ``torch.load(weights_only=True)`` (a file that needs more is refused, naming it). The models
+are rebuilt from the specs saved in the checkpoint's hyper-parameters, in full precision even when the run trained
+on a 4-bit base (QLoRA: the adapters are merged into the original weights, not into their NF4 rounding), then the
+trained tensors are loaded over them and LoRA is merged:
 
 - ``<out>/policy``: ``AutoModelForCausalLM`` weights + tokenizer;
 - ``<out>/critic``: ``AutoModelForTokenClassification(num_labels=1)`` weights + tokenizer (the verl critic format).
 
 Example::
 
-    from tempo_pl.export import export_hf
+    from tempo_pl.run.export import export_hf
     export_hf("runs/tempo/version_0/checkpoints/last", "export/step224")
 
-    tempo-pl export runs/.../checkpoints/last export/step224      (or: python -m tempo_pl.export ...)
+    tempo-pl export runs/.../checkpoints/last export/step224      (or: python -m tempo_pl.run.export ...)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from tempo_pl.lora import save_merged
+from tempo_pl.models.lora import save_merged
+from tempo_pl.run.checkpoint_io import load_checkpoint_file
 
 #: the file Lightning writes beside the shards of a distributed checkpoint (hyper-parameters, loops, callbacks)
 SHARDED_METADATA = "meta.pt"
@@ -51,7 +53,7 @@ def export_hf(
     hparams = read_hyperparameters(checkpoint)
     if hparams.get(POLICY) is None:
         raise ValueError(f"{checkpoint}: the hyper-parameters name no `policy` spec; is this a TempoModule checkpoint?")
-    from tempo_pl.models import CriticSpec, ModelSpec, build_tokenizer
+    from tempo_pl.models.builders import CriticSpec, ModelSpec, build_tokenizer
 
     policy_spec = as_spec(hparams[POLICY], ModelSpec)
     critic_spec = as_spec(hparams.get(CRITIC), CriticSpec)
@@ -68,7 +70,7 @@ def export_hf(
 def save_hf_folders(
     models: dict[str, nn.Module], out_dir: Union[str, Path], tokenizer=None, in_place: bool = False
 ) -> dict[str, Path]:
-    """Write each model, LoRA merged (:func:`tempo_pl.lora.save_merged`), with the tokenizer to ``<out_dir>/<key>``.
+    """Write each model, LoRA merged (:func:`tempo_pl.models.lora.save_merged`), with the tokenizer to ``<out_dir>/<key>``.
 
     Returns the folder of each key. With ``in_place=False`` the models keep their adapters.
     """
@@ -81,10 +83,10 @@ def read_hyperparameters(checkpoint: Path) -> dict[str, Any]:
         meta = checkpoint / SHARDED_METADATA
         if not meta.is_file():
             raise FileNotFoundError(f"{checkpoint} is a folder without {SHARDED_METADATA}: not a sharded checkpoint")
-        state = torch.load(meta, map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(meta)
     elif checkpoint.is_file():
         # the whole file is read: a full checkpoint has no separate metadata; mmap keeps the tensors on disk
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = load_checkpoint_file(checkpoint, mmap=True)
     else:
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
     hparams = state.get("hyper_parameters")
@@ -116,11 +118,11 @@ def full_precision(spec):
 def rebuild_models(policy_spec, critic_spec, shared_base: bool = False) -> dict[str, nn.Module]:
     """The run's models, unsharded and in full precision, keyed by their state-dict prefix."""
     if shared_base:
-        from tempo_pl.shared_base import build_shared_actor_critic
+        from tempo_pl.models.shared_base import build_shared_actor_critic
 
         policy, critic = build_shared_actor_critic(full_precision(policy_spec), full_precision(critic_spec))
         return {POLICY: policy, CRITIC: critic}
-    from tempo_pl.models import build_critic, build_policy
+    from tempo_pl.models.builders import build_critic, build_policy
 
     models = {POLICY: build_policy(full_precision(policy_spec))}
     if critic_spec is not None:
@@ -154,7 +156,7 @@ def load_trained_weights(models: dict[str, nn.Module], checkpoint: Path) -> list
         # DCP reads straight into these tensors, which share storage with the models' parameters
         dcp.load({"state_dict": selected}, checkpoint_id=str(checkpoint))
     else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+        state = load_checkpoint_file(checkpoint, mmap=True, verify=False)["state_dict"]
         with torch.no_grad():
             for key, tensor in selected.items():
                 tensor.copy_(state[key])
@@ -173,7 +175,7 @@ def _checkpoint_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
             for key, meta in metadata.items()
             if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
         }
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    state = load_checkpoint_file(checkpoint, mmap=True, verify=False)["state_dict"]
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, Tensor)}
 
 

@@ -2,8 +2,8 @@
 
 TEMPO's critic is a model of the policy's size. With QLoRA, the frozen base dominates memory, and the policy and the
 critic can share it: one peft model holds the base and two adapters, ``"default"`` (the policy's, the one
-:func:`~tempo_pl.models.build_policy` creates) and ``"critic"``, and the critic adds its scalar value head. Two thin
-modules give the training loop the two models it expects:
+:func:`~tempo_pl.models.builders.build_policy` creates) and ``"critic"``, and the critic adds its scalar value
+head. Two thin modules give the training loop the two models it expects:
 
 - :class:`PolicyView`: a causal LM (``forward``, ``generate``, ``disable_adapter``) that runs the policy adapter;
   it owns the shared peft model as its child, so the base and both adapters are checkpointed once, under ``policy``.
@@ -33,7 +33,16 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-#: the adapter :func:`~tempo_pl.models.build_policy` creates (peft's default name) is the policy's
+from tempo_pl.models.builders import (
+    CRITIC_OVERRIDES,
+    build_policy,
+    init_value_head,
+    seeded,
+    token_classification_class,
+)
+from tempo_pl.models.lora import disable_bnb_avx512bf16, lora_config
+
+#: the adapter :func:`~tempo_pl.models.builders.build_policy` creates (peft's default name) is the policy's
 POLICY_ADAPTER = "default"
 CRITIC_ADAPTER = "critic"
 
@@ -47,12 +56,9 @@ def build_shared_actor_critic(policy_spec, critic_spec) -> tuple["PolicyView", "
     adapter and the head.
 
     Args:
-        policy_spec: a :class:`~tempo_pl.models.ModelSpec` with ``lora`` set (a shared base is frozen).
-        critic_spec: a :class:`~tempo_pl.models.CriticSpec` that names no weights of its own.
+        policy_spec: a :class:`~tempo_pl.models.builders.ModelSpec` with ``lora`` set (a shared base is frozen).
+        critic_spec: a :class:`~tempo_pl.models.builders.CriticSpec` that names no weights of its own.
     """
-    from tempo_pl.lora import disable_bnb_avx512bf16, lora_config
-    from tempo_pl.models import build_policy, init_value_head, seeded
-
     if policy_spec.lora is None:
         raise ValueError("shared base: policy.lora is required, the base the policy and the critic share is frozen")
     if critic_spec is None:
@@ -224,8 +230,6 @@ class CriticView(nn.Module):
     def merged_model(self) -> nn.Module:
         """A standalone ``*ForTokenClassification`` model (num_labels=1): the base with the critic adapter merged,
         and this head as its ``score``; it loads with ``AutoModelForTokenClassification``."""
-        from tempo_pl.models import CRITIC_OVERRIDES, token_classification_class
-
         causal_lm = merged_adapter(self._shared, CRITIC_ADAPTER)
         config = copy.deepcopy(causal_lm.config)
         for key, value in CRITIC_OVERRIDES.items():

@@ -1,8 +1,9 @@
 """LoRA and QLoRA: adapter configs, 4-bit bases (bitsandbytes), and merging the adapters back into plain weights.
 
-The builders of :mod:`tempo_pl.models` and :mod:`tempo_pl.shared_base` configure adapters and 4-bit bases through
+The builders (:mod:`tempo_pl.models.builders`, :mod:`tempo_pl.models.shared_base`) configure adapters and 4-bit bases
+through
 these helpers; everything that writes a Hugging Face folder (the SFT stage, :class:`~tempo_pl.callbacks.HFExport`,
-:func:`tempo_pl.export.export_hf`) merges through :func:`merged_model`, so a saved model is always a plain
+:func:`tempo_pl.run.export.export_hf`) merges through :func:`merged_model`, so a saved model is always a plain
 checkpoint that loads without peft.
 
 Example::
@@ -25,7 +26,7 @@ from torch import nn
 
 
 def lora_config(lora, task_type: str, modules_to_save: Optional[list[str]] = None):
-    """peft's ``LoraConfig`` of a :class:`~tempo_pl.models.LoraSpec`."""
+    """peft's ``LoraConfig`` of a :class:`~tempo_pl.models.builders.LoraSpec`."""
     from peft import LoraConfig
 
     return LoraConfig(
