@@ -280,7 +280,7 @@ def print_summary(summary: dict, out: Path) -> None:
 
     for name, m in methods.items():
         table.add_row(name, str(m["steps"]), *(cell(m, key) for key in columns.values()), f"{m['wall_seconds']:.0f}")
-    console = Console()
+    console = Console(width=max(Console().width, 200))  # the table is wide: no ellipses in a log or a pipe
     console.print(table)
     compute = summary.get("test_time_compute")
     if compute and "missing_1x_runs" in compute:
