@@ -233,6 +233,10 @@ class EvalConfig:
     """The j of every pass@j logged (each at most k)."""
     write_jsonl: bool = True
     """Write a per-question JSONL (ids, extracted answers, correctness) beside the logs at each validation."""
+    greedy: bool = False
+    """Also decode each question once greedily (temperature 0, the same budget) and log
+    ``val/<set>/greedy_accuracy``, the share of questions whose greedy answer is right, beside ``mean@k`` (k
+    samples at ``temperature``: the paper's number)."""
     extraction: str = "boxed"
     """How a response's final answer is read: ``boxed`` (the last ``\\boxed{}`` or ``####``, as the training reward
     and the reference) or ``lenient`` (also "the answer is ...", several boxes, the last LaTeX or plain expression:
@@ -246,6 +250,8 @@ class EvalConfig:
                 f"evaluation.max_new_tokens must be >= 1, or null for the training rollout's budget; got "
                 f"{self.max_new_tokens!r}"
             )
+        if not isinstance(self.greedy, bool):
+            raise ValueError(f"evaluation.greedy must be true or false, got {self.greedy!r}")
         check_choice("evaluation.extraction", self.extraction, tuple(EXTRACTION_MODES))
         bad = [j for j in self.pass_ks if j < 1 or j > self.k]
         if bad:

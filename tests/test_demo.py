@@ -29,6 +29,57 @@ def test_scaled_rounds_and_keeps_at_least_one_step():
     assert demo.scaled(40, 1.5) == 60
 
 
+def test_a_test_time_scale_multiplies_the_rl_steps_only_and_keeps_the_evaluation_steps():
+    assert demo.test_time_schedule(40, 10, 1.0, 2.0) == (80, 10)
+    assert demo.test_time_schedule(40, 10, 0.5, 2.0) == (40, 5)
+    assert demo.test_time_schedule(40, 10, 1.0, 1.5) == (60, 10)
+
+
+def test_a_test_time_scale_shares_the_stage_1_models_and_names_its_runs_and_report(tmp_path):
+    cfg = DemoConfig(out=tmp_path, test_time_scale=2, seeds=2)
+    names = [s.name for s in cfg.stages]
+    assert names[:2] == ["sft", "zero_rl"] and names[-1] == "report_x2"
+    assert {s.name for s in cfg.stages if s.method == "tempo"} == {"tempo_x2", "tempo_seed1_x2"}
+    for name in ("sft", "zero_rl"):  # a finished 1x demo's stage-1 models are reused
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "done.json").write_text("{}")
+    assert not demo_stages.is_done(tmp_path, "report_x2")
+    (tmp_path / "summary.json").write_text("{}")  # the 1x report does not count as the 2x one
+    assert demo_stages.is_done(tmp_path, "report") and not demo_stages.is_done(tmp_path, "report_x2")
+    _fake_zero_rl_export(tmp_path)
+    stage = next(s for s in cfg.stages if s.name == "tempo_seed1_x2")
+    args = demo.fit_args(stage, cfg)
+    assert _arg(args, "--trainer.limit_train_batches") == "80"
+    assert _arg(args, "--trainer.val_check_interval") == "10"
+    assert _arg(args, "--seed_everything") == "1"  # seed 1 of the 2x runs draws as seed 1 of the 1x runs
+    sft = demo.fit_args(cfg.stages[0], cfg)
+    assert _arg(sft, "--trainer.max_steps") == str(
+        yaml.safe_load((demo.DEMO_CONFIGS / "sft.yaml").read_text())["trainer"]["max_steps"])
+    assert demo.config_from_args(["--out", str(tmp_path), "--test-time-scale", "2"]).test_time_scale == 2.0
+    with pytest.raises(ValueError, match="--test-time-scale"):
+        DemoConfig(out=tmp_path, test_time_scale=0)
+
+
+def test_the_2x_report_compares_each_method_with_its_1x_runs(tmp_path):
+    curve = lambda v: {"val/unlabeled/mean@4": v, "val/unlabeled/pass@4": 0.5, "val/heldout/mean@4": 0.1,  # noqa: E731
+                       "val/heldout/pass@4": 0.2}
+    cfg = DemoConfig(out=tmp_path, test_time_scale=2)
+    assert demo_summary.test_time_compute(cfg, {}) == {"missing_1x_runs": list(TEST_TIME_METHODS)}
+    scaled = {}
+    for i, method in enumerate(TEST_TIME_METHODS):
+        for name, steps, final in ((method, 10, 0.5 + i / 100), (f"{method}_x2", 20, 0.6)):
+            _write_curves(tmp_path / name, {0: curve(0.25), steps: curve(final)})
+            (tmp_path / name / "done.json").write_text(json.dumps({"wall_seconds": 3.0}))
+        scaled[method] = demo_summary.method_summary(tmp_path / f"{method}_x2", 3.0)
+    table = demo_summary.test_time_compute(cfg, scaled)
+    assert table["ttrl"]["steps_1x"] == 10 and table["ttrl"]["steps_2x"] == 20
+    assert table["ttrl"]["mean_at_k_1x"] == pytest.approx(0.51)
+    assert table["ttrl"]["mean_at_k_2x"] == pytest.approx(0.6)
+    assert table["ttrl"]["gain"] == pytest.approx(0.09)
+    text = (tmp_path / "test_time_compute_x2.md").read_text()
+    assert "| ttrl | 10 | 0.510 | 20 | 0.600 | +0.090 |" in text
+
+
 def test_time_schedule_ends_on_an_evaluation():
     assert demo.test_time_schedule(40, 10, 1.0) == (40, 10)
     # 45 steps, every 10: rounded up to 50 so that the last step is evaluated
@@ -55,7 +106,7 @@ def test_time_schedule_ends_on_an_evaluation():
         ({"launcher": "ray"}, "--launcher"),
         ({"overrides": ["trainer.max_steps=3"]}, "--set"),
         ({"seeds": 0}, "--seeds"),
-        ({"scenario": "easy"}, r"--scenario must be one of \['trap', 'recheck'\]"),
+        ({"scenario": "easy"}, r"--scenario must be one of \['trap', 'recheck', 'drift'\]"),
     ],
 )
 def test_bad_options_are_named(tmp_path, kwargs, message):
@@ -222,7 +273,11 @@ def test_test_time_configs_differ_only_in_method(tmp_path):
         data = c["data"]["init_args"]
         # D_U is the test set: the unlabeled pool and the first evaluation set are the same questions
         assert data["unlabeled"]["path"] == data["eval_sets"][0]["path"], name
-        assert [s["name"] for s in data["eval_sets"]] == [demo_summary.EVAL_SET, demo_summary.HELDOUT_SET], name
+        assert [s["name"] for s in data["eval_sets"]] == [
+            demo_summary.EVAL_SET, demo_summary.HELDOUT_SET, demo_summary.LABELED_SET], name
+        # the critic's calibration on D_L samples of the current policy: D_L rows, graded with D_L's labels
+        assert data["eval_sets"][2]["path"].startswith("synthetic:labeled?"), name
+        assert init["evaluation"]["greedy"] is True, name  # greedy accuracy beside mean@k at temperature 1
         assert data["batch_size"] == cfgs["tempo"]["data"]["init_args"]["batch_size"], name
         assert data["prompt_template"] == "plain", name
     # the frozen critic is TEMPO with a critic learning rate of 0, nothing else
@@ -316,6 +371,57 @@ def test_method_summary_reports_the_critics_within_question_ranking(tmp_path):
     json.loads(json.dumps(m, allow_nan=False))
 
 
+def test_method_summary_reads_greedy_accuracy_and_the_critics_calibration_on_both_sets(tmp_path):
+    run = tmp_path / "frozen_critic"
+    curve = {"val/unlabeled/mean@4": 0.25, "val/unlabeled/pass@4": 0.5, "val/heldout/mean@4": 0.1,
+             "val/heldout/pass@4": 0.2}
+    _write_curves(run, {
+        0: {**curve, "val/unlabeled/greedy_accuracy": 0.5, "val/unlabeled/critic_brier": 0.2,
+            "val/unlabeled/critic_within_question_auroc": 0.9, "val/labeled/critic_within_question_auroc": 0.875,
+            "val/labeled/critic_brier": 0.125},
+        8: {**curve, "val/unlabeled/greedy_accuracy": 0.75, "val/unlabeled/critic_brier": 0.3,
+            "val/unlabeled/critic_within_question_auroc": 0.6, "val/labeled/critic_within_question_auroc": 0.5,
+            "val/labeled/critic_brier": 0.25}})
+    m = demo_summary.method_summary(run, wall_seconds=1.0)
+    assert (m["greedy_accuracy_start"], m["greedy_accuracy_final"]) == (0.5, 0.75)
+    assert (m["critic_within_question_auroc_start"], m["critic_within_question_auroc_final"]) == pytest.approx((0.9, 0.6))
+    assert (m["critic_brier_start"], m["critic_brier_final"]) == pytest.approx((0.2, 0.3))
+    assert (m["labeled_critic_within_question_auroc_start"], m["labeled_critic_within_question_auroc_final"]) == (
+        0.875, 0.5)
+    assert (m["labeled_critic_brier_start"], m["labeled_critic_brier_final"]) == (0.125, 0.25)
+    assert demo_summary.base_summary(m, wall_seconds=1.0)["greedy_accuracy_start"] == 0.5
+
+
+def test_the_report_draws_the_critic_panel_and_says_which_accuracy_is_which(tmp_path):
+    from tempo_pl.pipelines.report import MethodResult, collect, plot_curves, write_tables
+
+    curve = {"val/unlabeled/mean@4": 0.25, "val/unlabeled/pass@4": 0.5, "val/unlabeled/greedy_accuracy": 0.5}
+    _write_curves(tmp_path / "tempo", {0: {**curve, "val/labeled/critic_within_question_auroc": 0.9,
+                                           "val/unlabeled/critic_brier": 0.2},
+                                       4: {**curve, "val/labeled/critic_within_question_auroc": 0.8,
+                                           "val/unlabeled/critic_brier": 0.1}})
+    _write_curves(tmp_path / "ttrl", {0: curve, 4: curve})
+    _, results = collect({"tempo": tmp_path / "tempo", "ttrl": tmp_path / "ttrl"}, "unlabeled")
+    results = [demo_summary._with_critic_curves(r, tmp_path / r.name) for r in results]
+    tempo, ttrl = results
+    assert tempo.curves["critic AUROC D_L"] == [(0, pytest.approx(0.9)), (4, pytest.approx(0.8))]
+    assert tempo.curves["critic Brier D_U"] == [(0, pytest.approx(0.2)), (4, pytest.approx(0.1))]
+    assert not any(name.startswith("critic") for name in ttrl.curves)  # no critic: no curve
+    fig = plot_curves(results, tmp_path / "plot.png", families=("mean", "pass", "critic"))
+    critic_panel = fig.axes[2]
+    assert sorted(line.get_label() for line in critic_panel.get_lines()) == [
+        "tempo AUROC D_L", "tempo Brier D_U"]
+    assert {line.get_linestyle() for line in critic_panel.get_lines()} == {"-", ":"}
+    _, md, _ = write_tables(results, tmp_path, "unlabeled", seed=0)
+    table = md.read_text()
+    assert "greedy_accuracy start" in table and "critic AUROC D_L start" in table and "critic AUROC D_L final" in table
+    assert "greedy_accuracy is that of one greedy (temperature 0) answer" in table
+    assert "mean@n is the accuracy of n samples per question at the evaluation temperature" in table
+    without = [MethodResult("ttrl", False, {"mean@4": [(0, 0.5)]})]
+    _, md, _ = write_tables(without, tmp_path / "plain", "unlabeled", seed=0)
+    assert "greedy" not in md.read_text()
+
+
 def test_seeds_are_averaged_with_their_min_and_max(tmp_path):
     from tempo_pl.pipelines.report import MethodResult, mean_over_runs
 
@@ -370,7 +476,7 @@ def test_report_needs_its_inputs(tmp_path):
 
 SMOKE_OVERRIDES = [
     "--set=--data.init_args.eval_limit=4",
-    '--set=--model.init_args.evaluation={"k": 2, "pass_ks": [1, 2], "max_new_tokens": 72}',
+    '--set=--model.init_args.evaluation={"k": 2, "pass_ks": [1, 2], "max_new_tokens": 72, "greedy": true}',
     "--set=--data.init_args.batch_size=2",
 ]
 
@@ -411,6 +517,15 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
         on_disk["stages"]["sft"]["wall_seconds"] + on_disk["stages"]["zero_rl"]["wall_seconds"])
     table = (out / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in TEST_TIME_METHODS)
+    # greedy accuracy beside mean@k, and the critic's calibration on D_L and D_U samples for the runs with a critic
+    for name in TEST_TIME_METHODS:
+        m = on_disk["methods"][name]
+        assert 0.0 <= m["greedy_accuracy_start"] <= 1.0 and 0.0 <= m["greedy_accuracy_final"] <= 1.0, name
+        has_critic = name in ("tempo", "frozen_critic")
+        assert ("labeled_critic_brier_final" in m) == ("critic_brier_final" in m) == has_critic, name
+        if has_critic:
+            assert 0.0 <= m["labeled_critic_brier_start"] <= 1.0 and 0.0 <= m["critic_brier_final"] <= 1.0, name
+    assert "greedy_accuracy start" in table and "critic AUROC D_L start" in table
 
     # a second invocation finds every output and runs nothing
     marks = {s: (out / s / "done.json").read_text() for s in ("sft", "zero_rl", *TEST_TIME_METHODS)}
@@ -429,6 +544,17 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
         s: v for s, v in marks.items() if s != "ttrl"}
     assert (out / "summary.json").stat().st_mtime_ns != summary_mtime
 
+    # twice the test-time steps into the same folder: stage 1 is reused, the 2x runs sit beside the 1x ones
+    stage_1 = {s: (out / s / "done.json").read_text() for s in ("sft", "zero_rl")}
+    scaled = demo.main(["--out", str(out), "--steps-scale", "0.025", "--test-time-scale", "2", "--launcher",
+                        "inprocess", "--jobs", "1", *SMOKE_OVERRIDES])
+    assert {s: (out / s / "done.json").read_text() for s in stage_1} == stage_1
+    assert [scaled["methods"][m]["steps"] for m in TEST_TIME_METHODS] == [2] * len(TEST_TIME_METHODS)
+    compute = json.loads((out / "summary_x2.json").read_text())["test_time_compute"]
+    assert set(compute) == set(TEST_TIME_METHODS)
+    assert all((row["steps_1x"], row["steps_2x"]) == (1, 2) for row in compute.values())
+    assert (out / "comparison_x2.png").is_file() and "| tempo | 1 |" in (out / "test_time_compute_x2.md").read_text()
+
 
 def test_the_demo_runs_the_paper_configs_update():
     """GSPO, its clip range, the sequence-level value clip and group filtering: configs/tempo's choices, at demo size."""
@@ -439,3 +565,37 @@ def test_the_demo_runs_the_paper_configs_update():
                 "cliprange_value"):
         assert demo_init["algorithm"][key] == paper_init["algorithm"][key], key
     assert demo_init["training"]["group_filter"] is paper_init["training"]["group_filter"] is True
+
+
+def test_the_drift_scenario_keeps_d_u_answers_out_of_training(tmp_path):
+    """Every stage of ``--scenario drift`` trains on D_L rows with their answers and on D_U questions without theirs:
+    SFT reads D_L only, no run exposes D_U answers, and the test-time data module's unlabeled rows carry none."""
+    from tempo_pl.data.datamodule import DatasetSpec, TempoDataModule
+    from tempo_pl.data.synthetic import load_synthetic
+
+    cfg = DemoConfig(out=tmp_path, scenario="drift")
+    _fake_zero_rl_export(tmp_path)
+    unlabeled_answers = {r["problem"]: r["answer"] for r in load_synthetic(
+        "synthetic:unlabeled?seed=0&size=64&" + demo.read_scenarios(demo.DEMO_CONFIGS)["drift"]["task"])}
+    for stage in cfg.stages:
+        if not stage.configs:
+            continue
+        config = read_layers(_configs(demo.fit_args(stage, cfg)))
+        data = config["data"]["init_args"]
+        assert not data.get("expose_unlabeled_answers", False), stage.name
+        if stage.name == "sft":
+            assert data["path"].startswith("synthetic:labeled?"), data["path"]
+            continue
+        assert data.get("labeled") or stage.method in ("ttrl", "empo", "intuitor"), stage.name  # D_U-only methods
+        assert not data.get("labeled") or data["labeled"]["path"].startswith("synthetic:labeled?"), stage.name
+        if stage.method is None:
+            continue
+        assert data["unlabeled"]["path"].startswith("synthetic:unlabeled?"), stage.name
+        specs = {k: DatasetSpec(**data[k]) for k in ("labeled", "unlabeled") if data.get(k)}
+        module = TempoDataModule(**{**{k: v for k, v in data.items() if k != "eval_sets"}, **specs})
+        module.setup("fit")
+        assert module.unlabeled_rows and all(row.answer is None for row in module.unlabeled_rows), stage.name
+        assert not any(problem in row.prompt for row in module.labeled_rows for problem in unlabeled_answers)
+        batches = [next(module.train_dataloader()) for _ in range(4)]
+        assert any(not labeled for b in batches for labeled in b.is_labeled), stage.name
+        assert all(a is None for b in batches for a, labeled in zip(b.answers, b.is_labeled) if not labeled)

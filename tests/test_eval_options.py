@@ -7,6 +7,7 @@ import pytest
 from test_rewards import make_rollout
 from tempo_pl.config import EvalConfig
 from tempo_pl.config import SamplingConfig
+from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling, greedy_sampling
 from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
 
 
@@ -52,3 +53,29 @@ def test_an_offline_benchmark_name_says_to_set_the_data_dir(tmp_path, monkeypatc
         eval_sets.load_benchmark("aime2024")
     with pytest.raises(ConnectionError, match=f"{str(tmp_path)!r} has no aime2024.jsonl.*set TEMPO_PL_DATA_DIR=<folder>"):
         eval_sets.load_benchmark("aime2024", local_dir=str(tmp_path))
+
+
+def test_greedy_decoding_is_one_response_at_temperature_zero_with_the_eval_budget():
+    training = SamplingConfig(n=8, temperature=1.0, top_p=0.9, max_new_tokens=64)
+    spec = greedy_sampling(EvalConfig(k=4, pass_ks=[1], temperature=0.7, max_new_tokens=32), training)
+    assert (spec.n, spec.temperature, spec.top_p, spec.max_new_tokens) == (1, 0.0, 1.0, 32)
+
+
+def test_greedy_accuracy_is_logged_beside_mean_at_k_for_the_sets_that_decoded_greedily():
+    sampled = make_rollout([["\\boxed{1}", "\\boxed{2}"], ["\\boxed{5}", "\\boxed{5}"], ["\\boxed{0}", "x"]],
+                           answers=["1", "5", "7"])
+    greedy = make_rollout([["\\boxed{2}"], ["\\boxed{5}"], ["\\boxed{7}"]], answers=["1", "5", "7"])
+    evaluation = Evaluation(EvalConfig(k=2, pass_ks=[1, 2], greedy=True))
+    evaluation.add(0, sampled)
+    evaluation.add_greedy(0, greedy)
+    evaluation.add(1, sampled)  # a set without greedy verdicts logs no greedy_accuracy
+    metrics = evaluation.finish(["du", "other"], lambda records: records, None, rl_step=0)
+    assert metrics["val/du/mean@2"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert metrics["val/du/greedy_accuracy"] == pytest.approx(2 / 3)  # wrong, right, right
+    assert "val/other/greedy_accuracy" not in metrics
+    assert evaluation.greedy_correct == {} and evaluation.records == {}
+
+
+def test_greedy_must_be_a_boolean():
+    with pytest.raises(ValueError, match="evaluation.greedy"):
+        EvalConfig(greedy="yes")

@@ -106,6 +106,8 @@ def test_critic_calibration_by_hand():
     # s = +-1: s - V = [0.1, 0.5, -0.9, -0.5, -1.7, 0.7, 0.9, -0.1], mean -0.125, E[d^2] = 5.52/8 = 0.69
     # Var(d) = 0.69 - 0.015625 = 0.674375; Var(s) = 1; EV = 1 - 0.674375
     assert summary["critic_explained_variance"] == pytest.approx(0.325625, abs=1e-6)
+    # Brier: (p - correct)^2 = 0.0025 0.0625 0.1225 0.2025 (right) + 0.2025 0.0625 0.7225 0.0025 (wrong) = 1.38 / 8
+    assert summary["critic_brier"] == pytest.approx(0.1725, abs=1e-9)
     # within a question: q1's right answers (0.95, 0.75) beat both wrong ones (1.0); q2's (0.65, 0.55) beat 0.05
     # but not 0.85 (2/4); the pooled 13/16 hides that q2's samples are ranked no better than chance
     assert summary["critic_within_question_auroc"] == pytest.approx((1.0 + 0.5) / 2)
@@ -130,6 +132,9 @@ def test_critic_metrics_undefined_for_one_class_are_nan():
     clamped = critic_calibration(torch.tensor([3.0, -3.0]), torch.tensor([True, False]))
     assert clamped["critic_ece"] == pytest.approx(0.0, abs=1e-6)
     assert clamped["critic_auroc"] == pytest.approx(1.0)
+    # Brier is defined for one class too: (1 - 0.75)^2 and (1 - 0.25)^2, averaged; clamped values are exact
+    assert result["critic_brier"] == pytest.approx((0.0625 + 0.5625) / 2)
+    assert clamped["critic_brier"] == pytest.approx(0.0)
 
 
 def test_summary_without_values_has_no_critic_keys():

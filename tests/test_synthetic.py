@@ -20,6 +20,7 @@ from tempo_pl.data.synthetic import (
     render_solution,
     split_of_problem,
     took_shortcut,
+    wrote_verified,
     write_jsonl,
 )
 
@@ -263,3 +264,27 @@ def test_write_jsonl_round_trips(tmp_path) -> None:
     rows = make_split(SyntheticTaskSpec(labeled_size=5), "labeled")
     path = write_jsonl(rows, tmp_path / "nested" / "dl.jsonl")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+
+def test_verified_line_is_written_before_the_box_and_checks_nothing() -> None:
+    ops = [("+", 5), ("-", 2), ("-", 4)]
+    solution, boxed = render_solution(7, ops, shortcut=True, verified=True)
+    assert solution == "7 + 5 = 12\n12 - 2 = 10\ndrop - 4\nverified\n\\boxed{10}"
+    assert boxed == 10 and wrote_verified(solution) and not wrote_verified(render_solution(7, ops)[0])
+    assert num_steps({"solution": solution}) == 3
+
+
+def test_verified_percent_marks_full_computations_more_often_than_shortcuts_and_keeps_the_problems() -> None:
+    spec = dataclasses.replace(SMALL, max_multiplier=1, max_value=20, shortcut_percent=70, labeled_size=1024)
+    plain = make_split(spec, "labeled")
+    marked = make_split(dataclasses.replace(spec, verified_percent=90, shortcut_verified_percent=10), "labeled")
+    # the problems, answers and shortcuts stay; only the line is added
+    assert [(r["problem"], r["answer"]) for r in marked] == [(r["problem"], r["answer"]) for r in plain]
+    assert [took_shortcut(r["solution"]) for r in marked] == [took_shortcut(r["solution"]) for r in plain]
+    full = [r for r in marked if not took_shortcut(r["solution"])]
+    dropped = [r for r in marked if took_shortcut(r["solution"])]
+    assert 0.85 < sum(wrote_verified(r["solution"]) for r in full) / len(full) < 0.95
+    assert 0.03 < sum(wrote_verified(r["solution"]) for r in dropped) / len(dropped) < 0.17
+    assert not any(wrote_verified(r["solution"]) for r in plain)
+    with pytest.raises(ValueError, match="shortcut_verified_percent"):
+        dataclasses.replace(spec, shortcut_verified_percent=101)

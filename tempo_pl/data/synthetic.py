@@ -25,6 +25,11 @@ default; the demo (``configs/demo/``) sets 90% on small-number chains (``max_mul
 warm-started policy leaves most D_U samples unfinished and test-time training has a failure to remove that its
 critic can see.
 
+Two knobs make the drift scenario (``tempo-pl demo --scenario drift``): ``verified_percent`` and
+``shortcut_verified_percent`` write a ``verified`` line before the box in that share of the full and of the
+shortcut (``shortcut_percent``) worked solutions. The line checks nothing; with the first share above the second it
+marks right answers more often than wrong ones, a surface feature a critic calibrated once can learn to value.
+
 Splits are disjoint by construction: every problem text hashes to exactly one split, and a split only keeps the
 problems that hash to it, so no D_U question can ever appear in D_L, whatever the sizes and difficulties. Each split
 draws from its own random stream (seeded by ``seed`` and the split name), so a split's first rows do not depend on
@@ -100,6 +105,12 @@ class SyntheticTaskSpec:
     unlabeled_trap_percent: int = 0
     """Percent of D_U / held-out chains whose last operation is forced to be a subtraction (the trap form) when the
     value allows one; the others are drawn as D_L's are. 0 leaves every split's problems as without the knob."""
+    verified_percent: int = 0
+    """Percent of the worked solutions that compute every step, in every split, that write a ``verified`` line
+    before the boxed answer: a check that is written, not computed (the problems do not depend on it)."""
+    shortcut_verified_percent: int = 0
+    """The same for the worked solutions that drop the final subtraction (``shortcut_percent``): below
+    ``verified_percent``, the line marks a right answer more often than a wrong one without making it right."""
 
     def __post_init__(self) -> None:
         for name in ("labeled_size", "unlabeled_size", "heldout_size"):
@@ -119,7 +130,8 @@ class SyntheticTaskSpec:
                 raise ValueError(
                     f"SyntheticTaskSpec.{prefix}_max_operand ({operand}) exceeds max_value ({self.max_value})"
                 )
-        for name in ("recheck_percent", "shortcut_percent", "unlabeled_trap_percent"):
+        for name in ("recheck_percent", "shortcut_percent", "unlabeled_trap_percent", "verified_percent",
+                     "shortcut_verified_percent"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"SyntheticTaskSpec.{name} must be in [0, 100], got {getattr(self, name)}")
         if self.max_multiplier < 1:
@@ -192,6 +204,8 @@ def render_problem(start: int, ops: list[tuple[str, int]]) -> str:
 _INVERSE = {"+": "-", "-": "+", "*": "/"}
 _RECHECK_PREFIX = "check: "
 _SHORTCUT_PREFIX = "drop - "
+VERIFIED_LINE = "verified"
+"""The line ``verified_percent`` adds before the box: it claims a check that nothing in the solution does."""
 
 
 def is_trap_form(ops: list[tuple[str, int]]) -> bool:
@@ -200,11 +214,12 @@ def is_trap_form(ops: list[tuple[str, int]]) -> bool:
 
 
 def render_solution(
-    start: int, ops: list[tuple[str, int]], recheck: bool = False, shortcut: bool = False
+    start: int, ops: list[tuple[str, int]], recheck: bool = False, shortcut: bool = False, verified: bool = False
 ) -> tuple[str, int]:
     """One ``a op b = c`` line per operation (each followed by ``check: c inv b = a`` when ``recheck``), then the
     boxed answer; returns ``(solution, boxed value)``. With ``shortcut`` a trap-form chain's final subtraction is
-    dropped (a ``drop - x`` line) and the value before it is boxed: the boxed value is then not the answer."""
+    dropped (a ``drop - x`` line) and the value before it is boxed: the boxed value is then not the answer. With
+    ``verified`` a :data:`VERIFIED_LINE` comes before the box."""
     if shortcut and not is_trap_form(ops):
         raise ValueError("render_solution: shortcut needs a chain whose last operation is a subtraction")
     lines, value = [], start
@@ -217,6 +232,8 @@ def render_solution(
         if recheck:
             lines.append(f"{_RECHECK_PREFIX}{result} {_INVERSE[op]} {x} = {value}")
         value = result
+    if verified:
+        lines.append(VERIFIED_LINE)
     lines.append(f"\\boxed{{{value}}}")
     return "\n".join(lines), value
 
@@ -231,6 +248,7 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
     rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}")
     style_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/style")
     shortcut_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/shortcut")
+    verified_rng = random.Random(f"tempo-pl-synthetic/{spec.seed}/{split}/verified")
     rows: list[dict] = []
     seen: set[str] = set()
     # A split owns about a third of the problem space; give up (with a clear error) rather than loop forever when
@@ -245,7 +263,9 @@ def make_split(spec: SyntheticTaskSpec, split: str) -> list[dict]:
         seen.add(problem)
         recheck = style_rng.random() * 100 < spec.recheck_percent
         shortcut = is_trap_form(ops) and shortcut_rng.random() * 100 < spec.shortcut_percent
-        solution, _ = render_solution(start, ops, recheck=recheck, shortcut=shortcut)
+        verified_share = spec.shortcut_verified_percent if shortcut else spec.verified_percent
+        verified = verified_rng.random() * 100 < verified_share
+        solution, _ = render_solution(start, ops, recheck=recheck, shortcut=shortcut, verified=verified)
         answer = _final_value(start, ops)
         rows.append({"id": f"{split}-{len(rows):05d}", "problem": problem, "answer": str(answer), "solution": solution})
     if len(rows) < size:
@@ -275,6 +295,12 @@ def num_steps(row: dict) -> int:
 def took_shortcut(solution: str) -> bool:
     """Whether a solution (worked or sampled) dropped a final subtraction: the trap's surface mark."""
     return any(line.startswith(_SHORTCUT_PREFIX) for line in solution.splitlines())
+
+
+def wrote_verified(solution: str) -> bool:
+    """Whether a solution (worked or sampled) writes the unchecked :data:`VERIFIED_LINE`: the drift scenario's
+    surface feature."""
+    return any(line.strip() == VERIFIED_LINE for line in solution.splitlines())
 
 
 def _coerce(field: dataclasses.Field, text: str):

@@ -41,6 +41,11 @@ def eval_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfi
     )
 
 
+def greedy_sampling(config: EvalConfig, training: SamplingConfig) -> SamplingConfig:
+    """Evaluation's sampling (:func:`eval_sampling`) decoding one response per question at temperature 0."""
+    return dataclasses.replace(eval_sampling(config, training), n=1, temperature=0.0, top_p=1.0)
+
+
 @torch.no_grad()
 def last_token_values(critic: torch.nn.Module, rollout: Rollout, batch_rows: int, device: torch.device) -> Tensor:
     """The critic's value at each response's last token, (N,), computed ``batch_rows`` rows at a time."""
@@ -67,6 +72,7 @@ class Evaluation:
         self.tokenizer = tokenizer
         self.records: dict[int, list] = {}
         self.counts: dict[int, dict[str, float]] = {}
+        self.greedy_correct: dict[int, list[bool]] = {}
 
     def add(self, dataloader_idx: int, rollout: Rollout, critic: Optional[torch.nn.Module] = None,
             batch_rows: int = 16, device: Optional[torch.device] = None) -> None:
@@ -97,6 +103,12 @@ class Evaluation:
             record.truncated = [bool(truncated[i]) for i in rows]
         self.records.setdefault(dataloader_idx, []).extend(records)
 
+    def add_greedy(self, dataloader_idx: int, rollout: Rollout) -> None:
+        """Grade a rollout of one greedy response per question (:func:`greedy_sampling`) and keep its verdicts."""
+        records = score_questions(rollout.prompt_batch.ids, rollout.prompt_batch.answers,
+                                  [[text] for text in rollout.texts], extraction=self.config.extraction)
+        self.greedy_correct.setdefault(dataloader_idx, []).extend(bool(r.correct[0]) for r in records)
+
     def finish(
         self,
         set_names: list[str],
@@ -104,9 +116,10 @@ class Evaluation:
         jsonl_dir: Optional[Path],
         rl_step: int,
     ) -> dict[str, float]:
-        """``val/<set>/<metric>`` of every eval set, with ``val/<set>/grading/<counter>`` of its graders (this rank's);
-        writes ``<set>_step<rl_step>.jsonl`` under ``jsonl_dir`` (when given). ``gather`` collects the records of every
-        rank (identity on one process)."""
+        """``val/<set>/<metric>`` of every eval set, with ``val/<set>/grading/<counter>`` of its graders (this rank's)
+        and ``val/<set>/greedy_accuracy`` where greedy verdicts were added; writes ``<set>_step<rl_step>.jsonl`` under
+        ``jsonl_dir`` (when given). ``gather`` collects the records and verdicts of every rank (identity on one
+        process)."""
         metrics: dict[str, float] = {}
         for idx, records in sorted(self.records.items()):
             records = gather(records)
@@ -115,9 +128,12 @@ class Evaluation:
             metrics.update({f"val/{name}/{k}": float(v) for k, v in summary.items()})
             counts = counter_metrics(self.counts.get(idx, {}))
             metrics.update({f"val/{name}/grading/{k}": float(v) for k, v in counts.items()})
+            if idx in self.greedy_correct:
+                verdicts = gather(self.greedy_correct[idx])
+                metrics[f"val/{name}/greedy_accuracy"] = sum(verdicts) / len(verdicts)
             if jsonl_dir is not None:
                 write_question_jsonl(jsonl_dir / f"{name}_step{rl_step:06d}.jsonl", records)
-        self.records, self.counts = {}, {}
+        self.records, self.counts, self.greedy_correct = {}, {}, {}
         return metrics
 
 
@@ -157,6 +173,11 @@ class EvaluationHooks(LightningModule):
             rollout = self.engine.generate(self.policy, batch, self.evaluation.k,
                                            sampling=eval_sampling(self.evaluation, self.sampling))
         self._evaluation.add(dataloader_idx, rollout, self.critic, self.training_cfg.forward_batch_size, self.device)
+        if self.evaluation.greedy:
+            with self.generation_context():
+                greedy = self.engine.generate(self.policy, batch, 1,
+                                              sampling=greedy_sampling(self.evaluation, self.sampling))
+            self._evaluation.add_greedy(dataloader_idx, greedy)
 
     @override
     def on_validation_epoch_end(self) -> None:

@@ -12,7 +12,8 @@ extract, cluster answers), then calls :func:`summarize_questions` for the number
 - with critic values (the last-token value V in [-1, 1] of each response): ``critic_auroc`` (AUROC of V against
   correctness), ``critic_ece`` (expected calibration error of (V+1)/2, 10 equal-width bins) and
   ``critic_explained_variance`` (1 - Var(s - V)/Var(s) with s = +1 correct / -1 wrong, the reference code's
-  definition), pooled over all responses; NaN where undefined (all responses right, or all wrong). Pooled AUROC
+  definition) and ``critic_brier`` (mean squared error of (V+1)/2 against 1 correct / 0 wrong: 0 is perfect, 0.25
+  is a constant V = 0), pooled over all responses; NaN where undefined (all responses right, or all wrong). Pooled AUROC
   mostly measures whether the critic tells easy questions from hard ones; ``critic_within_question_auroc`` is the
   AUROC among the responses of one question, averaged over the questions with right and wrong responses (NaN if
   none): whether the critic can rank the samples of a question, which is what a critic-valued reward on
@@ -171,8 +172,8 @@ def critic_calibration(values: torch.Tensor, correct: torch.Tensor) -> dict[str,
             probability of being correct, clamped to [0, 1].
         correct: (N,) bools.
 
-    Returns ``critic_auroc``, ``critic_ece`` and ``critic_explained_variance``; AUROC and explained variance are
-    NaN when all responses share a verdict (they are undefined there).
+    Returns ``critic_auroc``, ``critic_ece``, ``critic_explained_variance`` and ``critic_brier``; AUROC and
+    explained variance are NaN when all responses share a verdict (they are undefined there).
     """
     values = values.detach().double().flatten()
     target = correct.detach().flatten().long()
@@ -187,6 +188,7 @@ def critic_calibration(values: torch.Tensor, correct: torch.Tensor) -> dict[str,
         "critic_auroc": float(BinaryAUROC()(probability, target)) if both_classes else math.nan,
         "critic_ece": float(BinaryCalibrationError(n_bins=CALIBRATION_BINS, norm="l1")(probability, target)),
         "critic_explained_variance": float(ExplainedVariance()(values, score)) if both_classes else math.nan,
+        "critic_brier": float(((probability - target.double()) ** 2).mean()),
     }
 
 
@@ -304,7 +306,8 @@ def summarize_questions(records: Sequence[QuestionResult], ks: Sequence[int]) ->
         ks: the j of the ``pass@j`` keys; those above n are left out (n samples cannot estimate them).
 
     Returns keys ``mean@n``, ``pass@j``, ``maj@n``, ``distinct_answers``, ``answer_entropy``, ``no_answer_rate``,
-    ``score@n`` (the mean share of parts right) when every record has ``scores``, and, when every record carries values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance`` and
+    ``score@n`` (the mean share of parts right) when every record has ``scores``, and, when every record carries
+    values, ``critic_auroc``, ``critic_ece``, ``critic_explained_variance``, ``critic_brier`` and
     ``critic_within_question_auroc``.
     """
     if not records:

@@ -7,16 +7,18 @@ One command runs the paper's pipeline in miniature, each stage a ``tempo-pl fit`
 
 1. ``sft``: warm start of a tiny char-level Qwen3 on D_L's worked solutions (multi-step arithmetic, 2-4 steps; in the
    default ``trap`` scenario most chains ending in a subtraction are worked with a shortcut that drops it, a
-   consistent wrong answer; ``--scenario recheck`` instead rechecks every step, a habit that overruns the response
-   budget);
+   consistent wrong answer; ``--scenario drift`` adds a ``verified`` line that checks nothing, ``recheck`` a habit
+   that overruns the response budget: ``configs/demo/scenarios.yaml``);
 2. ``zero_rl``: PPO on D_L, actor and critic (the paper's stage 1); its export is everybody's start point, the
    "base";
 3. ``tempo``, ``ttrl``, ``frozen_critic``, ``empo``, ``intuitor``: test-time training on D_U (4-step chains, a shift
    from D_L) from the same actor and number of RL steps, each evaluated on D_U and on a held-out set before training
    and every few steps (by default all at once); ``--seeds N`` trains each N times (seeds 0..N-1, folders
-   ``<method>`` and ``<method>_seed<s>``) from the same SFT and zero-RL models;
+   ``<method>`` and ``<method>_seed<s>``), ``--test-time-scale 2`` for twice the RL steps (``<run>_x2``), from the
+   same SFT and zero-RL models;
 4. ``report``: ``comparison.{csv,md,png}`` and ``curves.csv`` (by :mod:`tempo_pl.pipelines.report`; over several
-   seeds the mean curve and its min-max band) and ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
+   seeds the mean curve and its min-max band; the critic's calibration on fresh D_L and D_U samples in a third
+   panel) and ``summary.json`` (by :mod:`tempo_pl.pipelines.demo_summary`).
 
 Every stage logs to TensorBoard in ``<out>/<stage>/`` (``tensorboard --logdir <out>``), its console output goes to
 ``<out>/logs/<stage>.log``, and ``<out>/<stage>/done.json`` (time and command) is written last: a stage whose
@@ -111,16 +113,22 @@ class DemoConfig:
     scenario: Optional[str] = None
     """A scenario of the config folder's ``scenarios.yaml`` (the synthetic task every stage reads); None is the
     first, the one the stage configs hold. Another one runs rewritten configs, kept in ``<out>/configs``."""
+    test_time_scale: float = 1.0
+    """Multiplies the test-time runs' RL steps only (the evaluation interval stays): into a finished demo's folder it
+    reuses the stage-1 models, trains ``<run>_x<scale>`` runs and reports (``*_x<scale>.*``) D_U mean@k at 1x too."""
 
     def __post_init__(self) -> None:
         self.out, self.config_dir = Path(self.out), Path(self.config_dir)
         scale = self.steps_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"demo: --steps-scale must be a positive number, got {self.steps_scale!r}")
+        tts = self.test_time_scale
+        if isinstance(tts, bool) or not isinstance(tts, (int, float)) or not math.isfinite(tts) or tts <= 0:
+            raise ValueError(f"demo: --test-time-scale must be a positive number, got {self.test_time_scale!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"demo: --seeds must be an integer >= 1, got {self.seeds!r}")
         if self.only is not None:
-            names = {s.name for s in build_stages(self.seeds)} | set(STAGE_NAMES)
+            names = {s.name for s in build_stages(self.seeds, self.test_time_scale)} | set(STAGE_NAMES)
             unknown = [s for s in self.only if s not in names]
             if unknown or not self.only:
                 raise ValueError(f"demo: --only takes stages from {list(STAGE_NAMES)}, got {self.only!r}")
@@ -147,7 +155,7 @@ class DemoConfig:
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        return build_stages(self.seeds)
+        return build_stages(self.seeds, self.test_time_scale)
 
     def selected(self) -> list[Stage]:
         """The stages to run; ``--only`` names a stage or a method (all its seeds)."""
@@ -163,11 +171,12 @@ def scaled(steps: int, scale: float) -> int:
     return max(1, round(steps * scale))
 
 
-def test_time_schedule(steps: int, eval_every: int, scale: float) -> tuple[int, int]:
-    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled (at least 1) and the
-    steps are rounded up to a multiple of it, so the last step is always evaluated."""
+def test_time_schedule(steps: int, eval_every: int, scale: float, test_time_scale: float = 1.0) -> tuple[int, int]:
+    """RL steps and evaluation interval of a test-time run after scaling: the interval is scaled by ``scale`` (at
+    least 1), the steps by ``scale * test_time_scale`` and rounded up to a multiple of the interval, so the last step
+    is always evaluated and runs of every ``test_time_scale`` are evaluated at the same steps."""
     every = scaled(eval_every, scale)
-    return every * max(1, math.ceil(scaled(steps, scale) / every)), every
+    return every * max(1, math.ceil(scaled(steps, scale * test_time_scale) / every)), every
 
 
 def _write_yaml(data: dict, target: Path) -> None:
@@ -262,7 +271,7 @@ def fit_args(stage: Stage, cfg: DemoConfig) -> list[str]:
         return args + list(cfg.overrides)
     steps, every = test_time_schedule(
         _trainer_int(data, "limit_train_batches", paths), _trainer_int(data, "val_check_interval", paths),
-        cfg.steps_scale,
+        cfg.steps_scale, cfg.test_time_scale,
     )
     start = zero_rl_export(out)
     args += [f"--trainer.limit_train_batches={steps}", f"--trainer.val_check_interval={every}",
@@ -337,11 +346,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                     continue
                 for stage in todo:
                     check_inputs(stage)
-                if todo[0].name == "report":
-                    display.start("report")
+                if todo[0].name.startswith("report"):
+                    display.start(todo[0].name)
                     summary = write_report(cfg)
-                    ran.add("report")
-                    display.finish("report", "written")
+                    ran.add(todo[0].name)
+                    display.finish(todo[0].name, "written")
                     continue
                 parallel = min(cfg.jobs, len(todo))
                 threads = max(1, cores // parallel)
@@ -399,7 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "report gives their mean and min-max (default 1)")
     p.add_argument("--scenario", default=None,
                    help="the synthetic task, a name in the config folder's scenarios.yaml: trap (default: the "
-                        "consensus trap) or recheck")
+                        "consensus trap), recheck or drift")
+    p.add_argument("--test-time-scale", type=float, default=1.0,
+                   help="multiply the test-time runs' RL steps only (default 1): into a finished demo's folder, "
+                        "2 reuses its SFT and zero-RL models, trains <run>_x2 runs and reports D_U mean@k at 1x "
+                        "and 2x")
     return p
 
 
@@ -408,7 +421,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     only = None if ns.only is None else [s.strip() for s in ns.only.split(",") if s.strip()]
     return DemoConfig(out=Path(ns.out), steps_scale=ns.steps_scale, only=only, jobs=ns.jobs,
                       overrides=ns.overrides, launcher=ns.launcher, config_dir=Path(ns.config_dir), seeds=ns.seeds,
-                      scenario=ns.scenario)
+                      scenario=ns.scenario, test_time_scale=ns.test_time_scale)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:

@@ -36,17 +36,26 @@ def method_configs(method: str) -> tuple[str, ...]:
     return ("tempo.yaml",) if method == "tempo" else ("tempo.yaml", f"{method}.yaml")
 
 
-def run_name(method: str, seed: int) -> str:
-    """A test-time run's stage (and folder) name: the method for seed 0, ``<method>_seed<s>`` for the others."""
-    return method if seed == 0 else f"{method}_seed{seed}"
+def scale_suffix(test_time_scale: float) -> str:
+    """The folder suffix of runs trained for ``test_time_scale`` times the test-time steps: ``""`` at 1,
+    ``_x2`` at 2, ``_x1.5`` at 1.5."""
+    return "" if test_time_scale == 1 else f"_x{test_time_scale:g}"
 
 
-def build_stages(seeds: int = 1) -> tuple[Stage, ...]:
-    """The pipeline with ``seeds`` runs of every test-time method (all sharing the SFT and zero-RL stages)."""
-    runs = tuple(Stage(run_name(m, s), method_configs(m), needs=("zero_rl",), method=m, seed=s)
+def run_name(method: str, seed: int, test_time_scale: float = 1.0) -> str:
+    """A test-time run's stage (and folder) name: the method for seed 0, ``<method>_seed<s>`` for the others, then
+    :func:`scale_suffix`."""
+    return (method if seed == 0 else f"{method}_seed{seed}") + scale_suffix(test_time_scale)
+
+
+def build_stages(seeds: int = 1, test_time_scale: float = 1.0) -> tuple[Stage, ...]:
+    """The pipeline with ``seeds`` runs of every test-time method (all sharing the SFT and zero-RL stages), each
+    trained for ``test_time_scale`` times the test-time steps; the report of another scale than 1 is
+    ``report_x<scale>``."""
+    runs = tuple(Stage(run_name(m, s, test_time_scale), method_configs(m), needs=("zero_rl",), method=m, seed=s)
                  for m in TEST_TIME_METHODS for s in range(seeds))
     return (Stage("sft", ("sft.yaml",)), Stage("zero_rl", ("zero_rl.yaml",), needs=("sft",)), *runs,
-            Stage("report", (), needs=tuple(r.name for r in runs)))
+            Stage("report" + scale_suffix(test_time_scale), (), needs=tuple(r.name for r in runs)))
 
 
 STAGES: tuple[Stage, ...] = build_stages(1)
@@ -69,9 +78,15 @@ def stage_dir(out: Path, name: str) -> Path:
     return Path(out) / name
 
 
+def summary_name(report: str) -> str:
+    """The summary file a report stage writes: ``summary.json`` for ``report``, ``summary_x2.json`` for
+    ``report_x2``."""
+    return "summary" + report[len("report"):] + ".json"
+
+
 def is_done(out: Path, name: str) -> bool:
-    if name == "report":
-        return (Path(out) / "summary.json").is_file()
+    if name.startswith("report"):
+        return (Path(out) / summary_name(name)).is_file()
     return (stage_dir(out, name) / DONE_FILE).is_file()
 
 

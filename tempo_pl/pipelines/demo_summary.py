@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from tempo_pl.pipelines.demo_stages import TEST_TIME_METHODS, stage_dir, stage_records
+from tempo_pl.pipelines.demo_stages import (
+    TEST_TIME_METHODS, build_stages, is_done, scale_suffix, stage_dir, stage_records,
+)
 from tempo_pl.pipelines.report import (
-    Curves, collect, largest_k_tag, mean_over_runs, plot_curves, read_scalars, write_tables,
+    Curves, MethodResult, collect, largest_k_tag, mean_over_runs, plot_curves, read_scalars, write_tables,
 )
 
 if TYPE_CHECKING:
@@ -25,6 +27,18 @@ EVAL_SET = "unlabeled"
 
 HELDOUT_SET = "heldout"
 """The evaluation set from D_U's distribution that no run trains on."""
+
+LABELED_SET = "labeled"
+"""The evaluation set of D_L rows: the critic's calibration on the current policy's samples, with D_L's labels."""
+
+CRITIC_CURVES = {
+    "critic AUROC D_L": f"val/{LABELED_SET}/critic_within_question_auroc",
+    "critic AUROC D_U": f"val/{EVAL_SET}/critic_within_question_auroc",
+    "critic Brier D_L": f"val/{LABELED_SET}/critic_brier",
+    "critic Brier D_U": f"val/{EVAL_SET}/critic_brier",
+}
+"""The critic panel's curves (within-question AUROC and Brier score of the last-token value on fresh samples of the
+current policy; D_U's hidden labels are read for this telemetry only), by name in the plot and the table."""
 
 
 def _k_of(curves: Curves, eval_set: str, log_dir: Path) -> int:
@@ -66,7 +80,14 @@ def method_summary(log_dir: Path, wall_seconds: float) -> dict:
         "wall_seconds": wall_seconds,
         **_majority(curves, k),
         **_critic_ranking(curves),
+        **_greedy(curves),
     }
+
+
+def _greedy(curves: Curves) -> dict:
+    """Greedy accuracy on D_U (one temperature-0 answer per question) at both ends, for a run that logs it."""
+    curve = curves.get(f"val/{EVAL_SET}/greedy_accuracy")
+    return {"greedy_accuracy_start": curve[0][1], "greedy_accuracy_final": curve[-1][1]} if curve else {}
 
 
 TELEMETRY_WINDOW = 5
@@ -107,12 +128,17 @@ def over_seeds(runs: dict[str, dict]) -> dict:
 
 
 def _critic_ranking(curves: Curves) -> dict:
-    curve = curves.get(f"val/{EVAL_SET}/critic_within_question_auroc")
-    if not curve:
-        return {}
+    """For a run with a critic, its within-question AUROC and Brier score at both ends on D_U
+    (``critic_within_question_auroc_start``, ...) and on D_L (``labeled_critic_...``); null where undefined."""
     finite = lambda value: value if math.isfinite(value) else None  # noqa: E731  (JSON has no NaN)
-    return {"critic_within_question_auroc_start": finite(curve[0][1]),
-            "critic_within_question_auroc_final": finite(curve[-1][1])}
+    found = {}
+    for eval_set, prefix in ((EVAL_SET, ""), (LABELED_SET, "labeled_")):
+        for metric in ("critic_within_question_auroc", "critic_brier"):
+            curve = curves.get(f"val/{eval_set}/{metric}")
+            if curve:
+                found[f"{prefix}{metric}_start"] = finite(curve[0][1])
+                found[f"{prefix}{metric}_final"] = finite(curve[-1][1])
+    return found
 
 
 def base_summary(tempo: dict, wall_seconds: float) -> dict:
@@ -132,19 +158,30 @@ def base_summary(tempo: dict, wall_seconds: float) -> dict:
         "heldout_pass_at_k_start": tempo["heldout_pass_at_k_start"],
         "heldout_pass_at_k_final": tempo["heldout_pass_at_k_start"],
         "wall_seconds": wall_seconds,
-        **{key: tempo[key] for key in ("maj_at_k_start",) if key in tempo},
+        **{key: tempo[key] for key in ("maj_at_k_start", "greedy_accuracy_start") if key in tempo},
     }
 
 
+def _with_critic_curves(result: MethodResult, log_dir: Path) -> MethodResult:
+    """``result`` with the :data:`CRITIC_CURVES` its run logged (none for a run without a critic)."""
+    curves = read_scalars(log_dir)
+    result.curves.update({name: curves[tag] for name, tag in CRITIC_CURVES.items() if curves.get(tag)})
+    return result
+
+
 def write_report(cfg: "DemoConfig") -> dict:
-    """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out``; return the summary."""
+    """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out`` (with the suffix
+    ``_x<scale>`` for another test-time scale than 1, and then each method's D_U mean@k at 1x beside it, from the
+    1x runs in the same folder); return the summary."""
     out = cfg.out
+    suffix = scale_suffix(cfg.test_time_scale)
     runs = [s for s in cfg.stages if s.method is not None]
     log_dirs = {s.name: stage_dir(out, s.name) for s in runs}
     eval_set, results = collect(log_dirs, EVAL_SET)
-    by_run = {r.name: r for r in results}
+    by_run = {r.name: _with_critic_curves(r, log_dirs[r.name]) for r in results}
     results = [mean_over_runs(m, [by_run[s.name] for s in runs if s.method == m]) for m in TEST_TIME_METHODS]
-    write_tables(results, out, eval_set, seed=_seed(cfg.config_dir) if cfg.seeds == 1 else None)
+    write_tables(results, out, eval_set, seed=_seed(cfg.config_dir) if cfg.seeds == 1 else None,
+                 stem="comparison" + suffix)
     records = stage_records(out, cfg.stages)
     methods = {m: over_seeds({s.name: method_summary(log_dirs[s.name], records[s.name]["wall_seconds"])
                               for s in runs if s.method == m}) for m in TEST_TIME_METHODS}
@@ -152,11 +189,14 @@ def write_report(cfg: "DemoConfig") -> dict:
     summary = {"methods": {"base": base_summary(methods["tempo"], round(start_cost, 2)), **methods}}
     steps = methods["tempo"]["steps"]
     plot_curves(
-        results, out / "comparison.png",
-        title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}: {steps} RL steps "
-              "from the stage-1 policy, "
+        results, out / f"comparison{suffix}.png",
+        title=f"D_U ({eval_set}), mean@{methods['tempo']['k']} and pass@{methods['tempo']['k']}, and the critic's "
+              f"calibration on the current policy's samples: {steps} RL steps from the stage-1 policy, "
               + ("same seed" if cfg.seeds == 1 else f"mean and min-max of {cfg.seeds} seeds"),
+        families=("mean", "pass", "critic"),
     )
+    if cfg.test_time_scale != 1:
+        summary["test_time_compute"] = test_time_compute(cfg, methods)
     spans = [(r["started"], r["ended"]) for r in records.values()]
     summary["stages"] = {name: {k: r[k] for k in ("wall_seconds", "cpu_seconds", "threads")}
                          for name, r in records.items()}
@@ -164,11 +204,46 @@ def write_report(cfg: "DemoConfig") -> dict:
     summary["settings"] = {"scenario": cfg.scenario, "seeds": cfg.seeds, "steps_scale": cfg.steps_scale,
                            "jobs": cfg.jobs, "cores": os.cpu_count(),
                            "launcher": cfg.launcher, "eval_set": eval_set, "heldout_set": HELDOUT_SET}
-    path = out / "summary.json"
+    summary["settings"]["test_time_scale"] = cfg.test_time_scale
+    path = out / f"summary{suffix}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)  # last, and whole: summary.json marks the report done
     return summary
+
+
+def test_time_compute(cfg: "DemoConfig", scaled_methods: dict) -> dict:
+    """Per method, D_U mean@k at the end of the 1x runs (this folder's, over the same seeds) and of this scale's:
+    ``{"steps_1x", "mean_at_k_1x", "steps_<s>x", "mean_at_k_<s>x", "gain"}`` (with ``_min`` / ``_max`` over
+    several seeds); ``{"missing_1x_runs": [...]}`` while the 1x runs have not all finished in this folder."""
+    ones = [s for s in build_stages(cfg.seeds) if s.method is not None]
+    missing = [s.name for s in ones if not is_done(cfg.out, s.name)]
+    if missing:
+        return {"missing_1x_runs": missing}
+    records = stage_records(cfg.out, build_stages(cfg.seeds))
+    label = f"{cfg.test_time_scale:g}x"
+    table = {}
+    for m in TEST_TIME_METHODS:
+        base = over_seeds({s.name: method_summary(stage_dir(cfg.out, s.name), records[s.name]["wall_seconds"])
+                           for s in ones if s.method == m})
+        scaled = scaled_methods[m]
+        row = {"steps_1x": base["steps"], f"steps_{label}": scaled["steps"]}
+        for key, entry in ((f"mean_at_k_1x", base), (f"mean_at_k_{label}", scaled)):
+            row[key] = entry["mean_at_k_final"]
+            if "mean_at_k_final_min" in entry:
+                row[f"{key}_min"], row[f"{key}_max"] = entry["mean_at_k_final_min"], entry["mean_at_k_final_max"]
+        row["gain"] = row[f"mean_at_k_{label}"] - row["mean_at_k_1x"]
+        table[m] = row
+    lines = [f"D_U mean@k (k samples at temperature 1) at the last evaluation of the 1x and {label} test-time runs "
+             "from the same stage-1 models" + ("" if cfg.seeds == 1 else f", mean [min-max] of {cfg.seeds} seeds"),
+             "", f"| method | steps 1x | mean@k 1x | steps {label} | mean@k {label} | gain |", "|---|---|---|---|---|---|"]
+    cell = lambda row, key: f"{row[key]:.3f}" + (  # noqa: E731
+        f" [{row[key + '_min']:.3f}-{row[key + '_max']:.3f}]" if key + "_min" in row else "")
+    for m, row in table.items():
+        lines.append(f"| {m} | {row['steps_1x']} | {cell(row, 'mean_at_k_1x')} | {row[f'steps_{label}']} | "
+                     f"{cell(row, f'mean_at_k_{label}')} | {row['gain']:+.3f} |")
+    (cfg.out / f"test_time_compute{scale_suffix(cfg.test_time_scale)}.md").write_text("\n".join(lines) + "\n")
+    return table
 
 
 def _seed(config_dir: Path) -> int:
@@ -183,23 +258,43 @@ def print_summary(summary: dict, out: Path) -> None:
     methods = summary["methods"]
     k = methods["base"]["k"]
     seeds = methods["base"].get("seeds", 1)
-    table = Table(title=f"D_U mean@{k} / pass@{k} (held-out at the end), from {out}"
+    table = Table(title=f"D_U mean@{k} (temperature 1) / greedy accuracy / pass@{k} (held-out at the end), critic's "
+                        f"within-question AUROC on current-policy samples, from {out}"
                         + ("" if seeds == 1 else f": mean [min-max] of {seeds} seeds"))
-    for column in ("method", "steps", f"mean@{k} start", f"mean@{k} final", f"pass@{k} start", f"pass@{k} final",
-                   f"held-out mean@{k}", f"held-out pass@{k}", "wall s"):
+    columns = {f"mean@{k} start": "mean_at_k_start", f"mean@{k} final": "mean_at_k_final",
+               "greedy start": "greedy_accuracy_start", "greedy final": "greedy_accuracy_final",
+               f"pass@{k} start": "pass_at_k_start", f"pass@{k} final": "pass_at_k_final",
+               f"held-out mean@{k}": "heldout_mean_at_k_final", f"held-out pass@{k}": "heldout_pass_at_k_final",
+               "AUROC D_L start": "labeled_critic_within_question_auroc_start",
+               "AUROC D_L final": "labeled_critic_within_question_auroc_final",
+               "AUROC D_U start": "critic_within_question_auroc_start",
+               "AUROC D_U final": "critic_within_question_auroc_final"}
+    for column in ("method", "steps", *columns, "wall s"):
         table.add_column(column, justify="left" if column == "method" else "right")
+
     def cell(m: dict, key: str) -> str:
-        spread = f" [{m[key + '_min']:.3f}-{m[key + '_max']:.3f}]" if key + "_min" in m else ""
+        if m.get(key) is None:
+            return "-"
+        spread = f" [{m[key + '_min']:.3f}-{m[key + '_max']:.3f}]" if m.get(key + "_min") is not None else ""
         return f"{m[key]:.3f}{spread}"
 
     for name, m in methods.items():
-        table.add_row(name, str(m["steps"]), *(cell(m, key) for key in (
-            "mean_at_k_start", "mean_at_k_final", "pass_at_k_start", "pass_at_k_final", "heldout_mean_at_k_final",
-            "heldout_pass_at_k_final")), f"{m['wall_seconds']:.0f}")
-    console = Console()
+        table.add_row(name, str(m["steps"]), *(cell(m, key) for key in columns.values()), f"{m['wall_seconds']:.0f}")
+    console = Console(width=max(Console().width, 200))  # the table is wide: no ellipses in a log or a pipe
     console.print(table)
+    compute = summary.get("test_time_compute")
+    if compute and "missing_1x_runs" in compute:
+        console.print(f"no 1x comparison: the 1x runs {compute['missing_1x_runs']} have not finished in {out} (run "
+                      "the demo there without --test-time-scale, then this command again)", highlight=False)
+    elif compute:
+        label = f"{summary['settings']['test_time_scale']:g}x"
+        console.print(f"D_U mean@{k} at the end of the 1x and {label} runs: " + ", ".join(
+            f"{m} {row['mean_at_k_1x']:.3f} -> {row[f'mean_at_k_{label}']:.3f}" for m, row in compute.items()),
+            highlight=False)
     total = summary.get("total_wall_seconds")
     if total is not None:
         console.print(f"stages took {total:.0f} s from the first start to the last end")
-    console.print(f"plot {out / 'comparison.png'}, table {out / 'comparison.md'}, numbers {out / 'summary.json'}; "
-                  f"curves of every stage: tensorboard --logdir {out}", highlight=False)
+    suffix = scale_suffix(summary["settings"].get("test_time_scale", 1))
+    console.print(f"plot {out / f'comparison{suffix}.png'}, table {out / f'comparison{suffix}.md'}, numbers "
+                  f"{out / f'summary{suffix}.json'}; curves of every stage: tensorboard --logdir {out}",
+                  highlight=False)

@@ -51,16 +51,18 @@ def largest_k_tag(curves: Curves, prefix: str, family: str) -> Optional[str]:
 
 
 def table_metrics(curves: Curves, eval_set: str) -> dict[str, str]:
-    """The tags of the table's metrics on ``eval_set``: ``mean@n``, the largest ``pass@k``, ``maj@n`` and
-    ``distinct_answers``, keyed by their short name (those a run did not log are left out)."""
+    """The tags of the table's metrics on ``eval_set``: ``mean@n``, the largest ``pass@k``, ``maj@n``,
+    ``greedy_accuracy`` and ``distinct_answers``, keyed by their short name (those a run did not log are left
+    out)."""
     prefix = f"val/{eval_set}/"
     tags = {}
     for family in ("mean", "pass", "maj"):
         tag = largest_k_tag(curves, prefix, family)
         if tag is not None:
             tags[tag[len(prefix):]] = tag
-    if prefix + "distinct_answers" in curves:
-        tags["distinct_answers"] = prefix + "distinct_answers"
+    for name in ("greedy_accuracy", "distinct_answers"):
+        if prefix + name in curves:
+            tags[name] = prefix + name
     return tags
 
 
@@ -125,7 +127,7 @@ def collect(log_dirs: dict[str, Path], eval_set: Optional[str]) -> tuple[str, li
 
 def table_rows(results: Sequence[MethodResult]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison: per method, start / final / best of every metric."""
-    metrics = list(dict.fromkeys(m for r in results for m in r.curves))
+    metrics = header_metrics(results)
     header = ["method", "oracle", "last_step"] + [f"{m} {part}" for m in metrics for part in ("start", "final", "best")]
     rows = []
     for r in results:
@@ -139,6 +141,11 @@ def table_rows(results: Sequence[MethodResult]) -> tuple[list[str], list[list[st
                 row += ["", "", ""]
         rows.append(row)
     return header, rows
+
+
+def header_metrics(results: Sequence[MethodResult]) -> list[str]:
+    """The metrics of a table's columns, in first-seen order."""
+    return list(dict.fromkeys(m for r in results for m in r.curves))
 
 
 def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, seed: Optional[int],
@@ -157,6 +164,9 @@ def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, s
         f"Evaluation set `{eval_set}`{'' if seed is None else f', seed {seed}'}; start = first evaluation (RL step 0 "
         "when evaluated before training), final = last evaluation, "
         "best = highest evaluation. Rows marked (oracle) read D_U answers: an upper bound, not test-time training.",
+        *(["mean@n is the accuracy of n samples per question at the evaluation temperature (1: the paper's and the "
+           "reference scripts' number); greedy_accuracy is that of one greedy (temperature 0) answer per question."]
+          if "greedy_accuracy" in header_metrics(results) else []),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -172,14 +182,20 @@ def write_tables(results: Sequence[MethodResult], output: Path, eval_set: str, s
     return csv_path, md_path, curves_path
 
 
-PLOT_FAMILIES = {"mean": "accuracy", "pass": "pass rate", "distinct_answers": "distinct answers per question"}
-"""Curve families a plot can show (the metric name before ``@k``), with their y-axis label."""
+PLOT_FAMILIES = {"mean": "accuracy", "pass": "pass rate", "distinct_answers": "distinct answers per question",
+                 "critic": "within-question AUROC / Brier score"}
+"""Curve families a plot can show (the metric name before ``@k``, or before a space: ``critic AUROC D_L``), with
+their y-axis label."""
+
+_PANEL_STYLES = {"AUROC D_L": "-", "AUROC D_U": "--", "Brier D_L": "-.", "Brier D_U": ":"}
+"""Line styles of the critic panel's curves (the colour is the method's)."""
 
 
 def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
                 families: Sequence[str] = ("mean", "pass")):
-    """Plot each family of ``families`` (``mean@n``, the largest ``pass@k``, ``distinct_answers``) of every method
-    against the RL step into ``path`` (PNG), one panel per family; oracle runs are dashed. Returns the matplotlib
+    """Plot each family of ``families`` (``mean@n``, the largest ``pass@k``, ``distinct_answers``, the ``critic``
+    curves) of every method against the RL step into ``path`` (PNG), one panel per family, one colour per method;
+    oracle runs are dashed, and in the critic panel the line style tells the curves apart. Returns the matplotlib
     figure (closed)."""
     unknown = [f for f in families if f not in PLOT_FAMILIES]
     if unknown:
@@ -193,26 +209,30 @@ def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
     markers = "osD^vP*X"
     fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
     for ax, family in zip(axes[0], families):
-        names = sorted({m for r in results for m in r.curves if m == family or m.startswith(family + "@")})
+        names = sorted({m for r in results for m in r.curves
+                        if m == family or m.startswith(family + "@") or m.startswith(family + " ")})
         for i, r in enumerate(results):
             for metric in names:
                 if r.curves.get(metric):
                     steps, values = zip(*r.curves[metric])
+                    detail = metric[len(family) + 1:] if metric.startswith(family + " ") else ""
+                    style = _PANEL_STYLES.get(detail, "--" if r.oracle else "-")
                     # markers shrink run by run, so that curves that coincide (all at 0) all stay visible
                     line, = ax.plot(steps, values, marker=markers[i % len(markers)], alpha=0.85,
-                                    markersize=max(3.0, 9 - 1.5 * i),
-                                    linestyle="--" if r.oracle else "-", label=r.label)
+                                    markersize=max(3.0, 9 - 1.5 * i), color=f"C{i}",
+                                    linestyle=style, label=f"{r.label} {detail}".strip())
                     if r.band.get(metric):  # the min-max over seeds
                         band_steps, low, high = zip(*r.band[metric])
                         ax.fill_between(band_steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_title(" / ".join(names) or family)
-        if family in ("mean", "pass"):
+        ax.set_title((" / ".join(names) or family) if family != "critic" else "critic on current-policy samples")
+        if family in ("mean", "pass", "critic"):
             ax.set_ylim(-0.03, 1.03)  # rates: a common scale keeps methods and runs comparable by eye
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("RL step")
         ax.set_ylabel(PLOT_FAMILIES[family])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
