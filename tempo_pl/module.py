@@ -24,8 +24,7 @@ from typing_extensions import override
 from tempo_pl.algorithms.losses import value_loss as clipped_value_loss
 from tempo_pl.algorithms.registry import AdvantageBatch, advantage_estimator, policy_loss_fn
 from tempo_pl.callbacks import DivergenceGuard
-from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig, check_module_options
-from tempo_pl.config import SamplingConfig
+from tempo_pl.config import AlgorithmConfig, EvalConfig, SamplingConfig, TrainingConfig, check_module_options
 from tempo_pl.engines.hf_generate import HFGenerateEngine, RolloutEngine, ask_for_sampling_logprobs
 from tempo_pl.evaluation.evaluator import EvaluationHooks
 from tempo_pl.models.builders import CriticSpec, ModelSpec, build_critic, build_policy, build_tokenizer

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tempo_pl.pipelines import demo, demo_stages, demo_summary
-from tempo_pl.pipelines.demo import DemoConfig
+from tempo_pl.pipelines import demo, demo_config, demo_stages, demo_summary
+from tempo_pl.pipelines.demo_config import DemoConfig
 from tempo_pl.pipelines.demo_stages import STAGES, TEST_TIME_METHODS
 from tempo_pl.run.config_layers import read_layers
 
@@ -54,7 +54,7 @@ def test_a_test_time_scale_shares_the_stage_1_models_and_names_its_runs_and_repo
     assert _arg(args, "--seed_everything") == "1"  # seed 1 of the 2x runs draws as seed 1 of the 1x runs
     sft = demo.fit_args(cfg.stages[0], cfg)
     assert _arg(sft, "--trainer.max_steps") == str(
-        yaml.safe_load((demo.DEMO_CONFIGS / "sft.yaml").read_text())["trainer"]["max_steps"])
+        yaml.safe_load((demo_config.DEMO_CONFIGS / "sft.yaml").read_text())["trainer"]["max_steps"])
     assert demo.config_from_args(["--out", str(tmp_path), "--test-time-scale", "2"]).test_time_scale == 2.0
     with pytest.raises(ValueError, match="--test-time-scale"):
         DemoConfig(out=tmp_path, test_time_scale=0)
@@ -139,7 +139,7 @@ def test_seeds_run_every_method_once_per_seed_from_the_shared_start(tmp_path):
     assert len(stages) == 2 + 3 * len(TEST_TIME_METHODS) + 1
     assert stages["report"].needs == tuple(n for n in stages if n not in ("sft", "zero_rl", "report"))
     start = _fake_zero_rl_export(tmp_path)
-    config = read_layers([demo.DEMO_CONFIGS / "tempo.yaml"])
+    config = read_layers([demo_config.DEMO_CONFIGS / "tempo.yaml"])
     seed0, seed2 = demo.fit_args(stages["tempo"], cfg), demo.fit_args(stages["tempo_seed2"], cfg)
     assert not [a for a in seed0 if "seed" in a.split("=", 1)[0]]  # seed 0 is the config's own
     assert _arg(seed2, "--seed_everything") == str(config["seed_everything"] + 2)
@@ -154,7 +154,7 @@ def _configs(args: list[str]) -> list[Path]:
 
 def test_another_scenario_rewrites_the_task_and_its_stage_settings_only(tmp_path):
     cfg = DemoConfig(out=tmp_path, scenario="recheck")
-    scenarios = demo.read_scenarios(demo.DEMO_CONFIGS)
+    scenarios = demo_config.read_scenarios(demo_config.DEMO_CONFIGS)
     assert DemoConfig(out=tmp_path).scenario == next(iter(scenarios)) == "trap"
     stages = {s.name: s for s in cfg.stages}
     _fake_zero_rl_export(tmp_path)
@@ -162,7 +162,7 @@ def test_another_scenario_rewrites_the_task_and_its_stage_settings_only(tmp_path
         paths = _configs(demo.fit_args(stages[name], cfg))
         assert paths == [tmp_path / "configs" / "recheck" / c for c in stages[name].configs]  # every layer rewritten
         for path, layer in zip(paths, stages[name].configs):
-            shipped = yaml.safe_load((demo.DEMO_CONFIGS / layer).read_text())
+            shipped = yaml.safe_load((demo_config.DEMO_CONFIGS / layer).read_text())
             rewritten = yaml.safe_load(path.read_text())
             synthetic = list(_synthetic_paths(rewritten))
             assert all(p.endswith(scenarios["recheck"]["task"]) for p in synthetic)
@@ -176,7 +176,7 @@ def test_a_scenario_sets_stage_keys_and_names_a_missing_one(tmp_path):
     folder = tmp_path / "configs"
     folder.mkdir()
     for name in {c for stage in STAGES for c in stage.configs}:
-        (folder / name).write_text((demo.DEMO_CONFIGS / name).read_text())
+        (folder / name).write_text((demo_config.DEMO_CONFIGS / name).read_text())
     (folder / "scenarios.yaml").write_text(
         "a: {task: 'max_value=20'}\nb: {task: 'max_value=30', stages: {sft: {trainer.max_steps: 5}, "
         "ttrl: {model.init_args.sampling.n: 4}}}\n"
@@ -220,7 +220,7 @@ def _arg(args: list[str], key: str) -> str:
 def test_fit_args_chain_the_stages(tmp_path):
     cfg = DemoConfig(out=tmp_path, steps_scale=0.5, overrides=["--data.init_args.eval_limit=8"])
     stages = {s.name: s for s in STAGES}
-    configs = {name: read_layers([demo.DEMO_CONFIGS / c for c in stage.configs])
+    configs = {name: read_layers([demo_config.DEMO_CONFIGS / c for c in stage.configs])
                for name, stage in stages.items() if name != "report"}
 
     sft = demo.fit_args(stages["sft"], cfg)
@@ -257,7 +257,7 @@ def test_fit_args_chain_the_stages(tmp_path):
 def test_test_time_configs_differ_only_in_method(tmp_path):
     """Same seed, budget, sampling, loss, optimizer and evaluation for the test-time runs: only the reward, the
     schedule and the critic's use may differ (the other methods' overlays layered over tempo.yaml)."""
-    cfgs = {name: read_layers([demo.DEMO_CONFIGS / c for c in demo_stages.method_configs(name)])
+    cfgs = {name: read_layers([demo_config.DEMO_CONFIGS / c for c in demo_stages.method_configs(name)])
             for name in TEST_TIME_METHODS}
     for name, c in cfgs.items():
         assert c["seed_everything"] == cfgs["tempo"]["seed_everything"], name
@@ -313,7 +313,7 @@ def test_every_stage_reads_the_same_synthetic_task():
     found = {}
     for stage in STAGES:
         if stage.configs:
-            config = read_layers([demo.DEMO_CONFIGS / c for c in stage.configs])
+            config = read_layers([demo_config.DEMO_CONFIGS / c for c in stage.configs])
             found[stage.name] = [task(path) for path in _synthetic_paths(config)]
     specs = {spec for tasks in found.values() for spec, _ in tasks}
     assert len(specs) == 1, specs
@@ -558,7 +558,7 @@ def test_shortened_demo_runs_every_stage_then_skips_them(tmp_path):
 
 def test_the_demo_runs_the_paper_configs_update():
     """GSPO, its clip range, the sequence-level value clip and group filtering: configs/tempo's choices, at demo size."""
-    demo_init = yaml.safe_load((demo.DEMO_CONFIGS / "tempo.yaml").read_text())["model"]["init_args"]
+    demo_init = yaml.safe_load((demo_config.DEMO_CONFIGS / "tempo.yaml").read_text())["model"]["init_args"]
     paper = Path(__file__).resolve().parents[1] / "configs" / "tempo"
     paper_init = read_layers([paper / "aime.yaml", paper / "olmo3_7b_aime.yaml"])["model"]["init_args"]
     for key in ("advantage", "policy_loss", "clip_low", "clip_high", "loss_agg_mode", "value_clip_mode",
@@ -576,7 +576,7 @@ def test_the_drift_scenario_keeps_d_u_answers_out_of_training(tmp_path):
     cfg = DemoConfig(out=tmp_path, scenario="drift")
     _fake_zero_rl_export(tmp_path)
     unlabeled_answers = {r["problem"]: r["answer"] for r in load_synthetic(
-        "synthetic:unlabeled?seed=0&size=64&" + demo.read_scenarios(demo.DEMO_CONFIGS)["drift"]["task"])}
+        "synthetic:unlabeled?seed=0&size=64&" + demo_config.read_scenarios(demo_config.DEMO_CONFIGS)["drift"]["task"])}
     for stage in cfg.stages:
         if not stage.configs:
             continue

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from test_rewards import make_rollout
-from tempo_pl.config import EvalConfig
-from tempo_pl.config import SamplingConfig
+from tempo_pl.config import EvalConfig, SamplingConfig
 from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling, greedy_sampling
-from tempo_pl.evaluation.evaluator import Evaluation, eval_sampling
 
 
 @pytest.mark.parametrize("budget", [0, -3])

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from tempo_pl.callbacks import RolloutSampleLogger
-from tempo_pl.config import EvalConfig
-from tempo_pl.config import SamplingConfig
+from tempo_pl.config import EvalConfig, SamplingConfig
 from tempo_pl.engines.hf_generate import HFGenerateEngine
 from tempo_pl.engines.prompts import PromptFormat, check_prompt_format, decode_prompts, encode_prompts, render_prompts
 from tempo_pl.evaluation.evaluator import Evaluation

@@ -17,8 +17,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from tempo_pl.algorithms.advantages import last_token_value
-from tempo_pl.config import EvalConfig
-from tempo_pl.config import SamplingConfig
+from tempo_pl.config import EvalConfig, SamplingConfig
 from tempo_pl.engines.prompts import decode_prompts
 from tempo_pl.evaluation.records import score_questions, summarize_questions, write_question_jsonl
 from tempo_pl.models.forward import critic_response_values

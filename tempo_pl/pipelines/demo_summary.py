@@ -8,19 +8,16 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
+from tempo_pl.pipelines.demo_config import DemoConfig
 from tempo_pl.pipelines.demo_stages import (
     TEST_TIME_METHODS, build_stages, is_done, scale_suffix, stage_dir, stage_records,
 )
 from tempo_pl.pipelines.report import (
     Curves, MethodResult, collect, largest_k_tag, mean_over_runs, plot_curves, read_scalars, write_tables,
 )
-
-if TYPE_CHECKING:
-    from tempo_pl.pipelines.demo import DemoConfig
 
 EVAL_SET = "unlabeled"
 """The evaluation set that is D_U itself (the test-time score); the configs name it so."""
@@ -169,7 +166,7 @@ def _with_critic_curves(result: MethodResult, log_dir: Path) -> MethodResult:
     return result
 
 
-def write_report(cfg: "DemoConfig") -> dict:
+def write_report(cfg: DemoConfig) -> dict:
     """Write ``comparison.{csv,md,png}``, ``curves.csv`` and ``summary.json`` into ``cfg.out`` (with the suffix
     ``_x<scale>`` for another test-time scale than 1, and then each method's D_U mean@k at 1x beside it, from the
     1x runs in the same folder); return the summary."""
@@ -212,7 +209,7 @@ def write_report(cfg: "DemoConfig") -> dict:
     return summary
 
 
-def test_time_compute(cfg: "DemoConfig", scaled_methods: dict) -> dict:
+def test_time_compute(cfg: DemoConfig, scaled_methods: dict) -> dict:
     """Per method, D_U mean@k at the end of the 1x runs (this folder's, over the same seeds) and of this scale's:
     ``{"steps_1x", "mean_at_k_1x", "steps_<s>x", "mean_at_k_<s>x", "gain"}`` (with ``_min`` / ``_max`` over
     several seeds); ``{"missing_1x_runs": [...]}`` while the 1x runs have not all finished in this folder."""

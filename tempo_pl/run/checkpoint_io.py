@@ -35,8 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tempo_pl.config import AlgorithmConfig, EvalConfig, TrainingConfig
-from tempo_pl.config import SamplingConfig
+from tempo_pl.config import AlgorithmConfig, EvalConfig, SamplingConfig, TrainingConfig
 from tempo_pl.models.builders import CriticSpec, LoraSpec, ModelSpec
 
 PathLike = Union[str, Path]
