@@ -198,9 +198,19 @@ def build_grader(spec: GraderSpec, where: str = "grader") -> Grader:
     else:
         raise ValueError(f"{where}: grader must be a name or {{name: ..., <options>}}, got {spec!r}")
     try:
-        return _factory(name, where)(**options)
+        grader = _factory(name, where)(**options)
     except TypeError as error:
         raise ValueError(f"{where}: grader {name!r} does not take options {sorted(options)} ({error})") from None
+    grader.spec = {"name": name, **options}  # plain data: what a checkpoint keeps to build it again
+    return grader
+
+
+def grader_spec(grader: Optional[Grader]) -> Optional[dict]:
+    """What :func:`build_grader` builds ``grader`` again from (its registered name where it was built otherwise);
+    None for None (the math grader)."""
+    if grader is None:
+        return None
+    return dict(getattr(grader, "spec", None) or {"name": grader.name})
 
 
 def take_counts(graders: Sequence[Grader]) -> dict[str, float]:

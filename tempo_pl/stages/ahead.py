@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from tempo_pl.models.fsdp2 import gathered_for_generation
+from tempo_pl.rewards.graders import build_grader, grader_spec
 from tempo_pl.stages import scoring
 from tempo_pl.stages.collection import CollectOptions, collect_rollout, unwrap_batch
 from tempo_pl.stages.metrics import StageClock
@@ -90,7 +91,9 @@ class RolloutAhead:
             return {}
         rollout = self.ready.rollout.to("cpu")
         state = {f.name: getattr(rollout, f.name) for f in fields(Rollout) if f.name != "prompt_batch"}
-        return {"rollout": {**state, "prompt_batch": asdict(rollout.prompt_batch)}, "metrics": dict(self.ready.metrics),
+        graders = [grader_spec(g) for g in rollout.prompt_batch.graders]  # specs, not objects: weights-only loadable
+        prompt_batch = {**asdict(rollout.prompt_batch), "graders": graders}
+        return {"rollout": {**state, "prompt_batch": prompt_batch}, "metrics": dict(self.ready.metrics),
                 "policy_updates": self.ready.policy_updates}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
@@ -98,7 +101,11 @@ class RolloutAhead:
             self.ready = None
             return
         saved = dict(state["rollout"])
-        rollout = Rollout(prompt_batch=PromptBatch(**saved.pop("prompt_batch")), **saved).to(device)
+        batch = dict(saved.pop("prompt_batch"))
+        built: dict[str, Any] = {}  # one grader object per distinct spec, as the data module shares them
+        batch["graders"] = [None if spec is None else built.setdefault(repr(sorted(spec.items())), build_grader(spec))
+                            for spec in batch.get("graders") or [None] * len(batch["ids"])]
+        rollout = Rollout(prompt_batch=PromptBatch(**batch), **saved).to(device)
         self.ready = Prefetched(rollout, dict(state["metrics"]), int(state["policy_updates"]))
 
 
