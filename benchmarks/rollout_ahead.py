@@ -30,19 +30,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from vllm_vs_generate import EngineSizes  # noqa: E402  (a sibling script)
 
 
 @dataclass
-class Shape:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    prompts: int
-    n: int
-    max_new_tokens: int
+class Shape(EngineSizes):
+    """The model and generation workload of :class:`EngineSizes`, and the RL steps each run takes."""
+
     steps: int
 
 
@@ -59,11 +53,8 @@ def make_module(shape: Shape, tokenizer: str, rollout_ahead: int, on_gpu: bool, 
     from tempo_pl.models.builders import CriticSpec, ModelSpec
     from tempo_pl.module import TempoModule
     from tempo_pl.config import SamplingConfig
-    from tempo_pl.models.tiny import tiny_qwen3_config
 
-    config = tiny_qwen3_config(vocab_size=shape.vocab, hidden_size=shape.hidden, num_layers=shape.layers,
-                               num_heads=shape.heads, num_kv_heads=shape.kv_heads,
-                               intermediate_size=shape.intermediate, max_position_embeddings=4096)
+    config = shape.qwen3_config()
     engine = None
     if use_vllm:
         from functools import partial

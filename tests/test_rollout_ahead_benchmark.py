@@ -14,20 +14,21 @@ from _tiny_run import subprocess_env
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
+def _benchmark(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as a script sees its folder: its sibling vllm_vs_generate
     spec = importlib.util.spec_from_file_location("rollout_ahead", ROOT / "benchmarks" / "rollout_ahead.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("rollout_ahead", module)  # its dataclasses look their module up
+    monkeypatch.setitem(sys.modules, "rollout_ahead", module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_summary_leaves_the_first_step_out_and_counts_waiting_as_idle():
+def test_the_summary_leaves_the_first_step_out_and_counts_waiting_as_idle(monkeypatch):
     steps = [{"time/step_s": 9.0, "time/generation_s": 9.0},
              {"time/step_s": 2.0, "time/generation_s": 0.5, "time/sampler_wait_s": 0.5, "rollout/staleness": 1.0},
              {"time/step_s": 4.0, "time/generation_s": 1.0, "rollout/staleness": 0.0},
              {"time/step_s": 3.0, "time/generation_s": 0.3, "time/sampler_wait_s": 1.2, "rollout/staleness": 1.0}]
-    summary = _benchmark().summarise(steps)
+    summary = _benchmark(monkeypatch).summarise(steps)
     assert summary == {"step_s": 3.0, "idle_share": pytest.approx(0.5), "staleness": 1.0}  # idle 0.5, 0.25, 0.5
 
 
