@@ -13,7 +13,6 @@ dtype's tolerance and at most a tenth of the gap before it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -34,7 +33,6 @@ from vllm_vs_generate import (
     _gap,
     _prompt_batch,
     _timed,
-    build_tokenizer_dir,
     vllm_missing,
 )
 
@@ -133,17 +131,7 @@ def main_lines(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on vLLM's CPU backend")
-    args = parser.parse_args(argv)
-    on_gpu = not args.cpu_smoke
-    if on_gpu and not torch.cuda.is_available():
-        parser.error("no CUDA device: run with --cpu-smoke on a CPU machine")
-    sizes = vllm_vs_generate.CPU_SMOKE if args.cpu_smoke else vllm_vs_generate.GPU
-    with tempfile.TemporaryDirectory(prefix="tempo_server_check_") as tmp:
-        lines, ok = main_lines(sizes, build_tokenizer_dir(sizes, Path(tmp) / "tokenizer"), on_gpu)
-    print("\n".join(lines))
-    return 0 if ok else 1
+    return vllm_vs_generate.engine_check_main(argv, __doc__.splitlines()[0], main_lines)
 
 
 if __name__ == "__main__":

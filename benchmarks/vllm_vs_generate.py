@@ -188,18 +188,25 @@ def main_lines(sizes: EngineSizes, tokenizer_dir: str, on_gpu: bool) -> tuple[li
         return ["vLLM vs generate failed:", *traceback.format_exc().splitlines()[-40:]], False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def engine_check_main(argv: Optional[list[str]], description: str, lines_of) -> int:
+    """The command line of an engine check (this script, ``vllm_server_check.py``): ``--cpu-smoke`` picks the tiny
+    sizes, a tokenizer is trained in a temporary folder, ``lines_of(sizes, tokenizer_dir, on_gpu)`` gives the report
+    lines and whether they pass."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on vLLM's CPU backend")
     args = parser.parse_args(argv)
     on_gpu = not args.cpu_smoke
     if on_gpu and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --cpu-smoke on a CPU machine")
     sizes = CPU_SMOKE if args.cpu_smoke else GPU
-    with tempfile.TemporaryDirectory(prefix="tempo_vllm_check_") as tmp:
-        lines, ok = main_lines(sizes, build_tokenizer_dir(sizes, Path(tmp) / "tokenizer"), on_gpu)
+    with tempfile.TemporaryDirectory(prefix="tempo_engine_check_") as tmp:
+        lines, ok = lines_of(sizes, build_tokenizer_dir(sizes, Path(tmp) / "tokenizer"), on_gpu)
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return engine_check_main(argv, __doc__.splitlines()[0], main_lines)
 
 
 if __name__ == "__main__":
