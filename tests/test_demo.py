@@ -412,6 +412,9 @@ def test_the_report_draws_the_critic_panel_and_says_which_accuracy_is_which(tmp_
     assert sorted(line.get_label() for line in critic_panel.get_lines()) == [
         "tempo AUROC D_L", "tempo Brier D_U"]
     assert {line.get_linestyle() for line in critic_panel.get_lines()} == {"-", ":"}
+    legend = critic_panel.get_legend()  # below the panel, where it covers no curve
+    assert legend is not None and legend.get_bbox_to_anchor().transformed(critic_panel.transAxes.inverted()).y0 < 0
+    assert fig.axes[0].get_legend().get_bbox_to_anchor().transformed(fig.axes[0].transAxes.inverted()).y0 >= 0
     _, md, _ = write_tables(results, tmp_path, "unlabeled", seed=0)
     table = md.read_text()
     assert "greedy_accuracy start" in table and "critic AUROC D_L start" in table and "critic AUROC D_L final" in table
