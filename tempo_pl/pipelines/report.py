@@ -231,12 +231,14 @@ def plot_curves(results: Sequence[MethodResult], path: Path, title: str = "",
         ax.set_xlabel("RL step")
         ax.set_ylabel(PLOT_FAMILIES[family])
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0] and family == "critic":
+        if not ax.get_legend_handles_labels()[0]:
+            continue
+        if family == "critic":
             # below the panel, two columns, long small-marker handles: its curves share a colour per method, so
             # the line style is what tells them apart, and inside the axes the legend would cover them
             ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), handlelength=3.5,
                       markerscale=0.5)
-        elif ax.get_legend_handles_labels()[0]:
+        else:
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
