@@ -199,11 +199,12 @@ PATHOLOGICAL = {
 
 @pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
 def test_lenient_extraction_is_fast_on_pathological_responses(name):
-    # a backtracking pattern would take minutes on these; the bound is the grader's per-call contract (2 s), which
-    # leaves room for a loaded machine (about 0.2 s quiet)
-    start = time.perf_counter()
+    # a backtracking pattern would take minutes on these; the bound is the grader's per-call contract (2 s), against
+    # at most 0.25 s. Extraction runs in this process, so its CPU time is the measure: other processes' load on the
+    # machine does not count against it, as it would against wall-clock time.
+    start = time.process_time()
     extract_answer(PATHOLOGICAL[name], LENIENT)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 @pytest.mark.parametrize("extraction", sorted(EXTRACTION_MODES))
