@@ -16,8 +16,10 @@ from tempo_pl.data.synthetic import (
     make_split,
     num_steps,
     parse_synthetic_path,
+    problem_steps,
     render_problem,
     render_solution,
+    response_kind,
     split_of_problem,
     took_shortcut,
     wrote_verified,
@@ -288,3 +290,17 @@ def test_verified_percent_marks_full_computations_more_often_than_shortcuts_and_
     assert not any(wrote_verified(r["solution"]) for r in plain)
     with pytest.raises(ValueError, match="shortcut_verified_percent"):
         dataclasses.replace(spec, shortcut_verified_percent=101)
+
+
+def test_a_sampled_solution_is_a_shortcut_an_early_stop_or_full_against_its_problems_steps() -> None:
+    problem = render_problem(7, [("+", 5), ("-", 2), ("-", 4)])
+    assert problem_steps(problem) == 3
+    assert problem_steps(f"<|im_start|>user\n{problem}<|im_end|>\n") == 3  # inside any prompt template
+    assert problem_steps(render_problem(4, [("*", 2)])) == 1 and problem_steps("What is 2 + 3?") is None
+    full = render_solution(7, [("+", 5), ("-", 2), ("-", 4)])[0]
+    assert response_kind(full, 3) == "full"
+    assert response_kind(render_solution(7, [("+", 5), ("-", 2), ("-", 4)], shortcut=True)[0], 3) == "shortcut"
+    assert response_kind("7 + 5 = 12\n12 - 2 = 10\nverified\n\\boxed{10}", 3) == "early stop"
+    # a recheck line is not a computed step; a slip is still a full computation
+    assert response_kind(render_solution(7, [("+", 5), ("-", 2)], recheck=True)[0], 3) == "early stop"
+    assert response_kind("7 + 5 = 12\n12 - 2 = 11\n11 - 4 = 7\n\\boxed{7}", 3) == "full"

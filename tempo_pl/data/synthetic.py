@@ -45,9 +45,10 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 from urllib.parse import parse_qsl
 
 SPLITS = ("labeled", "unlabeled", "heldout")
@@ -301,6 +302,29 @@ def wrote_verified(solution: str) -> bool:
     """Whether a solution (worked or sampled) writes the unchecked :data:`VERIFIED_LINE`: the drift scenario's
     surface feature."""
     return any(line.strip() == VERIFIED_LINE for line in solution.splitlines())
+
+
+_PROBLEM = re.compile(r"Start with \d+\. ([^.]+)\.")
+RESPONSE_KINDS = ("shortcut", "early stop", "full")
+"""What a sampled solution did (:func:`response_kind`): dropped the final subtraction, computed fewer steps than
+the problem has, or computed them all (right or with a slip)."""
+
+
+def problem_steps(text: str) -> Optional[int]:
+    """The number of operations of the first synthetic problem in ``text`` (a problem, or a prompt holding one in
+    any template); None when it holds none."""
+    match = _PROBLEM.search(text)
+    return None if match is None else len(match.group(1).split(", "))
+
+
+def response_kind(response: str, steps: int) -> str:
+    """One of :data:`RESPONSE_KINDS` for a sampled solution of a ``steps``-operation problem: a ``drop - x`` line
+    makes it a shortcut; otherwise fewer computed ``a op b = c`` lines (rechecks not counted) than ``steps`` an
+    early stop; otherwise full."""
+    if took_shortcut(response):
+        return "shortcut"
+    computed = sum(1 for line in response.splitlines() if " = " in line and not line.startswith(_RECHECK_PREFIX))
+    return "early stop" if computed < steps else "full"
 
 
 def _coerce(field: dataclasses.Field, text: str):
