@@ -38,6 +38,7 @@ PIPELINES = {
     "compare": ("tempo_pl.pipelines.compare", "Run methods from one start, seed and budget; table and plot"),
     "plot": ("tempo_pl.pipelines.plot", "Plot accuracy, pass@k and diversity against the RL step for existing runs"),
     "samples": ("tempo_pl.pipelines.sample_kinds", "Count a synthetic-task run's samples by kind, with its critic's mean values"),
+    "critic-probe": ("tempo_pl.pipelines.critic_probe", "Value written-out right and wrong synthetic-task answers with a critic and a policy"),
     "serve": ("tempo_pl.engines.serve", "Start a vLLM server for VLLMServerEngine from a run's config (weights pushed later)"),
 }
 """Subcommands beside LightningCLI's: module (with a ``main(argv)``) and the one-line description ``--help`` shows."""

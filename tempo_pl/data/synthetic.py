@@ -304,7 +304,7 @@ def wrote_verified(solution: str) -> bool:
     return any(line.strip() == VERIFIED_LINE for line in solution.splitlines())
 
 
-_PROBLEM = re.compile(r"Start with \d+\. ([^.]+)\.")
+_PROBLEM = re.compile(r"Start with (\d+)\. ([^.]+)\.")
 RESPONSE_KINDS = ("shortcut", "early stop", "full")
 """What a sampled solution did (:func:`response_kind`): dropped the final subtraction, computed fewer steps than
 the problem has, or computed them all (right or with a slip)."""
@@ -313,8 +313,25 @@ the problem has, or computed them all (right or with a slip)."""
 def problem_steps(text: str) -> Optional[int]:
     """The number of operations of the first synthetic problem in ``text`` (a problem, or a prompt holding one in
     any template); None when it holds none."""
+    parsed = parse_problem(text)
+    return None if parsed is None else len(parsed[1])
+
+
+def parse_problem(text: str) -> Optional[tuple[int, list[tuple[str, int]]]]:
+    """The start value and operations of the first synthetic problem in ``text`` (the inverse of
+    :func:`render_problem`); None when it holds none."""
     match = _PROBLEM.search(text)
-    return None if match is None else len(match.group(1).split(", "))
+    if match is None:
+        return None
+    ops = []
+    for words in match.group(2).split(", "):
+        words = words[0].lower() + words[1:]
+        symbol = next((op for op, pattern in _OPERATION_WORDS.items() if words.startswith(pattern.split(" {")[0] + " ")),
+                      None)
+        if symbol is None or not words.rsplit(" ", 1)[-1].isdigit():
+            return None
+        ops.append((symbol, int(words.rsplit(" ", 1)[-1])))
+    return int(match.group(1)), ops
 
 
 def response_kind(response: str, steps: int) -> str:
