@@ -15,6 +15,7 @@ from tempo_pl.data.synthetic import (
     load_synthetic,
     make_split,
     num_steps,
+    parse_problem,
     parse_synthetic_path,
     problem_steps,
     render_problem,
@@ -297,6 +298,10 @@ def test_a_sampled_solution_is_a_shortcut_an_early_stop_or_full_against_its_prob
     assert problem_steps(problem) == 3
     assert problem_steps(f"<|im_start|>user\n{problem}<|im_end|>\n") == 3  # inside any prompt template
     assert problem_steps(render_problem(4, [("*", 2)])) == 1 and problem_steps("What is 2 + 3?") is None
+    # parse_problem inverts render_problem on every D_U problem; an operation it does not know is no problem
+    for row in load_synthetic("synthetic:unlabeled?seed=0&size=64"):
+        assert render_problem(*parse_problem(row["problem"])) == row["problem"]
+    assert parse_problem("Start with 4. Divide by 2.") is None
     full = render_solution(7, [("+", 5), ("-", 2), ("-", 4)])[0]
     assert response_kind(full, 3) == "full"
     assert response_kind(render_solution(7, [("+", 5), ("-", 2), ("-", 4)], shortcut=True)[0], 3) == "shortcut"
