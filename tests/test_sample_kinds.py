@@ -47,7 +47,7 @@ def test_samples_are_counted_by_kind_with_their_mean_value_and_the_critics_level
         "early stop + verified": (1, 0, 0.8),
     }
     # mean value (0.5 + 0.7 + 0.6 - 0.4 + 0.8 - 0.6) / 6 = 0.2667; mean reward (2 - 4) / 6 = -0.3333
-    assert evaluation.level == pytest.approx(1.6 / 6 + 2 / 6)
+    assert evaluation.total.level == pytest.approx(1.6 / 6 + 2 / 6)
     full_verified = evaluation.kinds["full + verified"]
     assert (full_verified.mean_value_right, full_verified.mean_value_wrong) == (0.7, 0.6)
     assert math.isnan(evaluation.kinds["shortcut"].mean_value_right)
@@ -75,7 +75,7 @@ def test_a_run_without_a_critic_has_counts_and_no_values(tmp_path):
     write_question_jsonl(run / "eval" / "unlabeled_step000000.jsonl", [record([FULL, SHORTCUT], [True, False])])
     evaluation = count_file(run / "eval" / "unlabeled_step000000.jsonl", 0)
     assert evaluation.kinds["full"].samples == 1 and math.isnan(evaluation.kinds["full"].mean_value)
-    assert math.isnan(evaluation.level)
+    assert math.isnan(evaluation.total.level)
 
 
 def test_a_record_without_a_synthetic_problem_is_named(tmp_path):

@@ -323,14 +323,13 @@ def parse_problem(text: str) -> Optional[tuple[int, list[tuple[str, int]]]]:
     match = _PROBLEM.search(text)
     if match is None:
         return None
+    symbols = {words.removesuffix(" {x}"): op for op, words in _OPERATION_WORDS.items()}
     ops = []
     for words in match.group(2).split(", "):
-        words = words[0].lower() + words[1:]
-        symbol = next((op for op, pattern in _OPERATION_WORDS.items() if words.startswith(pattern.split(" {")[0] + " ")),
-                      None)
-        if symbol is None or not words.rsplit(" ", 1)[-1].isdigit():
+        name, _, operand = (words[0].lower() + words[1:]).rpartition(" ")
+        if name not in symbols or not operand.isdigit():
             return None
-        ops.append((symbol, int(words.rsplit(" ", 1)[-1])))
+        ops.append((symbols[name], int(operand)))
     return int(match.group(1)), ops
 
 
@@ -340,8 +339,7 @@ def response_kind(response: str, steps: int) -> str:
     early stop; otherwise full."""
     if took_shortcut(response):
         return "shortcut"
-    computed = sum(1 for line in response.splitlines() if " = " in line and not line.startswith(_RECHECK_PREFIX))
-    return "early stop" if computed < steps else "full"
+    return "early stop" if num_steps({"solution": response}) < steps else "full"
 
 
 def _coerce(field: dataclasses.Field, text: str):

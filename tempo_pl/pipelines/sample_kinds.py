@@ -73,6 +73,14 @@ class KindCount:
         """The critic's mean final value over the kind's wrong samples; NaN when there are none."""
         return _mean(self.wrong_values)
 
+    @property
+    def level(self) -> float:
+        """Mean critic value less mean reward (+1 right, -1 wrong) over the valued samples; NaN without a critic."""
+        valued = len(self.right_values) + len(self.wrong_values)
+        if not valued:
+            return math.nan
+        return self.mean_value - (len(self.right_values) - len(self.wrong_values)) / valued
+
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
@@ -91,15 +99,6 @@ class Evaluation:
         for count in self.kinds.values():
             total.merge(count)
         return total
-
-    @property
-    def level(self) -> float:
-        """Mean critic value less mean reward (+1 right, -1 wrong) over the valued samples; NaN without a critic."""
-        total = self.total
-        valued = len(total.right_values) + len(total.wrong_values)
-        if not valued:
-            return math.nan
-        return total.mean_value - (len(total.right_values) - len(total.wrong_values)) / valued
 
 
 def count_file(path: Path, step: int) -> Evaluation:
@@ -149,7 +148,7 @@ def markdown_table(evaluations: Sequence[Evaluation]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for evaluation in evaluations:
         total = evaluation.total
-        level = "" if math.isnan(evaluation.level) else f"{evaluation.level:+.2f}"
+        level = "" if math.isnan(total.level) else f"{total.level:+.2f}"
         cells = [str(evaluation.step), str(total.samples), f"{total.right / total.samples:.3f}", level,
                  *(_cell(evaluation.kinds[kind]) for kind in KINDS)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -166,7 +165,7 @@ def write_csv(counted: dict[str, list[Evaluation]], path: Path) -> Path:
         for run, evaluations in counted.items():
             for evaluation in evaluations:
                 for kind, count in [*evaluation.kinds.items(), ("all", evaluation.total)]:
-                    level = evaluation.level if kind == "all" else math.nan
+                    level = count.level if kind == "all" else math.nan
                     numbers = (count.mean_value, count.mean_value_right, count.mean_value_wrong, level)
                     writer.writerow([run, evaluation.step, kind, count.samples, count.right,
                                      *("" if math.isnan(x) else f"{x:.4f}" for x in numbers)])
